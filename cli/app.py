@@ -1,0 +1,240 @@
+"""The `flexsample` command: run, eval, list (and the commands of later modules)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flexsample._version import __version__
+from flexsample.engine.errors import FlexsampleError
+
+from .config import RunConfig
+
+app = typer.Typer(
+    name="flexsample",
+    help=(
+        "Flexible Sampling for long-tailed classification: grow the training subset from a "
+        "class-balanced start to the full long-tailed set, choosing informative samples with "
+        "pluggable estimators and schedules."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _default(field: str) -> str:
+    value = RunConfig.model_fields[field].default
+    return "none" if value is None else str(value)
+
+
+def _help(field: str, text: str | None = None) -> str:
+    desc = text or RunConfig.model_fields[field].description or ""
+    return f"{desc} [default: {_default(field)}]"
+
+
+@contextlib.contextmanager
+def user_errors(debug: bool) -> Iterator[None]:
+    """Bad input -> one line on stderr and exit code 2; bugs -> exit 1; --debug shows traces."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except (FlexsampleError, KeyboardInterrupt) as exc:
+        if debug:
+            traceback.print_exc()
+        msg = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        err_console.print(f"[bold red]error:[/bold red] {msg}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        err_console.print(
+            f"[bold red]internal error:[/bold red] {type(exc).__name__}: {exc} "
+            "(rerun with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"flexsample {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Flexible Sampling for long-tailed classification."""
+
+
+@app.command()
+def run(
+    dataset: str = typer.Option(None, help=_help("dataset")),
+    data_dir: str = typer.Option(None, help=_help("data_dir")),
+    splits_dir: str = typer.Option(None, help=_help("splits_dir")),
+    imbalance_ratio: float = typer.Option(None, help=_help("imbalance_ratio")),
+    data_seed: int = typer.Option(None, help=_help("data_seed")),
+    image_size: int = typer.Option(None, help=_help("image_size")),
+    skip_missing: bool = typer.Option(None, "--skip-missing", help=_help("skip_missing")),
+    estimator: str = typer.Option(None, help=_help("estimator")),
+    policy: str = typer.Option(None, help=_help("policy")),
+    allocation: str = typer.Option(None, help=_help("allocation")),
+    anchors: str = typer.Option(None, help=_help("anchors")),
+    rounds: int = typer.Option(None, help=_help("rounds")),
+    epochs_per_round: int = typer.Option(None, help=_help("epochs_per_round")),
+    mc_samples: int = typer.Option(None, help=_help("mc_samples")),
+    mc_mode: str = typer.Option(None, help=_help("mc_mode", "MC-dropout mode: head or full")),
+    score_batch_size: int = typer.Option(None, help=_help("score_batch_size")),
+    backbone: str = typer.Option(None, help=_help("backbone")),
+    pretrained: str = typer.Option(None, help=_help("pretrained")),
+    dropout: float = typer.Option(None, help=_help("dropout")),
+    batch_size: int = typer.Option(None, help=_help("batch_size")),
+    lr: float = typer.Option(None, help=_help("lr")),
+    weight_decay: float = typer.Option(None, help=_help("weight_decay")),
+    loss: str = typer.Option(None, help=_help("loss")),
+    sampler: str = typer.Option(None, help=_help("sampler")),
+    mixup: float = typer.Option(None, help=_help("mixup")),
+    logit_adjust: float = typer.Option(None, help=_help("logit_adjust")),
+    workers: int = typer.Option(None, help=_help("workers")),
+    seed: int = typer.Option(None, help=_help("seed")),
+    device: str = typer.Option(None, help=_help("device")),
+    plugin: list[str] = typer.Option(None, help="module to import first (repeatable)"),
+    out: Path = typer.Option(
+        None, help="run folder [default: runs/<timestamp>-<estimator>-<policy>]"
+    ),
+    config: Path = typer.Option(
+        None, help="TOML, YAML or a run's config.json; flags override its values"
+    ),
+    print_config: bool = typer.Option(
+        False, "--print-config", help="print the resolved config as JSON and exit"
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue the run in --out from its last checkpoint"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars or tables"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+) -> None:
+    """Train with Flexible Sampling and write a run folder.
+
+    With no arguments: digits-lt (embedded, r=100), MC-dropout BALD, linear schedule, on
+    the best device found. Outputs: config.json, rounds.jsonl, selection.npz, scores.npz,
+    results.json, curves.png, checkpoint.pt, best.pt.
+    """
+    flags = {k: v for k, v in locals().items() if k in RunConfig.model_fields}
+    with user_errors(debug):
+        from .config import resolve_config
+        from .runner import default_out, execute, prepare_out, read_run_config
+
+        if resume:
+            if out is None:
+                raise FlexsampleError("--resume needs --out RUN_DIR (the run to continue)")
+            given = [k for k, v in flags.items() if v not in (None, []) and k != "device"]
+            if given or config is not None:
+                raise FlexsampleError(
+                    "--resume continues a run with its own config; drop "
+                    + ", ".join("--" + k.replace("_", "-") for k in given or ["config"])
+                )
+            cfg = read_run_config(out)
+            if device is not None:
+                cfg.device = device
+            if not (out / "checkpoint.pt").exists():
+                raise FlexsampleError(f"{out} has no checkpoint.pt to resume from")
+        else:
+            cfg = resolve_config(config, flags)
+        if print_config:
+            typer.echo(json.dumps(cfg.model_dump(), indent=2))
+            raise typer.Exit()
+        target = out if out is not None else default_out(cfg)
+        if not resume:
+            from .runner import build_components, load_plugins
+
+            load_plugins(cfg.plugin)
+            build_components(cfg)  # bad names fail before the folder is touched
+            prepare_out(target, overwrite)
+        execute(cfg, target, console, resume=resume, quiet=quiet)
+
+
+@app.command("eval")
+def eval_cmd(
+    run_dir: Path = typer.Argument(..., help="a run folder written by `flexsample run`"),
+    device: str = typer.Option(None, help="override the run's device"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+) -> None:
+    """Re-evaluate a run's best.pt on its validation and test splits."""
+    with user_errors(debug):
+        from .console import metrics_table
+        from .runner import read_run_config, reevaluate
+
+        res = reevaluate(run_dir, device, console)
+        names = json.loads((run_dir / "results.json").read_text())["class_names"] if (
+            run_dir / "results.json"
+        ).exists() else [str(i) for i in range(len(res["test"]["per_class_recall"]))]
+        table = metrics_table({"val": res["val"], "test": res["test"]}, names)
+        table.title = f"{run_dir} (best.pt, dataset {read_run_config(run_dir).dataset})"
+        console.print(table)
+
+
+@app.command("list")
+def list_cmd(
+    plugin: list[str] = typer.Option(None, help="module to import first (repeatable)"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+) -> None:
+    """Every registered estimator, policy, allocation, anchor strategy, dataset, loss, sampler."""
+    with user_errors(debug):
+        from flexsample.datasets.base import DATASETS
+        from flexsample.engine.registries import ALLOCATIONS, ANCHORS, ESTIMATORS, POLICIES
+        from flexsample.training.losses import LOSSES
+        from flexsample.training.samplers import SAMPLERS
+
+        from .runner import load_plugins
+
+        load_plugins(plugin or [])
+        table = Table(show_header=True, box=None, pad_edge=False)
+        for col in ("kind", "name", "description", "from"):
+            table.add_column(col, overflow="fold")
+        for reg in (ESTIMATORS, POLICIES, ALLOCATIONS, ANCHORS, DATASETS, LOSSES, SAMPLERS):
+            for name, doc, origin in reg.describe():
+                table.add_row(reg.kind, name, doc, origin)
+        console.print(table)
+
+
+def _register_optional_commands() -> None:
+    """Commands that live in their own modules (added by later issues)."""
+    with contextlib.suppress(ImportError):
+        from .splits_cmd import splits
+
+        app.command("splits")(splits)
+    with contextlib.suppress(ImportError):
+        from .bench import bench
+
+        app.command("bench")(bench)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    app(prog_name="flexsample")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

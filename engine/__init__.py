@@ -1,0 +1,54 @@
+"""The sampling engine: pool, selection, scoring context, curriculum loop, registries.
+
+It knows nothing of images, datasets, training recipes or the CLI: a user with their own
+training loop drives pool + policy + allocation + estimator directly.
+"""
+
+from .checkpoint import load_checkpoint, save_atomic
+from .context import ScoringContext, tensor_inputs
+from .errors import EstimatorError, FlexsampleError, UnknownNameError
+from .interfaces import (
+    Allocation,
+    Anchors,
+    EpochResult,
+    Estimator,
+    Learner,
+    ModelLike,
+    PolicyState,
+    Schedule,
+    ValRecord,
+)
+from .loop import Callback, Curriculum, LoopResult, QueryResult, StepRecord
+from .pool import Pool
+from .registries import (
+    ALLOCATIONS,
+    ANCHORS,
+    ESTIMATORS,
+    POLICIES,
+    get_allocation,
+    get_anchors,
+    get_estimator,
+    get_policy,
+    list_allocations,
+    list_anchors,
+    list_estimators,
+    list_policies,
+    register_allocation,
+    register_anchors,
+    register_estimator,
+    register_policy,
+)
+from .registry import Registry, import_plugin
+from .scoring import score_candidates
+from .selection import select_per_class, top_k
+
+__all__ = [
+    "ALLOCATIONS", "ANCHORS", "ESTIMATORS", "POLICIES", "Allocation", "Anchors", "Callback",
+    "Curriculum", "EpochResult", "Estimator", "EstimatorError", "FlexsampleError", "Learner",
+    "LoopResult", "ModelLike", "PolicyState", "Pool", "QueryResult", "Registry", "Schedule",
+    "ScoringContext", "StepRecord", "UnknownNameError", "ValRecord", "get_allocation",
+    "get_anchors", "get_estimator", "get_policy", "import_plugin", "list_allocations",
+    "list_anchors", "list_estimators", "list_policies", "load_checkpoint", "register_allocation",
+    "register_anchors", "register_estimator", "register_policy", "save_atomic",
+    "score_candidates", "select_per_class", "tensor_inputs", "top_k",
+]

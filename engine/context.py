@@ -1,0 +1,319 @@
+"""The scoring context: computes, lazily and once, what an estimator declared it needs.
+
+One backbone pass per sample gives the pooled features; probabilities and the T head-only
+MC-dropout draws are derived from them (exact for a model whose only dropout is before the
+head). MC draws are streamed batch by batch as (T, batch, C) tensors, so nothing ever holds
+N x T x C. Everything runs batched on the model's device, under bf16 autocast on CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import EstimatorError, FlexsampleError
+from .interfaces import NEEDS
+from .masks import draw_unit_hash, keep_masks
+
+# (indices, batch_size) -> model-ready input batches covering `indices` in order
+InputFn = Callable[[np.ndarray, int], Iterable[torch.Tensor]]
+ProgressFn = Callable[[int], None]
+
+MC_MODES = ("head", "full")
+
+
+def tensor_inputs(x: torch.Tensor) -> InputFn:
+    """An InputFn over an in-memory tensor holding the whole split."""
+
+    def batches(indices: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+        for start in range(0, len(indices), batch_size):
+            yield x[torch.as_tensor(indices[start : start + batch_size])]
+
+    return batches
+
+
+def model_device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class ScoringContext:
+    """Per-query-step cache of features / probabilities / MC draws over training indices.
+
+    `needs` restricts what may be read (an estimator's declaration); reading anything else
+    raises an EstimatorError naming `owner`. Indices are global indices into the training split.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: InputFn,
+        labels: np.ndarray,
+        *,
+        seed: int,
+        step: int,
+        batch_size: int = 256,
+        subset_indices: np.ndarray | None = None,
+        needs: Iterable[str] = NEEDS,
+        owner: str = "estimator",
+        progress: ProgressFn | None = None,
+    ) -> None:
+        if not all(hasattr(model, a) for a in ("embed", "head", "dropout_p")):
+            raise FlexsampleError(
+                "the model must expose embed(x), head (nn.Linear) and dropout_p "
+                "(wrap it with flexsample.training.models.adapt_model)"
+            )
+        self.model = model
+        self.inputs = inputs
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self.seed = int(seed)
+        self.step = int(step)
+        self.batch_size = int(batch_size)
+        self.subset_indices = (
+            np.zeros(0, np.int64) if subset_indices is None else np.asarray(subset_indices)
+        )
+        self.needs = frozenset(needs)
+        unknown = self.needs - NEEDS
+        if unknown:
+            raise EstimatorError(
+                f"estimator '{owner}' declares unknown needs {sorted(unknown)}; "
+                f"accepted: {sorted(NEEDS)}"
+            )
+        self.owner = owner
+        self.progress = progress
+        self.device = model_device(model)
+        self.num_items = len(self._labels)
+        self._features: np.ndarray | None = None
+        self._have_features = np.zeros(self.num_items, dtype=bool)
+        self._probs: np.ndarray | None = None
+        self._have_probs = np.zeros(self.num_items, dtype=bool)
+        self.stats = {"backbone_items": 0, "mc_items": 0}
+
+    # -- access control -------------------------------------------------------------------
+    def _require(self, need: str) -> None:
+        if need not in self.needs:
+            raise EstimatorError(
+                f"estimator '{self.owner}' reads '{need}' but does not declare it in needs "
+                f"(declared: {sorted(self.needs) or 'nothing'})"
+            )
+
+    def for_estimator(self, owner: str, needs: Iterable[str]) -> ScoringContext:
+        """A view sharing this context's caches, restricted to another declaration."""
+        view = object.__new__(ScoringContext)
+        view.__dict__.update(self.__dict__)
+        view.owner, view.needs = owner, frozenset(needs)
+        view._parent = self
+        return view
+
+    def _root(self) -> ScoringContext:
+        return getattr(self, "_parent", self)
+
+    @property
+    def labels(self) -> np.ndarray:
+        self._require("labels")
+        return self._labels
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """A generator seeded by (seed, step): the same draws for the same query step."""
+        return np.random.default_rng([self.seed, self.step, 0x5EED])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.head.out_features)
+
+    # -- features and probabilities -------------------------------------------------------
+    def features(self, indices: np.ndarray) -> np.ndarray:
+        """Pooled features (n, D) float32 of the current classifier, eval mode."""
+        self._require("features")
+        return self._root()._ensure_features(np.asarray(indices, dtype=np.int64))
+
+    def probs(self, indices: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (n, C) float32 of the deterministic (eval) model."""
+        self._require("probs")
+        return self._root()._ensure_probs(np.asarray(indices, dtype=np.int64))
+
+    def _embed_batches(self, indices: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(chunk indices, features on device as float32), one backbone pass."""
+        self.model.eval()
+        start = 0
+        for x in self.inputs(indices, self.batch_size):
+            n = len(x)
+            chunk = indices[start : start + n]
+            start += n
+            x = x.to(self.device, non_blocking=True)
+            if self.device.type == "cuda" and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), autocast_for(self.device):
+                f = self.model.embed(x)
+            self.stats["backbone_items"] += n
+            if self.progress is not None:
+                self.progress(n)
+            yield chunk, f.float()
+        if start != len(indices):
+            raise FlexsampleError(
+                f"the input source yielded {start} items for {len(indices)} indices"
+            )
+
+    def _store_features(self, chunk: np.ndarray, f: torch.Tensor) -> None:
+        if self._features is None:
+            self._features = np.zeros((self.num_items, f.shape[1]), dtype=np.float32)
+        self._features[chunk] = f.cpu().numpy()
+        self._have_features[chunk] = True
+
+    def _ensure_features(self, indices: np.ndarray) -> np.ndarray:
+        missing = np.unique(indices[~self._have_features[indices]])
+        for chunk, f in self._embed_batches(missing):
+            self._store_features(chunk, f)
+        if self._features is None:  # no indices at all
+            return np.zeros((0, int(self.model.head.in_features)), dtype=np.float32)
+        return self._features[indices]
+
+    @torch.inference_mode()
+    def _head_probs(self, f: torch.Tensor) -> torch.Tensor:
+        head = self.model.head
+        return torch.softmax(nn.functional.linear(f, head.weight.float(), _bias(head)), dim=-1)
+
+    def _ensure_probs(self, indices: np.ndarray) -> np.ndarray:
+        missing = np.unique(indices[~self._have_probs[indices]])
+        if self._probs is None:
+            self._probs = np.zeros((self.num_items, self.num_classes), dtype=np.float32)
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start : start + self.batch_size]
+            f = torch.from_numpy(self._ensure_features(chunk)).to(self.device)
+            self._probs[chunk] = self._head_probs(f).cpu().numpy()
+            self._have_probs[chunk] = True
+        return self._probs[indices]
+
+    # -- MC dropout -----------------------------------------------------------------------
+    def iter_mc(
+        self, indices: np.ndarray, samples: int, mode: str = "head"
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Yield (chunk indices, probs of shape (T, chunk, C)) over `indices`, in order.
+
+        `head`: dropout masks on the pooled features, hashed from (seed, step, index, draw);
+        the T head passes are one batched matmul. `full`: T complete stochastic passes with
+        every dropout layer active (models with dropout inside the backbone); its torch RNG
+        is seeded per batch from (seed, step, first index), so it depends on batch size.
+        """
+        self._require("mc")
+        if samples < 2:
+            raise FlexsampleError(f"--mc-samples must be >= 2, got {samples}")
+        if mode not in MC_MODES:
+            raise FlexsampleError(f"unknown --mc-mode '{mode}'; accepted: {', '.join(MC_MODES)}")
+        indices = np.asarray(indices, dtype=np.int64)
+        root = self._root()
+        if mode == "full":
+            yield from root._iter_mc_full(indices, samples)
+        else:
+            yield from root._iter_mc_head(indices, samples)
+
+    def _iter_mc_head(
+        self, indices: np.ndarray, samples: int
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        head = self.model.head
+        p = float(self.model.dropout_p)
+        if not 0.0 < p < 1.0:
+            raise FlexsampleError(
+                f"MC dropout needs a model with dropout_p in (0, 1), this one has {p}"
+            )
+        weight = head.weight.detach().float().t()  # (D, C)
+        bias = _bias(head)
+        base = draw_unit_hash(self.seed, self.step, samples, weight.shape[0], self.device)
+        scale = 1.0 / (1.0 - p)
+
+        def draws(chunk: np.ndarray, f: torch.Tensor) -> torch.Tensor:
+            idx = torch.as_tensor(chunk, device=self.device)
+            keep = keep_masks(self.seed, self.step, idx, samples, f.shape[1], p, base=base)
+            x = f.unsqueeze(0) * keep * scale  # (T, B, D)
+            logits = torch.matmul(x, weight)
+            if bias is not None:
+                logits = logits + bias
+            self.stats["mc_items"] += len(chunk)
+            return torch.softmax(logits, dim=-1)
+
+        with torch.inference_mode():
+            if self._have_features[indices].all() or not len(indices):
+                for start in range(0, len(indices), self.batch_size):
+                    chunk = indices[start : start + self.batch_size]
+                    f = torch.from_numpy(self._features[chunk]).to(self.device)
+                    yield chunk, draws(chunk, f)
+            elif not self._have_features[indices].any() and len(np.unique(indices)) == len(indices):
+                for chunk, f in self._embed_batches(indices):  # fused with the backbone pass
+                    self._store_features(chunk, f)
+                    yield chunk, draws(chunk, f)
+            else:
+                self._ensure_features(indices)
+                yield from self._iter_mc_head(indices, samples)
+
+    def _iter_mc_full(
+        self, indices: np.ndarray, samples: int
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        from .masks import _key
+
+        model = self.model
+        model.eval()
+        dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+        start = 0
+        with torch.inference_mode():
+            for x in self.inputs(indices, self.batch_size):
+                chunk = indices[start : start + len(x)]
+                start += len(x)
+                x = x.to(self.device)
+                devices = [self.device] if self.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(_key(self.seed, self.step, int(chunk[0])))
+                    for m in dropouts:
+                        m.train()
+                    out = []
+                    try:
+                        for _ in range(samples):
+                            with autocast_for(self.device):
+                                logits = _stochastic_forward(model, x)
+                            out.append(torch.softmax(logits.float(), dim=-1))
+                    finally:
+                        for m in dropouts:
+                            m.eval()
+                self.stats["backbone_items"] += samples * len(chunk)
+                self.stats["mc_items"] += len(chunk)
+                if self.progress is not None:
+                    self.progress(len(chunk))
+                yield chunk, torch.stack(out)
+
+    def reduce_mc(
+        self,
+        indices: np.ndarray,
+        samples: int,
+        reducer: Callable[[torch.Tensor], torch.Tensor],
+        mode: str = "head",
+    ) -> np.ndarray:
+        """Apply `reducer` ((T, B, C) -> (B,)) to each streamed batch; concatenate as float64."""
+        out = np.empty(len(indices), dtype=np.float64)
+        pos = 0
+        for chunk, probs in self.iter_mc(indices, samples, mode):
+            out[pos : pos + len(chunk)] = reducer(probs).double().cpu().numpy()
+            pos += len(chunk)
+        return out
+
+
+def _bias(head: nn.Linear) -> torch.Tensor | None:
+    return None if head.bias is None else head.bias.detach().float()
+
+
+def _stochastic_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits with dropout on the pooled features as in training (F.dropout, training=True)."""
+    f = model.embed(x)
+    f = nn.functional.dropout(f, p=float(model.dropout_p), training=True)
+    return model.head(f)

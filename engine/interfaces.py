@@ -1,0 +1,179 @@
+"""The contracts between the engine and what plugs into it (DESIGN.md, "Contracts").
+
+Every piece is a small class: estimators score candidates, schedules decide when and how
+much the subset grows, allocations split a budget across classes, anchor strategies pick
+the starting subset. Each keeps its tunable state in `state_dict()` so checkpoints resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .context import ScoringContext
+
+NEEDS = frozenset({"features", "probs", "mc", "labels"})
+
+
+@runtime_checkable
+class ModelLike(Protocol):
+    """A classifier split into a deterministic embedding and a final linear head."""
+
+    head: nn.Linear
+    dropout_p: float
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class Stateful:
+    """Default (empty) state for components that keep none."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+class Estimator(Stateful):
+    """Scores candidates; higher = take first.
+
+    Subclasses set `name`, declare `needs` (a subset of features, probs, mc, labels) and
+    implement `score`. The context computes only what is declared and refuses the rest.
+    """
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def score(self, ctx: ScoringContext, candidates: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ValRecord:
+    """One validation measurement (after an epoch)."""
+
+    epoch: int
+    balanced_accuracy: float
+    per_class_recall: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """What schedules and allocations may read. Counts are per class, length C.
+
+    `epoch` is the number of epochs already trained; `round` is `epoch // epochs_per_round`.
+    """
+
+    epoch: int
+    step: int
+    rounds: int
+    epochs_per_round: int
+    subset_counts: np.ndarray
+    remaining_counts: np.ndarray
+    anchor_size: int
+    val_history: tuple[ValRecord, ...] = field(default_factory=tuple)
+
+    @property
+    def epoch_budget(self) -> int:
+        return self.rounds * self.epochs_per_round
+
+    @property
+    def round(self) -> int:
+        return self.epoch // self.epochs_per_round
+
+    @property
+    def at_round_start(self) -> bool:
+        return self.epoch % self.epochs_per_round == 0
+
+    @property
+    def subset_size(self) -> int:
+        return int(self.subset_counts.sum())
+
+    @property
+    def total_size(self) -> int:
+        return int(self.subset_counts.sum() + self.remaining_counts.sum())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.subset_counts)
+
+    @property
+    def last_recall(self) -> np.ndarray | None:
+        if not self.val_history:
+            return None
+        return np.asarray(self.val_history[-1].per_class_recall, dtype=np.float64)
+
+
+class Schedule(Stateful):
+    """When to query (`should_query`, asked before every epoch) and how many in total."""
+
+    name: ClassVar[str] = ""
+
+    def should_query(self, state: PolicyState) -> bool:
+        raise NotImplementedError
+
+    def budget(self, state: PolicyState) -> int:
+        raise NotImplementedError
+
+    def validate(self, rounds: int, epochs_per_round: int) -> None:
+        """Raise FlexsampleError when the schedule cannot run with this budget."""
+
+
+class Allocation(Stateful):
+    """Splits a step's budget across classes: `quotas(...)[c] <= remaining_counts[c]`."""
+
+    name: ClassVar[str] = ""
+
+    def quotas(self, state: PolicyState, budget: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Anchors(Stateful):
+    """Chooses the starting subset. `needs_features` asks the caller for a feature matrix."""
+
+    name: ClassVar[str] = ""
+    needs_features: ClassVar[bool] = False
+
+    def select(
+        self,
+        labels: np.ndarray,
+        num_classes: int,
+        seed: int,
+        features: np.ndarray | None = None,
+    ) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass
+class EpochResult:
+    """What a learner reports after training one epoch."""
+
+    loss: float
+    seconds: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Learner(Protocol):
+    """The training consumer as the curriculum loop sees it (training/ or the user's own)."""
+
+    model: nn.Module
+
+    def start_round(self, round_index: int, num_epochs: int) -> None:
+        """A fresh optimizer and learning-rate schedule spanning `num_epochs`."""
+
+    def train_epoch(self, indices: np.ndarray, epoch: int) -> EpochResult: ...
+
+    def validate(self) -> tuple[float, Sequence[float]]:
+        """(balanced accuracy, per-class recall) on the validation split."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

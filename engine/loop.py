@@ -1,0 +1,326 @@
+"""The curriculum loop: train -> validate -> policy -> allocation -> score -> select -> grow.
+
+It drives any `Learner` (training/'s trainer or a user's own) and reports through callbacks;
+it writes nothing but checkpoints, and only when given a directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import save_atomic
+from .context import InputFn, ScoringContext
+from .errors import FlexsampleError
+from .interfaces import Allocation, Estimator, Learner, PolicyState, Schedule, ValRecord
+from .pool import Pool
+from .scoring import score_candidates
+from .selection import select_per_class
+
+
+@dataclass
+class StepRecord:
+    """One query step, closed when its training span ends (one line of rounds.jsonl)."""
+
+    step: int
+    epoch: int
+    subset_size: int
+    class_counts: list[int]
+    val_balanced_accuracy: float | None = None
+    val_per_class_recall: list[float] | None = None
+    score_s: float = 0.0
+    train_s: float = 0.0
+    epochs: int = 0
+    best_val_balanced_accuracy: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class QueryResult:
+    step: int
+    quotas: np.ndarray
+    candidates: np.ndarray
+    scores: np.ndarray
+    chosen: np.ndarray
+    seconds: float
+
+
+@dataclass
+class LoopResult:
+    best_val_balanced_accuracy: float
+    best_epoch: int
+    subset_size_at_best: int
+    records: list[StepRecord] = field(default_factory=list)
+
+
+class Callback:
+    """Hooks for progress display and run outputs; every method is optional."""
+
+    def on_scoring_start(self, step: int, total: int) -> None: ...
+    def on_scoring_advance(self, n: int) -> None: ...
+    def on_query(self, result: QueryResult) -> None: ...
+    def on_epoch_start(self, epoch: int, subset_size: int) -> None: ...
+    def on_epoch_end(self, epoch: int, loss: float, val: ValRecord, improved: bool) -> None: ...
+    def on_step_end(self, record: StepRecord) -> None: ...
+    def on_checkpoint(self, epoch: int) -> None: ...
+
+
+class Curriculum:
+    """Grows the training subset from anchors to (typically) the full split.
+
+    The epoch budget is `rounds * epochs_per_round`. Before every epoch the schedule is asked
+    whether to query; a query before the first epoch joins step 0 (the anchors). Each round,
+    and each query, starts a fresh optimizer in the learner.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        schedule: Schedule,
+        allocation: Allocation,
+        estimator: Estimator,
+        learner: Learner,
+        inputs: InputFn,
+        *,
+        rounds: int,
+        epochs_per_round: int,
+        seed: int,
+        score_batch_size: int = 256,
+        checkpoint_dir: str | Path | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        if rounds < 1:
+            raise FlexsampleError(f"--rounds must be >= 1, got {rounds}")
+        if epochs_per_round < 1:
+            raise FlexsampleError(f"--epochs-per-round must be >= 1, got {epochs_per_round}")
+        schedule.validate(rounds, epochs_per_round)
+        self.pool = pool
+        self.schedule = schedule
+        self.allocation = allocation
+        self.estimator = estimator
+        self.learner = learner
+        self.inputs = inputs
+        self.rounds = rounds
+        self.epochs_per_round = epochs_per_round
+        self.seed = seed
+        self.score_batch_size = score_batch_size
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.callbacks = list(callbacks)
+        self.epoch = 0
+        self.step = 0
+        self.anchor_size = 0
+        self.history: list[ValRecord] = []
+        self.records: list[StepRecord] = []
+        self.current: StepRecord | None = None
+        self.best_val = -1.0
+        self.best_epoch = -1
+        self.subset_size_at_best = 0
+        self.best_state: dict[str, Any] | None = None  # kept in memory without checkpoint_dir
+
+    @property
+    def epoch_budget(self) -> int:
+        return self.rounds * self.epochs_per_round
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(*args)
+
+    # -- state seen by policies ------------------------------------------------------------
+    def policy_state(self) -> PolicyState:
+        return PolicyState(
+            epoch=self.epoch,
+            step=self.step,
+            rounds=self.rounds,
+            epochs_per_round=self.epochs_per_round,
+            subset_counts=self.pool.subset_counts(),
+            remaining_counts=self.pool.remaining_counts(),
+            anchor_size=self.anchor_size,
+            val_history=tuple(self.history),
+        )
+
+    def start(self, anchors: np.ndarray) -> None:
+        """Put the anchor set in the pool as step 0."""
+        if self.pool.size:
+            raise FlexsampleError("the pool already holds samples; start() takes the anchors")
+        self.pool.add(anchors, step=0)
+        self.anchor_size = self.pool.size
+        self.current = self._open_record(score_s=0.0)
+
+    def _open_record(self, score_s: float) -> StepRecord:
+        return StepRecord(
+            step=self.step,
+            epoch=self.epoch,
+            subset_size=self.pool.size,
+            class_counts=self.pool.subset_counts().tolist(),
+            score_s=score_s,
+        )
+
+    # -- one query ---------------------------------------------------------------------------
+    def query(self, budget: int, state: PolicyState) -> QueryResult:
+        remaining = self.pool.remaining_counts()
+        budget = int(min(budget, remaining.sum()))
+        quotas = np.asarray(self.allocation.quotas(state, budget))
+        name = getattr(self.allocation, "name", type(self.allocation).__name__)
+        if quotas.shape != remaining.shape or not np.issubdtype(quotas.dtype, np.integer):
+            raise FlexsampleError(
+                f"allocation '{name}' returned {quotas.dtype} {quotas.shape}; expected "
+                f"integers of shape {remaining.shape}"
+            )
+        if (quotas < 0).any() or (quotas > remaining).any() or quotas.sum() > budget:
+            raise FlexsampleError(
+                f"allocation '{name}' returned quotas {quotas.tolist()} outside the remaining "
+                f"counts {remaining.tolist()} or above the budget {budget}"
+            )
+        step = self.step + 1 if self.epoch > 0 else 0
+        t0 = time.perf_counter()
+        takes_all = quotas == remaining
+        partial = np.flatnonzero((quotas > 0) & ~takes_all)
+        chosen = [self.pool.remaining_indices(int(c)) for c in np.flatnonzero(takes_all & (quotas > 0))]
+        candidates = (
+            np.sort(np.concatenate([self.pool.remaining_indices(int(c)) for c in partial]))
+            if len(partial)
+            else np.zeros(0, np.int64)
+        )
+        scores = np.zeros(0)
+        if len(candidates):
+            self._emit("on_scoring_start", step, len(candidates))
+            ctx = ScoringContext(
+                self.learner.model,
+                self.inputs,
+                self.pool.labels,
+                seed=self.seed,
+                step=step,
+                batch_size=self.score_batch_size,
+                subset_indices=self.pool.subset_indices(),
+                progress=lambda n: self._emit("on_scoring_advance", n),
+            )
+            scores = score_candidates(self.estimator, ctx, candidates)
+            partial_quotas = np.where(takes_all, 0, quotas)
+            chosen.append(
+                select_per_class(candidates, scores, self.pool.labels[candidates], partial_quotas)
+            )
+        chosen_idx = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+        self.pool.add(chosen_idx, step)
+        self.step = step
+        result = QueryResult(step, quotas, candidates, scores, chosen_idx, time.perf_counter() - t0)
+        self._emit("on_query", result)
+        return result
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> LoopResult:
+        if self.current is None:
+            raise FlexsampleError("call start(anchors) (or load a checkpoint) before run()")
+        while self.epoch < self.epoch_budget:
+            state = self.policy_state()
+            queried = False
+            if not self.pool.is_full and self.schedule.should_query(state):
+                budget = int(self.schedule.budget(state))
+                if budget > 0:
+                    if self.current.epochs > 0:
+                        self._close_record()
+                    result = self.query(budget, state)
+                    queried = True
+                    if self.current is None or self.current.epochs > 0 or self.epoch > 0:
+                        self.current = self._open_record(result.seconds)
+                    else:  # the query before the first epoch joins step 0
+                        self.current = self._open_record(self.current.score_s + result.seconds)
+            if state.at_round_start or queried:
+                left = self.epochs_per_round - self.epoch % self.epochs_per_round
+                self.learner.start_round(state.round, left)
+            self._train_one_epoch()
+        if self.current is not None and self.current.epochs > 0:
+            self._close_record()
+        return LoopResult(self.best_val, self.best_epoch, self.subset_size_at_best, self.records)
+
+    def _train_one_epoch(self) -> None:
+        subset = self.pool.subset_indices()
+        self._emit("on_epoch_start", self.epoch, len(subset))
+        res = self.learner.train_epoch(subset, self.epoch)
+        bal, recall = self.learner.validate()
+        val = ValRecord(self.epoch, float(bal), tuple(float(r) for r in recall))
+        self.history.append(val)
+        rec = self.current
+        rec.epochs += 1
+        rec.train_s += float(res.seconds)
+        rec.val_balanced_accuracy = val.balanced_accuracy
+        rec.val_per_class_recall = list(val.per_class_recall)
+        rec.best_val_balanced_accuracy = max(rec.best_val_balanced_accuracy or -1.0, val.balanced_accuracy)
+        improved = val.balanced_accuracy > self.best_val
+        if improved:
+            self.best_val = val.balanced_accuracy
+            self.best_epoch = self.epoch
+            self.subset_size_at_best = len(subset)
+            self._save_best(val)
+        self._emit("on_epoch_end", self.epoch, float(res.loss), val, improved)
+        self.epoch += 1
+        if self.checkpoint_dir is not None:
+            save_atomic(self.checkpoint_dir / "checkpoint.pt", self.state_dict(), rotate=True)
+            self._emit("on_checkpoint", self.epoch)
+
+    def _close_record(self) -> None:
+        self.records.append(self.current)
+        self._emit("on_step_end", self.current)
+
+    def _save_best(self, val: ValRecord) -> None:
+        weights = {k: v.detach().cpu().clone() for k, v in self.learner.model.state_dict().items()}
+        payload = {
+            "model": weights,
+            "epoch": val.epoch,
+            "val_balanced_accuracy": val.balanced_accuracy,
+            "subset_size": self.subset_size_at_best,
+            "subset_counts": self.pool.subset_counts(),
+        }
+        if self.checkpoint_dir is None:
+            self.best_state = payload
+        else:
+            save_atomic(self.checkpoint_dir / "best.pt", payload)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "anchor_size": self.anchor_size,
+            "rounds": self.rounds,
+            "epochs_per_round": self.epochs_per_round,
+            "seed": self.seed,
+            "pool": self.pool.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "allocation": self.allocation.state_dict(),
+            "estimator": self.estimator.state_dict(),
+            "learner": self.learner.state_dict(),
+            "history": [asdict(v) for v in self.history],
+            "records": [r.to_json() for r in self.records],
+            "current": None if self.current is None else copy.deepcopy(self.current.to_json()),
+            "best": (self.best_val, self.best_epoch, self.subset_size_at_best),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("rounds", "epochs_per_round", "seed"):
+            if state[key] != getattr(self, key):
+                raise FlexsampleError(
+                    f"checkpoint was made with {key}={state[key]}, this run has {getattr(self, key)}"
+                )
+        self.epoch = int(state["epoch"])
+        self.step = int(state["step"])
+        self.anchor_size = int(state["anchor_size"])
+        self.pool.load_state_dict(state["pool"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.allocation.load_state_dict(state["allocation"])
+        self.estimator.load_state_dict(state["estimator"])
+        self.learner.load_state_dict(state["learner"])
+        self.history = [
+            ValRecord(h["epoch"], h["balanced_accuracy"], tuple(h["per_class_recall"]))
+            for h in state["history"]
+        ]
+        self.records = [StepRecord(**r) for r in state["records"]]
+        self.current = None if state["current"] is None else StepRecord(**state["current"])
+        self.best_val, self.best_epoch, self.subset_size_at_best = state["best"]

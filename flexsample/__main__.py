@@ -1,0 +1,3 @@
+from flexsample.cli.app import main
+
+main()
