@@ -83,7 +83,11 @@ class RunRecorder(Callback):
         save_npz(self.out / SELECTION, index=index, step=step, train_ids=self.train_ids[index])
 
     def write_scores(self) -> None:
+        if not self.save_scores:
+            return
         if not self._scores:
+            empty = np.zeros(0, np.int64)
+            save_npz(self.out / SCORES, step=empty, index=empty, score=np.zeros(0))
             return
         save_npz(
             self.out / SCORES,

@@ -229,6 +229,7 @@ def execute(
         anchors = comps.anchors.select(ds.train.labels, ds.num_classes, cfg.seed, features)
         loop.start(anchors)
         recorder.write_selection()
+        recorder.write_scores()
 
     if display is not None:
         with display:

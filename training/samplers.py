@@ -1,4 +1,10 @@
-"""Epoch orderings over the current subset (the re-sampling baselines plug in here)."""
+"""Epoch orderings over the current subset (the re-sampling baselines plug in here).
+
+A sampler maps (labels of the subset, seeded generator) to positions into the subset for
+one epoch. The re-sampling samplers draw as many positions as the subset holds, so an epoch
+costs the same whatever the sampler: a class is drawn with probability ∝ n_c^q, then a
+sample uniformly within it (with replacement).
+"""
 
 from __future__ import annotations
 
@@ -20,3 +26,35 @@ SAMPLERS: Registry[np.ndarray] = Registry(
 def instance_sampler(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Every sample once per epoch, shuffled."""
     return rng.permutation(len(labels))
+
+
+def class_power_sampler(labels: np.ndarray, rng: np.random.Generator, q: float) -> np.ndarray:
+    """len(labels) positions; class c drawn with probability ∝ n_c^q, then a uniform member.
+
+    q = 0 is class-balanced, q = 1/2 square-root, q = 1 instance sampling with replacement.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    classes, counts = np.unique(labels, return_counts=True)
+    p = counts.astype(np.float64) ** q
+    p /= p.sum()
+    by_class = np.argsort(labels, kind="stable")  # positions grouped by class, class order
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    drawn = rng.choice(len(classes), size=n, p=p)
+    within = np.floor(rng.random(n) * counts[drawn]).astype(np.int64)
+    within = np.minimum(within, counts[drawn] - 1)
+    return by_class[starts[drawn] + within]
+
+
+@SAMPLERS.register("class-balanced")
+def class_balanced_sampler(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Every class equally likely per draw (re-sampling, RS), as many draws as samples."""
+    return class_power_sampler(labels, rng, 0.0)
+
+
+@SAMPLERS.register("sqrt")
+def sqrt_sampler(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Classes drawn ∝ sqrt(n_c): halfway between instance and class-balanced sampling."""
+    return class_power_sampler(labels, rng, 0.5)

@@ -150,11 +150,16 @@ class Trainer:
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "last_counts": self.last_counts,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.last_counts = np.asarray(state["last_counts"])
+        torch.set_rng_state(state["torch_rng"])  # dropout draws continue as uninterrupted
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         if state["optimizer"] is not None:
             self.start_round(0, self.cfg.epochs_per_round)
             self.optimizer.load_state_dict(state["optimizer"])
