@@ -223,10 +223,11 @@ def _register_optional_commands() -> None:
         from .splits_cmd import splits
 
         app.command("splits")(splits)
-    with contextlib.suppress(ImportError):
-        from .bench import bench
+    from .bench import bench
 
-        app.command("bench")(bench)
+    app.command(
+        "bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+    )(bench)
 
 
 _register_optional_commands()
