@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Literal, Optional, get_args, get_origin
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from flexsample._version import __version__
 from flexsample.engine.errors import FlexsampleError
@@ -33,16 +34,6 @@ app = typer.Typer(
 
 console = Console()
 err_console = Console(stderr=True)
-
-
-def _default(field: str) -> str:
-    value = RunConfig.model_fields[field].default
-    return "none" if value is None else str(value)
-
-
-def _help(field: str, text: str | None = None) -> str:
-    desc = text or RunConfig.model_fields[field].description or ""
-    return f"{desc} [default: {_default(field)}]"
 
 
 @contextlib.contextmanager
@@ -85,40 +76,36 @@ def main_callback(
     """Flexible Sampling for long-tailed classification."""
 
 
-@app.command()
+def _config_options() -> list[inspect.Parameter]:
+    """One --flag per RunConfig field, so the CLI, config files and docs never drift apart."""
+    params = []
+    for name, field in RunConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        panel = (field.json_schema_extra or {}).get("panel")
+        default = field.default if field.default_factory is None else []
+        shown = "none" if default is None else default
+        text = f"{field.description} \\[default: {shown}]"
+        ann = field.annotation
+        if name == "plugin":
+            typ: Any = list[str]
+        elif ann is bool:
+            typ, flag = bool, f"{flag}/--no-{flag[2:]}"
+        elif get_origin(ann) is Literal:
+            typ = str
+        else:
+            args = [a for a in get_args(ann) if a is not type(None)]
+            typ = args[0] if args else ann
+        option = typer.Option(None, flag, help=text, rich_help_panel=panel, show_default=False)
+        params.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                              annotation=Optional[typ])  # noqa: UP045 (typer reads it)
+        )
+    return params
+
+
 def run(
-    dataset: str = typer.Option(None, help=_help("dataset")),
-    data_dir: str = typer.Option(None, help=_help("data_dir")),
-    splits_dir: str = typer.Option(None, help=_help("splits_dir")),
-    imbalance_ratio: float = typer.Option(None, help=_help("imbalance_ratio")),
-    data_seed: int = typer.Option(None, help=_help("data_seed")),
-    image_size: int = typer.Option(None, help=_help("image_size")),
-    skip_missing: bool = typer.Option(None, "--skip-missing", help=_help("skip_missing")),
-    estimator: str = typer.Option(None, help=_help("estimator")),
-    policy: str = typer.Option(None, help=_help("policy")),
-    allocation: str = typer.Option(None, help=_help("allocation")),
-    anchors: str = typer.Option(None, help=_help("anchors")),
-    rounds: int = typer.Option(None, help=_help("rounds")),
-    epochs_per_round: int = typer.Option(None, help=_help("epochs_per_round")),
-    mc_samples: int = typer.Option(None, help=_help("mc_samples")),
-    mc_mode: str = typer.Option(None, help=_help("mc_mode", "MC-dropout mode: head or full")),
-    score_batch_size: int = typer.Option(None, help=_help("score_batch_size")),
-    backbone: str = typer.Option(None, help=_help("backbone")),
-    pretrained: str = typer.Option(None, help=_help("pretrained")),
-    dropout: float = typer.Option(None, help=_help("dropout")),
-    batch_size: int = typer.Option(None, help=_help("batch_size")),
-    lr: float = typer.Option(None, help=_help("lr")),
-    weight_decay: float = typer.Option(None, help=_help("weight_decay")),
-    loss: str = typer.Option(None, help=_help("loss")),
-    sampler: str = typer.Option(None, help=_help("sampler")),
-    mixup: float = typer.Option(None, help=_help("mixup")),
-    logit_adjust: float = typer.Option(None, help=_help("logit_adjust")),
-    workers: int = typer.Option(None, help=_help("workers")),
-    seed: int = typer.Option(None, help=_help("seed")),
-    device: str = typer.Option(None, help=_help("device")),
-    plugin: list[str] = typer.Option(None, help="module to import first (repeatable)"),
     out: Path = typer.Option(
-        None, help="run folder [default: runs/<timestamp>-<estimator>-<policy>]"
+        None, help="run folder \\[default: runs/<timestamp>-<estimator>-<policy>]"
     ),
     config: Path = typer.Option(
         None, help="TOML, YAML or a run's config.json; flags override its values"
@@ -132,17 +119,18 @@ def run(
     ),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars or tables"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+    **flags: Any,
 ) -> None:
     """Train with Flexible Sampling and write a run folder.
 
-    With no arguments: digits-lt (embedded, r=100), MC-dropout BALD, linear schedule, on
-    the best device found. Outputs: config.json, rounds.jsonl, selection.npz, scores.npz,
-    results.json, curves.png, checkpoint.pt, best.pt.
+    With no arguments: the embedded digits-lt (r = 100), prototype anchors, MC-dropout BALD, a linear schedule with difficulty-aware allocation, on the best device found.
+
+    Writes config.json, rounds.jsonl, selection.npz, scores.npz, results.json, curves.png, checkpoint.pt and best.pt into the run folder. Flags override values of --config.
     """
-    flags = {k: v for k, v in locals().items() if k in RunConfig.model_fields}
     with user_errors(debug):
         from .config import resolve_config
-        from .runner import default_out, execute, prepare_out, read_run_config
+        from .runner import build_components, default_out, execute, load_plugins, prepare_out
+        from .runner import read_run_config
 
         if resume:
             if out is None:
@@ -154,8 +142,8 @@ def run(
                     + ", ".join("--" + k.replace("_", "-") for k in given or ["config"])
                 )
             cfg = read_run_config(out)
-            if device is not None:
-                cfg.device = device
+            if flags.get("device") is not None:
+                cfg.device = flags["device"]
             if not (out / "checkpoint.pt").exists():
                 raise FlexsampleError(f"{out} has no checkpoint.pt to resume from")
         else:
@@ -165,12 +153,18 @@ def run(
             raise typer.Exit()
         target = out if out is not None else default_out(cfg)
         if not resume:
-            from .runner import build_components, load_plugins
-
             load_plugins(cfg.plugin)
             build_components(cfg)  # bad names fail before the folder is touched
             prepare_out(target, overwrite)
         execute(cfg, target, console, resume=resume, quiet=quiet)
+
+
+_sig = inspect.signature(run)
+run.__signature__ = _sig.replace(  # type: ignore[attr-defined]
+    parameters=[p for p in _sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    + _config_options()
+)
+app.command()(run)
 
 
 @app.command("eval")
@@ -208,13 +202,19 @@ def list_cmd(
         from .runner import load_plugins
 
         load_plugins(plugin or [])
-        table = Table(show_header=True, box=None, pad_edge=False)
-        for col in ("kind", "name", "description", "from"):
-            table.add_column(col, overflow="fold")
-        for reg in (ESTIMATORS, POLICIES, ALLOCATIONS, ANCHORS, DATASETS, LOSSES, SAMPLERS):
-            for name, doc, origin in reg.describe():
-                table.add_row(reg.kind, name, doc, origin)
-        console.print(table)
+        rows = [
+            (reg.kind, name, doc, origin)
+            for reg in (ESTIMATORS, POLICIES, ALLOCATIONS, ANCHORS, DATASETS, LOSSES, SAMPLERS)
+            for name, doc, origin in reg.describe()
+        ]
+        width = max(len(r[1]) for r in rows)
+        for kind, name, doc, origin in rows:
+            builtin = origin.startswith("flexsample.")
+            source = "" if builtin else f"  [plugin: {origin}]"
+            console.print(
+                f"{kind:<10} {name:<{width}}  {doc}{source}", soft_wrap=True, highlight=False,
+                markup=False,
+            )
 
 
 def _register_optional_commands() -> None:

@@ -25,7 +25,7 @@ from .config import RunConfig
 BASELINES: dict[str, dict[str, Any]] = {
     "ce": {"loss": "ce"},
     "rs": {"sampler": "class-balanced"},
-    "rw": {"loss": "cb-softmax"},
+    "rw": {"loss": "grw", "grw_exponent": 1.0},
     "cb-focal": {"loss": "cb-focal"},
     "ldam-drw": {"loss": "ldam"},
     "balanced-softmax": {"loss": "balanced-softmax"},
@@ -33,7 +33,8 @@ BASELINES: dict[str, dict[str, Any]] = {
     "mixup": {"mixup": 1.0},
 }
 BASELINE_BASE = {"policy": "full", "estimator": "random", "anchors": "random",
-                 "loss": "ce", "sampler": "instance", "mixup": 0.0, "logit_adjust": 0.0}
+                 "allocation": "proportional", "loss": "ce", "sampler": "instance",
+                 "mixup": 0.0, "logit_adjust": 0.0}
 
 CSV_COLUMNS = [
     "method", "dataset", "imbalance_ratio", "estimator", "policy", "allocation", "loss",

@@ -99,16 +99,21 @@ def load_dataset(cfg: RunConfig) -> LTDataset:
         splits_dir=cfg.splits_dir,
         image_size=cfg.image_size,
         skip_missing=cfg.skip_missing,
+        cache_dir=cfg.cache_dir,
     )
+
+
+def resolved_backbone(cfg: RunConfig, ds: LTDataset) -> str:
+    if cfg.backbone != "auto":
+        return cfg.backbone
+    return SMALL_CNN if ds.image_size <= TINY_IMAGE else "resnet18"
 
 
 def make_model(cfg: RunConfig, ds: LTDataset, pretrained: bool = True) -> torch.nn.Module:
     """The classifier; `pretrained=False` skips the weights file (about to load a checkpoint)."""
-    backbone = cfg.backbone
-    if backbone == "auto":
-        backbone = SMALL_CNN if ds.image_size <= TINY_IMAGE else "resnet18"
     weights = cfg.pretrained if pretrained else None
-    return create_model(backbone, ds.num_classes, ds.in_chans, cfg.dropout, weights)
+    return create_model(resolved_backbone(cfg, ds), ds.num_classes, ds.in_chans, cfg.dropout,
+                        weights)
 
 
 def versions() -> dict[str, str]:
@@ -168,6 +173,11 @@ def execute(
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     model = make_model(cfg, ds)
+    if cfg.init == "ssl" and not resume:
+        from flexsample.training.ssl import init_from_ssl
+
+        init_from_ssl(model, ds, lambda: make_model(cfg, ds), **_ssl_options(cfg, ds, device),
+                      pretrained=cfg.pretrained)
 
     config_doc = {
         "config": cfg.model_dump(),
@@ -286,9 +296,20 @@ def _anchor_features(
 ) -> np.ndarray | None:
     if not getattr(anchors, "needs_features", False):
         return None
-    from flexsample.training.anchor_features import features_for_anchors
+    from flexsample.training.anchor_features import anchor_features
 
-    return features_for_anchors(cfg, ds, device)
+    return anchor_features(
+        cfg.anchor_features, ds, lambda: make_model(cfg, ds), **_ssl_options(cfg, ds, device),
+        pretrained=cfg.pretrained,
+    )
+
+
+def _ssl_options(cfg: RunConfig, ds: LTDataset, device: torch.device) -> dict[str, Any]:
+    return {
+        "image_size": ds.image_size, "seed": cfg.seed, "cache_dir": cfg.cache_dir,
+        "ssl_epochs": cfg.ssl_epochs, "device": device, "backbone": resolved_backbone(cfg, ds),
+        "batch_size": cfg.score_batch_size, "num_workers": cfg.workers,
+    }
 
 
 def _restore(loop: Curriculum, out: Path) -> None:

@@ -1,6 +1,13 @@
-"""Anchor strategies: the starting subset of the curriculum."""
+"""Anchor strategies: the starting subset of the curriculum.
+
+Both strategies take the same per-class counts (`anchor_counts`): the imbalance ratio
+r = n_max / n_min of the training split is compressed to r·s, so the anchor set is balanced
+or only mildly imbalanced. They differ in which samples of a class they take.
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -10,16 +17,58 @@ from flexsample.engine.registries import register_anchors
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    counts = np.bincount(labels, minlength=num_classes)
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
     if (counts == 0).any():
         missing = np.flatnonzero(counts == 0).tolist()
-        raise FlexsampleError(f"classes {missing} have no training sample; anchors need every class")
+        raise FlexsampleError(
+            f"classes {missing} have no training sample; anchors need every class"
+        )
     return counts
 
 
+def anchor_counts(counts: np.ndarray, scaling: float = 0.1, floor: int = 2) -> np.ndarray:
+    """Anchors per class: min(n_c, max(m, floor(n_min · min(n_c / n_min, r·s)))).
+
+    r = n_max / n_min, s = `scaling` in (0, 1], m = `floor`. Since n_min · r·s = s · n_max,
+    each class keeps all its samples up to s · n_max (rounded down) and never fewer than m,
+    nor more than it has. s = 1 keeps the whole split; with r·s <= 1 the set is balanced.
+    """
+    n = np.asarray(counts, dtype=np.int64)
+    if n.ndim != 1 or len(n) == 0 or (n <= 0).any():
+        raise FlexsampleError(
+            f"anchor counts need a positive count for every class, got {n.tolist()}"
+        )
+    if not 0.0 < scaling <= 1.0:
+        raise FlexsampleError(f"--anchor-scaling must be in (0, 1], got {scaling}")
+    if floor < 1:
+        raise FlexsampleError(f"anchor floor must be >= 1, got {floor}")
+    n_min, n_max = int(n.min()), int(n.max())
+    ratio = n_max / n_min
+    cap = n_min * ratio * scaling  # = s · n_max: the compressed ratio times the smallest class
+    per_class = np.array([math.floor(min(float(c), cap) + 1e-9) for c in n], dtype=np.int64)
+    return np.minimum(n, np.maximum(int(floor), per_class))
+
+
+class _CountedAnchors(Anchors):
+    """Shared options and the count rule; subclasses choose `pick(members, k, ...)`."""
+
+    def __init__(self, anchor_scaling: float = 0.1, anchor_floor: int = 2) -> None:
+        if not 0.0 < anchor_scaling <= 1.0:
+            raise FlexsampleError(f"--anchor-scaling must be in (0, 1], got {anchor_scaling}")
+        if anchor_floor < 1:
+            raise FlexsampleError(f"anchor floor must be >= 1, got {anchor_floor}")
+        self.anchor_scaling = float(anchor_scaling)
+        self.anchor_floor = int(anchor_floor)
+
+    def counts(self, labels: np.ndarray, num_classes: int) -> np.ndarray:
+        return anchor_counts(
+            class_counts(labels, num_classes), self.anchor_scaling, self.anchor_floor
+        )
+
+
 @register_anchors("random")
-class RandomAnchors(Anchors):
-    """Per class, a seeded random draw of the tail-class count (a balanced start)."""
+class RandomAnchors(_CountedAnchors):
+    """Per class, a seeded random draw of the anchor count (the ablation of `prototype`)."""
 
     def select(
         self,
@@ -28,8 +77,78 @@ class RandomAnchors(Anchors):
         seed: int,
         features: np.ndarray | None = None,
     ) -> np.ndarray:
-        counts = class_counts(labels, num_classes)
-        n = int(counts.min())
+        labels = np.asarray(labels, dtype=np.int64)
+        k = self.counts(labels, num_classes)
         rng = np.random.default_rng([seed, 0xA2C])
-        picks = [rng.choice(np.flatnonzero(labels == c), size=n, replace=False) for c in range(num_classes)]
-        return np.sort(np.concatenate(picks))
+        picks = [
+            rng.choice(np.flatnonzero(labels == c), size=int(k[c]), replace=False)
+            for c in range(num_classes)
+        ]
+        return np.sort(np.concatenate(picks)).astype(np.int64)
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def nearest_to_prototype(features: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k rows most cosine-similar to their prototype (best first), via FAISS.
+
+    The prototype is the mean of the L2-normalised rows; it is normalised again so inner
+    products are cosines. Equal similarities keep the lower position first.
+    """
+    import faiss
+
+    f = np.ascontiguousarray(l2_normalise(features))
+    k = int(min(k, len(f)))
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    proto = l2_normalise(f.mean(axis=0, keepdims=True))
+    index = faiss.IndexFlatIP(f.shape[1])
+    index.add(f)
+    # rank the whole class, then break float ties by position so the choice is reproducible
+    sims, ids = index.search(np.ascontiguousarray(proto), len(f))
+    sims, ids = sims[0], ids[0].astype(np.int64)
+    order = np.lexsort((ids, -np.round(sims, 6)))
+    return ids[order[:k]]
+
+
+@register_anchors("prototype")
+class PrototypeAnchors(_CountedAnchors):
+    """Per class, the samples nearest (cosine) to the class prototype in feature space.
+
+    The prototype is the mean of the class's L2-normalised features (DESIGN.md, step 2);
+    these most typical samples make a clean, near-balanced start. Needs a feature matrix
+    for the whole training split (`training.anchor_features`).
+    """
+
+    needs_features = True
+
+    def select(
+        self,
+        labels: np.ndarray,
+        num_classes: int,
+        seed: int,
+        features: np.ndarray | None = None,
+    ) -> np.ndarray:
+        labels = np.asarray(labels, dtype=np.int64)
+        if features is None:
+            raise FlexsampleError(
+                "prototype anchors need features of the training split (--anchor-features)"
+            )
+        features = np.asarray(features)
+        if features.ndim != 2 or len(features) != len(labels):
+            raise FlexsampleError(
+                f"prototype anchors: features of shape {features.shape} do not match "
+                f"{len(labels)} training labels"
+            )
+        if not np.isfinite(features).all():
+            raise FlexsampleError("prototype anchors: features contain NaN or inf")
+        k = self.counts(labels, num_classes)
+        picks = []
+        for c in range(num_classes):
+            members = np.flatnonzero(labels == c)
+            picks.append(members[nearest_to_prototype(features[members], int(k[c]))])
+        return np.sort(np.concatenate(picks)).astype(np.int64)

@@ -179,7 +179,9 @@ def test_other_seed_changes_the_selection(cli, tmp_path, tiny_run):
     res = cli("run", *TINY, "--out", tmp_path / "s1", "--seed", "1")
     assert res.exit_code == 0, res.output
     a, b = np.load(tiny_run / "selection.npz"), np.load(tmp_path / "s1" / "selection.npz")
-    assert not np.array_equal(a["index"][a["step"] == 0], b["index"][b["step"] == 0])
+    # prototype anchors on pixels do not depend on the seed; what the model queries does
+    assert np.array_equal(a["index"][a["step"] == 0], b["index"][b["step"] == 0])
+    assert not np.array_equal(a["index"][a["step"] == 1], b["index"][b["step"] == 1])
 
 
 @pytest.mark.parametrize(
