@@ -9,7 +9,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import typer
 from rich.console import Console
@@ -97,8 +97,9 @@ def _config_options() -> list[inspect.Parameter]:
             typ = args[0] if args else ann
         option = typer.Option(None, flag, help=text, rich_help_panel=panel, show_default=False)
         params.append(
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                              annotation=Optional[typ])  # noqa: UP045 (typer reads it)
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=typ | None
+            )
         )
     return params
 
@@ -126,11 +127,17 @@ def run(
     With no arguments: the embedded digits-lt (r = 100), prototype anchors, MC-dropout BALD, a linear schedule with difficulty-aware allocation, on the best device found.
 
     Writes config.json, rounds.jsonl, selection.npz, scores.npz, results.json, curves.png, checkpoint.pt and best.pt into the run folder. Flags override values of --config.
-    """
+    """  # noqa: E501 (typer keeps line breaks: one line per paragraph)
     with user_errors(debug):
         from .config import resolve_config
-        from .runner import build_components, default_out, execute, load_plugins, prepare_out
-        from .runner import read_run_config
+        from .runner import (
+            build_components,
+            default_out,
+            execute,
+            load_plugins,
+            prepare_out,
+            read_run_config,
+        )
 
         if resume:
             if out is None:
@@ -179,9 +186,11 @@ def eval_cmd(
         from .runner import read_run_config, reevaluate
 
         res = reevaluate(run_dir, device, console)
-        names = json.loads((run_dir / "results.json").read_text())["class_names"] if (
-            run_dir / "results.json"
-        ).exists() else [str(i) for i in range(len(res["test"]["per_class_recall"]))]
+        names = (
+            json.loads((run_dir / "results.json").read_text())["class_names"]
+            if (run_dir / "results.json").exists()
+            else [str(i) for i in range(len(res["test"]["per_class_recall"]))]
+        )
         table = metrics_table({"val": res["val"], "test": res["test"]}, names)
         table.title = f"{run_dir} (best.pt, dataset {read_run_config(run_dir).dataset})"
         console.print(table)
@@ -212,17 +221,18 @@ def list_cmd(
             builtin = origin.startswith("flexsample.")
             source = "" if builtin else f"  [plugin: {origin}]"
             console.print(
-                f"{kind:<10} {name:<{width}}  {doc}{source}", soft_wrap=True, highlight=False,
+                f"{kind:<10} {name:<{width}}  {doc}{source}",
+                soft_wrap=True,
+                highlight=False,
                 markup=False,
             )
 
 
 def _register_optional_commands() -> None:
     """Commands that live in their own modules (added by later issues)."""
-    with contextlib.suppress(ImportError):
-        from .splits_cmd import splits
+    from .splits_cmd import splits
 
-        app.command("splits")(splits)
+    app.command("splits")(splits)
     from .bench import bench
 
     app.command(

@@ -32,15 +32,38 @@ BASELINES: dict[str, dict[str, Any]] = {
     "logit-adjust": {"logit_adjust": 1.0},
     "mixup": {"mixup": 1.0},
 }
-BASELINE_BASE = {"policy": "full", "estimator": "random", "anchors": "random",
-                 "allocation": "proportional", "loss": "ce", "sampler": "instance",
-                 "mixup": 0.0, "logit_adjust": 0.0}
+BASELINE_BASE = {
+    "policy": "full",
+    "estimator": "random",
+    "anchors": "random",
+    "allocation": "proportional",
+    "loss": "ce",
+    "sampler": "instance",
+    "mixup": 0.0,
+    "logit_adjust": 0.0,
+}
 
 CSV_COLUMNS = [
-    "method", "dataset", "imbalance_ratio", "estimator", "policy", "allocation", "loss",
-    "sampler", "mixup", "logit_adjust", "seed", "test_balanced_accuracy", "test_accuracy",
-    "test_macro_f1", "head", "medium", "tail", "best_val_balanced_accuracy",
-    "subset_size_at_best", "wall_s",
+    "method",
+    "dataset",
+    "imbalance_ratio",
+    "estimator",
+    "policy",
+    "allocation",
+    "loss",
+    "sampler",
+    "mixup",
+    "logit_adjust",
+    "seed",
+    "test_balanced_accuracy",
+    "test_accuracy",
+    "test_macro_f1",
+    "head",
+    "medium",
+    "tail",
+    "best_val_balanced_accuracy",
+    "subset_size_at_best",
+    "wall_s",
 ]
 
 
@@ -78,9 +101,7 @@ def plan_cells(
 ) -> list[Cell]:
     unknown = [b for b in baselines or [] if b not in BASELINES]
     if unknown:
-        raise FlexsampleError(
-            f"unknown baseline '{unknown[0]}'; accepted: {', '.join(BASELINES)}"
-        )
+        raise FlexsampleError(f"unknown baseline '{unknown[0]}'; accepted: {', '.join(BASELINES)}")
     cells: list[Cell] = []
     for ds in datasets or [base.dataset]:
         for ratio in ratios or [base.imbalance_ratio]:
@@ -90,15 +111,29 @@ def plan_cells(
                 if estimators is not None or policies is not None or not baselines:
                     for est in estimators or [base.estimator]:
                         for pol in policies or [base.policy]:
-                            cfg = base.model_copy(update={**common, "estimator": est, "policy": pol})
+                            cfg = base.model_copy(
+                                update={**common, "estimator": est, "policy": pol}
+                            )
                             method = f"{est}/{pol}"
-                            cells.append(Cell(method, False, RunConfig.model_validate(cfg.model_dump()),
-                                              group / method.replace("/", "-") / f"seed{seed}"))
+                            cells.append(
+                                Cell(
+                                    method,
+                                    False,
+                                    RunConfig.model_validate(cfg.model_dump()),
+                                    group / method.replace("/", "-") / f"seed{seed}",
+                                )
+                            )
                 for name in baselines or []:
                     values = {**base.model_dump(), **BASELINE_BASE, **BASELINES[name], **common}
                     cfg = RunConfig.model_validate(values)
-                    cells.append(Cell(f"baseline:{name}", True, cfg,
-                                      group / f"baseline-{name}" / f"seed{seed}"))
+                    cells.append(
+                        Cell(
+                            f"baseline:{name}",
+                            True,
+                            cfg,
+                            group / f"baseline-{name}" / f"seed{seed}",
+                        )
+                    )
     return cells
 
 
@@ -135,15 +170,26 @@ def csv_row(cell: Cell, results: dict[str, Any]) -> dict[str, Any]:
     c, t = cell.config, results["test"]
     g = t.get("group_recall") or {}
     return {
-        "method": cell.method, "dataset": c.dataset, "imbalance_ratio": c.imbalance_ratio,
-        "estimator": "-" if cell.baseline else c.estimator, "policy": c.policy,
-        "allocation": "-" if cell.baseline else c.allocation, "loss": c.loss,
-        "sampler": c.sampler, "mixup": c.mixup, "logit_adjust": c.logit_adjust, "seed": c.seed,
-        "test_balanced_accuracy": t["balanced_accuracy"], "test_accuracy": t["accuracy"],
-        "test_macro_f1": t["macro_f1"], "head": g.get("head"), "medium": g.get("medium"),
+        "method": cell.method,
+        "dataset": c.dataset,
+        "imbalance_ratio": c.imbalance_ratio,
+        "estimator": "-" if cell.baseline else c.estimator,
+        "policy": c.policy,
+        "allocation": "-" if cell.baseline else c.allocation,
+        "loss": c.loss,
+        "sampler": c.sampler,
+        "mixup": c.mixup,
+        "logit_adjust": c.logit_adjust,
+        "seed": c.seed,
+        "test_balanced_accuracy": t["balanced_accuracy"],
+        "test_accuracy": t["accuracy"],
+        "test_macro_f1": t["macro_f1"],
+        "head": g.get("head"),
+        "medium": g.get("medium"),
         "tail": g.get("tail"),
         "best_val_balanced_accuracy": results["best_val_balanced_accuracy"],
-        "subset_size_at_best": results["subset_size_at_best"], "wall_s": results["wall_s"],
+        "subset_size_at_best": results["subset_size_at_best"],
+        "wall_s": results["wall_s"],
     }
 
 
@@ -167,9 +213,19 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (ds, ratio, method), rs in groups.items():
         entry = {"dataset": ds, "imbalance_ratio": ratio, "method": method, "n": len(rs)}
-        for key in ("test_balanced_accuracy", "head", "medium", "tail", "best_val_balanced_accuracy"):
+        for key in (
+            "test_balanced_accuracy",
+            "head",
+            "medium",
+            "tail",
+            "best_val_balanced_accuracy",
+        ):
             vals = np.array([r[key] for r in rs if r[key] is not None], dtype=np.float64)
-            entry[key] = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0) if len(vals) else (float("nan"), 0.0)
+            entry[key] = (
+                (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
+                if len(vals)
+                else (float("nan"), 0.0)
+            )
         out.append(entry)
     out.sort(key=lambda e: (e["dataset"], e["imbalance_ratio"], -e["test_balanced_accuracy"][0]))
     return out
@@ -182,18 +238,30 @@ def write_summary_md(path: Path, summary: list[dict[str, Any]], command: str) ->
         by_group[(e["dataset"], e["imbalance_ratio"])].append(e)
     for (ds, ratio), entries in by_group.items():
         baselines = [e for e in entries if e["method"].startswith("baseline:")]
-        best_base = max(baselines, key=lambda e: e["test_balanced_accuracy"][0]) if baselines else None
+        best_base = (
+            max(baselines, key=lambda e: e["test_balanced_accuracy"][0]) if baselines else None
+        )
         lines += [
-            f"## {ds}, r = {ratio:g}", "",
+            f"## {ds}, r = {ratio:g}",
+            "",
             "Ranked by mean test balanced accuracy (best-validation checkpoint); "
-            "mean ± std over seeds (percent). ★ = strongest baseline.", "",
+            "mean ± std over seeds (percent). ★ = strongest baseline.",
+            "",
             "| rank | method | seeds | test bal-acc | head | medium | tail | best val bal-acc |",
             "|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         for rank, e in enumerate(entries, 1):
             star = " ★" if e is best_base else ""
-            cells = [_pm(e[k]) for k in ("test_balanced_accuracy", "head", "medium", "tail",
-                                          "best_val_balanced_accuracy")]
+            cells = [
+                _pm(e[k])
+                for k in (
+                    "test_balanced_accuracy",
+                    "head",
+                    "medium",
+                    "tail",
+                    "best_val_balanced_accuracy",
+                )
+            ]
             lines.append(f"| {rank} | {e['method']}{star} | {e['n']} | " + " | ".join(cells) + " |")
         lines.append("")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -231,8 +299,12 @@ def plot_summary(path: Path, summary: list[dict[str, Any]], cells: list[Cell]) -
         for method in names:
             if method.startswith("baseline:"):
                 continue
-            curves = [_curve(c.out) for c in cells if c.method == method
-                      and (c.config.dataset, c.config.imbalance_ratio) == (ds, ratio)]
+            curves = [
+                _curve(c.out)
+                for c in cells
+                if c.method == method
+                and (c.config.dataset, c.config.imbalance_ratio) == (ds, ratio)
+            ]
             curves = [cv for cv in curves if cv]
             if not curves:
                 continue
@@ -300,11 +372,14 @@ def bench(
         flags = _passthrough_flags(ctx)
         base = resolve_config(config, flags)
         cells = plan_cells(
-            base, out,
-            split_list(estimators, "--estimators"), split_list(policies, "--policies"),
+            base,
+            out,
+            split_list(estimators, "--estimators"),
+            split_list(policies, "--policies"),
             split_list(datasets, "--datasets"),
             split_list(imbalance_ratios, "--imbalance-ratios", float),
-            split_list(seeds, "--seeds", int), split_list(baselines, "--baselines"),
+            split_list(seeds, "--seeds", int),
+            split_list(baselines, "--baselines"),
         )
         load_plugins(base.plugin)
         for cell in cells:  # every name checked before the first cell runs
@@ -317,8 +392,12 @@ def bench(
         )
         threads = max(1, (os.cpu_count() or 1) // jobs)
         progress = Progress(
-            TextColumn("cell {task.completed}/{task.total}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("cell {task.completed}/{task.total}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
             console=console,
         )
         with progress:
@@ -366,6 +445,7 @@ def _passthrough_flags(ctx: typer.Context) -> dict[str, Any]:
     params = {k: v for k, v in sub.params.items() if k in RunConfig.model_fields}
     for flag in ("out", "resume", "overwrite", "print_config"):
         if sub.params.get(flag):
-            raise FlexsampleError(f"bench sets each cell's run folder itself; drop --{flag.replace('_', '-')}")
+            raise FlexsampleError(
+                f"bench sets each cell's run folder itself; drop --{flag.replace('_', '-')}"
+            )
     return params
-

@@ -7,10 +7,10 @@ out-of-range values are rejected with one line naming the key and what is accept
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flexsample.engine.errors import FlexsampleError
@@ -22,7 +22,12 @@ def _f(default: Any, help: str, panel: str, **limits: Any) -> Any:
 
 
 DATA, CURRICULUM, SCORING, MODEL, LOSSES, RUN = (
-    "Data", "Curriculum", "Scoring", "Model and training", "Long-tail baselines", "Run",
+    "Data",
+    "Curriculum",
+    "Scoring",
+    "Model and training",
+    "Long-tail baselines",
+    "Run",
 )
 
 
@@ -35,53 +40,81 @@ class RunConfig(BaseModel):
     dataset: str = _f("digits-lt", "dataset name (see `flexsample list`)", DATA)
     data_dir: str | None = _f(None, "folder holding the dataset's images", DATA)
     splits_dir: str | None = _f(None, "folder holding split manifests (default: data dir)", DATA)
-    imbalance_ratio: float = _f(100.0, "imbalance ratio r = n_max / n_min (ISIC: the official "
-                                "split 100, 200 or 500)", DATA, ge=1)
+    imbalance_ratio: float = _f(
+        100.0,
+        "imbalance ratio r = n_max / n_min (ISIC: the official split 100, 200 or 500)",
+        DATA,
+        ge=1,
+    )
     data_seed: int = _f(0, "seed of the data split (not of training)", DATA, ge=0)
     image_size: int | None = _f(None, "input resolution (default: the dataset's)", DATA, ge=4)
     skip_missing: bool = _f(False, "skip images listed but absent or unreadable", DATA)
     cache_dir: str | None = _f(None, "decoded-image and SSL-weights cache folder", DATA)
+    profile: str | None = _f(
+        None,
+        "synthetic-lt class counts: isic2019, isic2019-r100, "
+        "isic2019-r200, isic2019-r500, isic14, exponential",
+        DATA,
+    )
+    num_classes: int | None = _f(
+        None, "synthetic-lt: number of classes (exponential profile)", DATA, ge=2
+    )
     # curriculum
     policy: str = _f("linear", "schedule: when and how much the subset grows", CURRICULUM)
     allocation: str = _f("difficulty", "how a step's budget splits across classes", CURRICULUM)
     anchors: str = _f("prototype", "anchor strategy: the starting subset", CURRICULUM)
     anchor_features: Literal["auto", "pixels", "pretrained", "ssl"] = _f(
-        "auto", "features for prototype anchors: auto, pixels, pretrained or ssl", CURRICULUM)
-    anchor_scaling: float = _f(0.1, "anchor imbalance compression s: anchors keep ratio r*s",
-                               CURRICULUM, gt=0, le=1)
+        "auto", "features for prototype anchors: auto, pixels, pretrained or ssl", CURRICULUM
+    )
+    anchor_scaling: float = _f(
+        0.1, "anchor imbalance compression s: anchors keep ratio r*s", CURRICULUM, gt=0, le=1
+    )
     anchor_floor: int = _f(2, "minimum anchors per class", CURRICULUM, ge=1)
-    ssl_epochs: int = _f(20, "epochs of self-supervised pre-training (ssl features)",
-                         CURRICULUM, ge=1)
+    ssl_epochs: int = _f(
+        20, "epochs of self-supervised pre-training (ssl features)", CURRICULUM, ge=1
+    )
     rounds: int = _f(5, "rounds; the epoch budget is rounds x epochs-per-round", CURRICULUM, ge=1)
     epochs_per_round: int = _f(20, "epochs per round", CURRICULUM, ge=1)
     patience: int = _f(3, "adaptive: epochs without improvement before a query", CURRICULUM, ge=1)
-    query_ratio: float = _f(0.25, "adaptive: fraction of the remaining pool added per query",
-                            CURRICULUM, gt=0, le=1)
+    query_ratio: float = _f(
+        0.25, "adaptive: fraction of the remaining pool added per query", CURRICULUM, gt=0, le=1
+    )
     jumps: int = _f(3, "step: number of jumps", CURRICULUM, ge=1)
-    difficulty_floor: float = _f(0.05, "difficulty: weight floor, as a fraction of the mean "
-                                 "weight", CURRICULUM, ge=0)
+    difficulty_floor: float = _f(
+        0.05, "difficulty: weight floor, as a fraction of the mean weight", CURRICULUM, ge=0
+    )
     # scoring
-    estimator: str = _f("mcdropout", "scoring estimator; combine two with '+', e.g. "
-                        "mcdropout+density", SCORING)
+    estimator: str = _f(
+        "mcdropout", "scoring estimator; combine two with '+', e.g. mcdropout+density", SCORING
+    )
     mc_samples: int = _f(20, "MC-dropout draws T", SCORING, ge=2)
     mc_score: Literal["bald", "entropy", "variation-ratio", "std"] = _f(
-        "bald", "MC-dropout score: bald, entropy, variation-ratio or std", SCORING)
+        "bald", "MC-dropout score: bald, entropy, variation-ratio or std", SCORING
+    )
     mc_mode: Literal["head", "full"] = _f(
-        "head", "MC-dropout mode: head (backbone once) or full (T complete passes)", SCORING)
+        "head", "MC-dropout mode: head (backbone once) or full (T complete passes)", SCORING
+    )
     knn: int = _f(10, "neighbours k of the density estimators", SCORING, ge=1)
     density_beta: float = _f(1.0, "info-density: exponent of the density term", SCORING, ge=0)
-    ivf_threshold: int = _f(200_000, "density: use an IVF index above this many samples",
-                            SCORING, ge=1)
+    ivf_threshold: int = _f(
+        200_000, "density: use an IVF index above this many samples", SCORING, ge=1
+    )
     combine: Literal["rank-mean", "rank-product"] = _f(
-        "rank-mean", "how '+'-combined estimators merge: rank-mean or rank-product", SCORING)
+        "rank-mean", "how '+'-combined estimators merge: rank-mean or rank-product", SCORING
+    )
     score_batch_size: int = _f(256, "batch size of scoring passes", SCORING, ge=1)
     # model and training
-    backbone: str = _f("auto", "small-cnn, any timm model name, or auto (small-cnn up to "
-                       "32 px, else resnet18)", MODEL)
-    pretrained: str | None = _f(None, "local weights file for the backbone (never downloaded)",
-                                MODEL)
-    init: Literal["random", "ssl"] = _f("random", "classifier initialisation: random or ssl "
-                                        "(self-supervised weights)", MODEL)
+    backbone: str = _f(
+        "auto",
+        "small-cnn, any timm model name, or auto (small-cnn up to 32 px, else resnet18)",
+        MODEL,
+    )
+    pretrained: str | None = _f(
+        None, "local weights file for the backbone (never downloaded)", MODEL
+    )
+    init: Literal["random", "ssl"] = _f(
+        "random", "classifier initialisation: random or ssl (self-supervised weights)", MODEL
+    )
     dropout: float = _f(0.5, "dropout before the classifier", MODEL, ge=0, lt=1)
     batch_size: int = _f(64, "training batch size", MODEL, ge=2)
     lr: float = _f(3e-3, "peak learning rate (AdamW, cosine per round)", MODEL, gt=0)
@@ -93,19 +126,21 @@ class RunConfig(BaseModel):
     mixup: float = _f(0.0, "mixup alpha (0 = off)", LOSSES, ge=0)
     logit_adjust: float = _f(0.0, "post-hoc logit adjustment tau at evaluation", LOSSES, ge=0)
     focal_gamma: float = _f(2.0, "focal losses: gamma", LOSSES, ge=0)
-    cb_beta: float = _f(0.9999, "class-balanced losses: effective-number beta", LOSSES,
-                        ge=0, lt=1)
+    cb_beta: float = _f(0.9999, "class-balanced losses: effective-number beta", LOSSES, ge=0, lt=1)
     ldam_max_margin: float = _f(0.5, "LDAM: largest margin", LOSSES, gt=0)
     ldam_scale: float = _f(30.0, "LDAM: logit scale", LOSSES, gt=0)
-    drw_start: float = _f(0.8, "LDAM-DRW: fraction of the epoch budget before re-weighting",
-                          LOSSES, ge=0, le=1)
+    drw_start: float = _f(
+        0.8, "LDAM-DRW: fraction of the epoch budget before re-weighting", LOSSES, ge=0, le=1
+    )
     grw_exponent: float = _f(1.2, "GRW: exponent of the inverse-frequency weights", LOSSES, ge=0)
     # run
     seed: int = _f(0, "training seed", RUN, ge=0)
     device: str = _f("auto", "auto, cpu, cuda or cuda:N", RUN)
-    plugin: list[str] = Field(default_factory=list, description="module imported first, "
-                              "registering its estimators or policies (repeatable)",
-                              json_schema_extra={"panel": RUN})
+    plugin: list[str] = Field(
+        default_factory=list,
+        description="module imported first, registering its estimators or policies (repeatable)",
+        json_schema_extra={"panel": RUN},
+    )
 
 
 FIELD_NAMES = tuple(RunConfig.model_fields)
@@ -155,9 +190,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def resolve_config(
-    file: str | Path | None, flags: dict[str, Any]
-) -> RunConfig:
+def resolve_config(file: str | Path | None, flags: dict[str, Any]) -> RunConfig:
     """defaults < file < flags (flags given as None are ignored)."""
     values: dict[str, Any] = {}
     source = "the command line"

@@ -86,7 +86,9 @@ def metrics_table(columns: dict[str, dict[str, Any]], class_names: list[str]) ->
         for k in ("balanced_accuracy", "accuracy", "macro_f1")
     ]
     for g in ("head", "medium", "tail"):
-        rows.append((f"{g} recall", [(m.get("group_recall") or {}).get(g) for m in columns.values()]))
+        rows.append(
+            (f"{g} recall", [(m.get("group_recall") or {}).get(g) for m in columns.values()])
+        )
     for c, cname in enumerate(class_names):
         rows.append((f"recall {cname}", [m["per_class_recall"][c] for m in columns.values()]))
     for name, values in rows:

@@ -53,8 +53,12 @@ def plot_curves(
         ax2.set_ylim(0, 1.1)
         ax2.set_ylabel("share of the subset")
         ax2.set_title("Per-class composition (balanced start -> long-tailed full set)")
-        ax2.legend(fontsize=7, ncol=2 if len(class_names) > 8 else 1, loc="center left",
-                   bbox_to_anchor=(1.0, 0.5))
+        ax2.legend(
+            fontsize=7,
+            ncol=2 if len(class_names) > 8 else 1,
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+        )
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

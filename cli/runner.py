@@ -77,7 +77,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise FlexsampleError(f"unknown --device '{name}'; accepted: auto, cpu, cuda, cuda:N") from None
+        raise FlexsampleError(
+            f"unknown --device '{name}'; accepted: auto, cpu, cuda, cuda:N"
+        ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise FlexsampleError(f"--device {name}: CUDA is not available here; use auto or cpu")
@@ -100,6 +102,8 @@ def load_dataset(cfg: RunConfig) -> LTDataset:
         image_size=cfg.image_size,
         skip_missing=cfg.skip_missing,
         cache_dir=cfg.cache_dir,
+        profile=cfg.profile,
+        num_classes=cfg.num_classes,
     )
 
 
@@ -112,8 +116,9 @@ def resolved_backbone(cfg: RunConfig, ds: LTDataset) -> str:
 def make_model(cfg: RunConfig, ds: LTDataset, pretrained: bool = True) -> torch.nn.Module:
     """The classifier; `pretrained=False` skips the weights file (about to load a checkpoint)."""
     weights = cfg.pretrained if pretrained else None
-    return create_model(resolved_backbone(cfg, ds), ds.num_classes, ds.in_chans, cfg.dropout,
-                        weights)
+    return create_model(
+        resolved_backbone(cfg, ds), ds.num_classes, ds.in_chans, cfg.dropout, weights
+    )
 
 
 def versions() -> dict[str, str]:
@@ -171,19 +176,24 @@ def execute(
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg)
     torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
     model = make_model(cfg, ds)
     if cfg.init == "ssl" and not resume:
         from flexsample.training.ssl import init_from_ssl
 
-        init_from_ssl(model, ds, lambda: make_model(cfg, ds), **_ssl_options(cfg, ds, device),
-                      pretrained=cfg.pretrained)
+        init_from_ssl(
+            model,
+            ds,
+            lambda: make_model(cfg, ds),
+            **_ssl_options(cfg, ds, device),
+            pretrained=cfg.pretrained,
+        )
 
     config_doc = {
         "config": cfg.model_dump(),
         "flexsample_version": __version__,
         "versions": versions(),
-        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "device": str(device)
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "seeds": {"seed": cfg.seed, "data_seed": cfg.data_seed},
         "split_hash": ds.split_hash(),
         "dataset_info": ds.info,
@@ -208,6 +218,7 @@ def execute(
             loss_params=cfg.model_dump(),
             sampler=cfg.sampler,
             mixup=cfg.mixup,
+            logit_adjust=cfg.logit_adjust,
             seed=cfg.seed,
             num_workers=cfg.workers,
         ),
@@ -249,12 +260,28 @@ def execute(
 
     t_eval = time.perf_counter()
     groups = ds.group_of_labels()
-    last = evaluate(model, ds.test, device, groups, pool.subset_counts(), cfg.logit_adjust,
-                    cfg.score_batch_size, cfg.workers)
+    last = evaluate(
+        model,
+        ds.test,
+        device,
+        groups,
+        pool.subset_counts(),
+        cfg.logit_adjust,
+        cfg.score_batch_size,
+        cfg.workers,
+    )
     best = load_checkpoint(out / out_files.BEST)
     model.load_state_dict(best["model"])
-    test = evaluate(model, ds.test, device, groups, best["subset_counts"], cfg.logit_adjust,
-                    cfg.score_batch_size, cfg.workers)
+    test = evaluate(
+        model,
+        ds.test,
+        device,
+        groups,
+        best["subset_counts"],
+        cfg.logit_adjust,
+        cfg.score_batch_size,
+        cfg.workers,
+    )
     eval_s = time.perf_counter() - t_eval
 
     records = [r.to_json() for r in result.records]
@@ -286,7 +313,9 @@ def execute(
     )
     if not quiet:
         console.print(rounds_table(result.records, ds.class_names))
-        console.print(metrics_table({"best-val checkpoint": test, "last weights": last}, ds.class_names))
+        console.print(
+            metrics_table({"best-val checkpoint": test, "last weights": last}, ds.class_names)
+        )
         console.print(f"outputs in [bold]{out}[/bold]")
     return results
 
@@ -299,16 +328,24 @@ def _anchor_features(
     from flexsample.training.anchor_features import anchor_features
 
     return anchor_features(
-        cfg.anchor_features, ds, lambda: make_model(cfg, ds), **_ssl_options(cfg, ds, device),
+        cfg.anchor_features,
+        ds,
+        lambda: make_model(cfg, ds),
+        **_ssl_options(cfg, ds, device),
         pretrained=cfg.pretrained,
     )
 
 
 def _ssl_options(cfg: RunConfig, ds: LTDataset, device: torch.device) -> dict[str, Any]:
     return {
-        "image_size": ds.image_size, "seed": cfg.seed, "cache_dir": cfg.cache_dir,
-        "ssl_epochs": cfg.ssl_epochs, "device": device, "backbone": resolved_backbone(cfg, ds),
-        "batch_size": cfg.score_batch_size, "num_workers": cfg.workers,
+        "image_size": ds.image_size,
+        "seed": cfg.seed,
+        "cache_dir": cfg.cache_dir,
+        "ssl_epochs": cfg.ssl_epochs,
+        "device": device,
+        "backbone": resolved_backbone(cfg, ds),
+        "batch_size": cfg.score_batch_size,
+        "num_workers": cfg.workers,
     }
 
 
@@ -350,8 +387,16 @@ def reevaluate(run_dir: Path, device_name: str | None, console: Console) -> dict
     model.load_state_dict(best["model"])
     groups = ds.group_of_labels()
     res = {
-        name: evaluate(model, split, device, groups, best["subset_counts"], cfg.logit_adjust,
-                       cfg.score_batch_size, cfg.workers)
+        name: evaluate(
+            model,
+            split,
+            device,
+            groups,
+            best["subset_counts"],
+            cfg.logit_adjust,
+            cfg.score_batch_size,
+            cfg.workers,
+        )
         for name, split in (("val", ds.val), ("test", ds.test))
     }
     return res

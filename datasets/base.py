@@ -122,7 +122,9 @@ def exponential_profile(n_max: int, num_classes: int, ratio: float) -> np.ndarra
     return np.maximum(1, n).astype(np.int64)
 
 
-DATASETS: Registry[LTDataset] = Registry("dataset", "flexsample.datasets", builtins="flexsample.datasets")
+DATASETS: Registry[LTDataset] = Registry(
+    "dataset", "flexsample.datasets", builtins="flexsample.datasets"
+)
 
 
 def build_dataset(name: str, **options: Any) -> LTDataset:

@@ -45,4 +45,6 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise FlexsampleError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        raise FlexsampleError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}"
+        ) from exc

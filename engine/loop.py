@@ -183,7 +183,9 @@ class Curriculum:
         t0 = time.perf_counter()
         takes_all = quotas == remaining
         partial = np.flatnonzero((quotas > 0) & ~takes_all)
-        chosen = [self.pool.remaining_indices(int(c)) for c in np.flatnonzero(takes_all & (quotas > 0))]
+        chosen = [
+            self.pool.remaining_indices(int(c)) for c in np.flatnonzero(takes_all & (quotas > 0))
+        ]
         candidates = (
             np.sort(np.concatenate([self.pool.remaining_indices(int(c)) for c in partial]))
             if len(partial)
@@ -252,7 +254,9 @@ class Curriculum:
         rec.train_s += float(res.seconds)
         rec.val_balanced_accuracy = val.balanced_accuracy
         rec.val_per_class_recall = list(val.per_class_recall)
-        rec.best_val_balanced_accuracy = max(rec.best_val_balanced_accuracy or -1.0, val.balanced_accuracy)
+        rec.best_val_balanced_accuracy = max(
+            rec.best_val_balanced_accuracy or -1.0, val.balanced_accuracy
+        )
         improved = val.balanced_accuracy > self.best_val
         if improved:
             self.best_val = val.balanced_accuracy
@@ -307,7 +311,8 @@ class Curriculum:
         for key in ("rounds", "epochs_per_round", "seed"):
             if state[key] != getattr(self, key):
                 raise FlexsampleError(
-                    f"checkpoint was made with {key}={state[key]}, this run has {getattr(self, key)}"
+                    f"checkpoint was made with {key}={state[key]}, "
+                    f"this run has {getattr(self, key)}"
                 )
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])

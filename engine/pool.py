@@ -26,9 +26,7 @@ class Pool:
         inferred = int(self.labels.max()) + 1 if len(labels) else 0
         self.num_classes = inferred if num_classes is None else int(num_classes)
         if inferred > self.num_classes:
-            raise FlexsampleError(
-                f"label {inferred - 1} is outside the {self.num_classes} classes"
-            )
+            raise FlexsampleError(f"label {inferred - 1} is outside the {self.num_classes} classes")
         self.entered = np.full(len(self.labels), -1, dtype=np.int64)
         self._order: list[np.ndarray] = []
         self._total = np.bincount(self.labels, minlength=self.num_classes)

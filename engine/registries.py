@@ -11,11 +11,15 @@ from .registry import Registry
 ESTIMATORS: Registry[Estimator] = Registry(
     "estimator", "flexsample.estimators", builtins="flexsample.estimators"
 )
-POLICIES: Registry[Schedule] = Registry("policy", "flexsample.policies", builtins="flexsample.policies")
+POLICIES: Registry[Schedule] = Registry(
+    "policy", "flexsample.policies", builtins="flexsample.policies"
+)
 ALLOCATIONS: Registry[Allocation] = Registry(
     "allocation", "flexsample.allocations", builtins="flexsample.policies"
 )
-ANCHORS: Registry[Anchors] = Registry("anchors", "flexsample.anchors", builtins="flexsample.policies")
+ANCHORS: Registry[Anchors] = Registry(
+    "anchors", "flexsample.anchors", builtins="flexsample.policies"
+)
 
 
 def register_estimator(name: str | None = None) -> Callable[[type], type]:

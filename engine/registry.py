@@ -38,7 +38,10 @@ class Registry(Generic[T]):
                 raise ValueError(f"{self.kind} {obj!r} needs a name")
             existing = self._items.get(key)
             if existing is not None and existing is not obj:
-                same = (getattr(existing, "__module__", None), getattr(existing, "__qualname__", None))
+                same = (
+                    getattr(existing, "__module__", None),
+                    getattr(existing, "__qualname__", None),
+                )
                 if same != (getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)):
                     raise ValueError(
                         f"{self.kind} '{key}' is already registered by {existing.__module__}"

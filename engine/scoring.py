@@ -9,7 +9,9 @@ from .errors import EstimatorError
 from .interfaces import Estimator
 
 
-def score_candidates(estimator: Estimator, ctx: ScoringContext, candidates: np.ndarray) -> np.ndarray:
+def score_candidates(
+    estimator: Estimator, ctx: ScoringContext, candidates: np.ndarray
+) -> np.ndarray:
     """Scores for `candidates` (higher = take first), validated; errors name the estimator."""
     name = getattr(estimator, "name", "") or type(estimator).__name__
     view = ctx.for_estimator(name, getattr(estimator, "needs", frozenset()))

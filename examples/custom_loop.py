@@ -68,8 +68,12 @@ def main(rounds: int = 4, epochs: int = 15, seed: int = 0, estimator: str = "mcd
 
     for r in range(rounds):
         state = PolicyState(
-            epoch=r * epochs, step=r, rounds=rounds, epochs_per_round=epochs,
-            subset_counts=pool.subset_counts(), remaining_counts=pool.remaining_counts(),
+            epoch=r * epochs,
+            step=r,
+            rounds=rounds,
+            epochs_per_round=epochs,
+            subset_counts=pool.subset_counts(),
+            remaining_counts=pool.remaining_counts(),
             anchor_size=int((pool.entered == 0).sum()),
         )
         if r > 0 and schedule.should_query(state):
@@ -86,13 +90,16 @@ def main(rounds: int = 4, epochs: int = 15, seed: int = 0, estimator: str = "mcd
         for _ in range(epochs):
             model.train()
             for batch in subset[torch.randperm(len(subset), generator=gen)].split(32):
-                loss = nn.functional.cross_entropy(model(x_train[batch]), torch.as_tensor(y_train[batch]))
+                loss = nn.functional.cross_entropy(
+                    model(x_train[batch]), torch.as_tensor(y_train[batch])
+                )
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
         acc = balanced_accuracy(model, ds.val.in_memory, ds.val.labels)
         history.append({"round": r, "subset_size": pool.size, "val_balanced_accuracy": acc})
-        print(f"round {r}: subset {pool.size:4d}  counts {pool.subset_counts().tolist()}  val bal-acc {acc:.3f}")
+        counts = pool.subset_counts().tolist()
+        print(f"round {r}: subset {pool.size:4d}  counts {counts}  val bal-acc {acc:.3f}")
 
     test_acc = balanced_accuracy(model, ds.test.in_memory, ds.test.labels)
     print(f"test balanced accuracy {test_acc:.3f}")

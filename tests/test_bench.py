@@ -9,8 +9,19 @@ import pytest
 from flexsample.cli.bench import CSV_COLUMNS, summarise
 
 GRID = [
-    "bench", "--estimators", "entropy,random", "--policies", "linear,full", "--seeds", "0,1",
-    "--rounds", "2", "--epochs-per-round", "1", "--device", "cpu",
+    "bench",
+    "--estimators",
+    "entropy,random",
+    "--policies",
+    "linear,full",
+    "--seeds",
+    "0,1",
+    "--rounds",
+    "2",
+    "--epochs-per-round",
+    "1",
+    "--device",
+    "cpu",
 ]
 
 
@@ -24,7 +35,13 @@ def test_grid_outputs_and_resume(cli, tmp_path):
     assert list(rows[0]) == CSV_COLUMNS
     assert len(rows) == 2 * 2 * 2 + 2
     methods = {r["method"] for r in rows}
-    assert methods == {"entropy/linear", "entropy/full", "random/linear", "random/full", "baseline:ce"}
+    assert methods == {
+        "entropy/linear",
+        "entropy/full",
+        "random/linear",
+        "random/full",
+        "baseline:ce",
+    }
     assert all(0 <= float(r["test_balanced_accuracy"]) <= 1 for r in rows)
     assert {r["seed"] for r in rows} == {"0", "1"}
     md = (out / "summary.md").read_text()
@@ -39,8 +56,21 @@ def test_passthrough_flags_reach_every_cell(cli, tmp_path):
     import json
 
     out = tmp_path / "b"
-    res = cli("bench", "--seeds", "3", "--estimators", "random", "--rounds", "2",
-              "--epochs-per-round", "1", "--mc-samples", "5", "--out", out)
+    res = cli(
+        "bench",
+        "--seeds",
+        "3",
+        "--estimators",
+        "random",
+        "--rounds",
+        "2",
+        "--epochs-per-round",
+        "1",
+        "--mc-samples",
+        "5",
+        "--out",
+        out,
+    )
     assert res.exit_code == 0, res.output
     cfg = json.loads(next(out.rglob("config.json")).read_text())["config"]
     assert cfg["mc_samples"] == 5 and cfg["seed"] == 3 and cfg["rounds"] == 2
@@ -65,8 +95,16 @@ def test_bad_input(cli, tmp_path, args, expected):
 
 def test_summary_ranks_by_mean():
     rows = [
-        {"dataset": "d", "imbalance_ratio": 100.0, "method": m, "test_balanced_accuracy": v,
-         "head": 1.0, "medium": 0.5, "tail": None, "best_val_balanced_accuracy": v}
+        {
+            "dataset": "d",
+            "imbalance_ratio": 100.0,
+            "method": m,
+            "test_balanced_accuracy": v,
+            "head": 1.0,
+            "medium": 0.5,
+            "tail": None,
+            "best_val_balanced_accuracy": v,
+        }
         for m, v in [("a", 0.5), ("a", 0.7), ("b", 0.65), ("b", 0.65)]
     ]
     s = summarise(rows)

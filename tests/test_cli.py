@@ -104,9 +104,14 @@ def test_list_shows_every_kind(cli):
     res = cli("list")
     assert res.exit_code == 0, res.output
     for kind, name in [
-        ("estimator", "mcdropout"), ("estimator", "entropy"), ("estimator", "random"),
-        ("policy", "linear"), ("policy", "full"), ("allocation", "proportional"),
-        ("anchors", "random"), ("dataset", "digits-lt"),
+        ("estimator", "mcdropout"),
+        ("estimator", "entropy"),
+        ("estimator", "random"),
+        ("policy", "linear"),
+        ("policy", "full"),
+        ("allocation", "proportional"),
+        ("anchors", "random"),
+        ("dataset", "digits-lt"),
     ]:
         assert any(ln.split()[:2] == [kind, name] for ln in res.stdout.splitlines()), (kind, name)
 
@@ -114,15 +119,28 @@ def test_list_shows_every_kind(cli):
 def test_run_writes_the_design_outputs(tiny_run: Path):
     names = {p.name for p in tiny_run.iterdir()}
     assert {
-        "config.json", "rounds.jsonl", "selection.npz", "scores.npz", "results.json",
-        "curves.png", "checkpoint.pt", "checkpoint.prev.pt", "best.pt",
+        "config.json",
+        "rounds.jsonl",
+        "selection.npz",
+        "scores.npz",
+        "results.json",
+        "curves.png",
+        "checkpoint.pt",
+        "checkpoint.prev.pt",
+        "best.pt",
     } <= names
     rounds = [json.loads(ln) for ln in (tiny_run / "rounds.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rounds] == [0, 1, 2]
     for r in rounds:
         assert set(r) >= {
-            "step", "epoch", "subset_size", "class_counts", "val_balanced_accuracy",
-            "val_per_class_recall", "score_s", "train_s",
+            "step",
+            "epoch",
+            "subset_size",
+            "class_counts",
+            "val_balanced_accuracy",
+            "val_per_class_recall",
+            "score_s",
+            "train_s",
         }
         assert sum(r["class_counts"]) == r["subset_size"]
     results = json.loads((tiny_run / "results.json").read_text())
@@ -130,7 +148,11 @@ def test_run_writes_the_design_outputs(tiny_run: Path):
     for key in ("test", "test_last"):
         m = results[key]
         assert set(m) >= {
-            "balanced_accuracy", "accuracy", "macro_f1", "per_class_recall", "group_recall",
+            "balanced_accuracy",
+            "accuracy",
+            "macro_f1",
+            "per_class_recall",
+            "group_recall",
             "confusion_matrix",
         }
         assert set(m["group_recall"]) == {"head", "medium", "tail"}

@@ -68,9 +68,17 @@ def make_loop(policy="linear", accs=None, rounds=3, epochs=2, checkpoint_dir=Non
     torch.manual_seed(0)
     learner = ScriptedLearner(accs or np.linspace(0.1, 0.9, rounds * epochs))
     loop = Curriculum(
-        Pool(labels, 3), get_policy(policy), get_allocation("proportional"),
-        get_estimator("entropy"), learner, tensor_inputs(x), rounds=rounds,
-        epochs_per_round=epochs, seed=0, score_batch_size=16, checkpoint_dir=checkpoint_dir,
+        Pool(labels, 3),
+        get_policy(policy),
+        get_allocation("proportional"),
+        get_estimator("entropy"),
+        learner,
+        tensor_inputs(x),
+        rounds=rounds,
+        epochs_per_round=epochs,
+        seed=0,
+        score_batch_size=16,
+        checkpoint_dir=checkpoint_dir,
     )
     anchors = np.concatenate([np.flatnonzero(labels == c)[:6] for c in range(3)])
     loop.start(anchors)
@@ -81,13 +89,17 @@ def test_linear_rounds_records_and_best():
     loop, learner = make_loop(accs=[0.2, 0.5, 0.4, 0.6, 0.6, 0.3])
     res = loop.run()
     assert [(r.step, r.epoch, r.subset_size, r.epochs) for r in res.records] == [
-        (0, 0, 18, 2), (1, 2, 33, 2), (2, 4, 48, 2)
+        (0, 0, 18, 2),
+        (1, 2, 33, 2),
+        (2, 4, 48, 2),
     ]
     assert res.records[-1].class_counts == [30, 12, 6]
     assert res.best_val_balanced_accuracy == 0.6 and res.best_epoch == 3  # first best kept
     assert res.subset_size_at_best == 33
     assert [c for c in learner.calls if c[0] == "round"] == [
-        ("round", 0, 2), ("round", 1, 2), ("round", 2, 2)
+        ("round", 0, 2),
+        ("round", 1, 2),
+        ("round", 2, 2),
     ]
     assert loop.best_state["val_balanced_accuracy"] == 0.6
 
@@ -133,6 +145,7 @@ def test_checkpoint_resume_matches_uninterrupted(tmp_path):
     resumed.load_state_dict(state)
     out = resumed.run()
     assert np.array_equal(resumed.pool.entered, full.pool.entered)
+
     def timeless(records):
         return [{k: v for k, v in r.to_json().items() if not k.endswith("_s")} for r in records]
 

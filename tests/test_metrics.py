@@ -46,7 +46,12 @@ def test_absent_class_is_excluded_not_zero():
 
 def test_groups_by_count_in_thirds():
     assert groups_by_count(np.array([5, 100, 50, 1, 20, 9])) == [
-        "tail", "head", "head", "tail", "medium", "medium"
+        "tail",
+        "head",
+        "head",
+        "tail",
+        "medium",
+        "medium",
     ]
 
 

@@ -2,7 +2,14 @@
 
 from .losses import LOSSES, Loss, build_loss
 from .metrics import classification_metrics
-from .models import SMALL_CNN, ContractClassifier, SmallCNN, TimmClassifier, adapt_model, create_model
+from .models import (
+    SMALL_CNN,
+    ContractClassifier,
+    SmallCNN,
+    TimmClassifier,
+    adapt_model,
+    create_model,
+)
 from .samplers import SAMPLERS
 from .trainer import TrainConfig, Trainer
 

@@ -66,7 +66,11 @@ class TimmClassifier(ContractClassifier):
 
         try:
             self.net = timm.create_model(
-                backbone, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=0.0
+                backbone,
+                pretrained=False,
+                num_classes=num_classes,
+                in_chans=in_chans,
+                drop_rate=0.0,
             )
         except RuntimeError as exc:  # timm: "Unknown model (...)"
             raise FlexsampleError(
@@ -143,9 +147,7 @@ def load_pretrained(model: ContractClassifier, path: str) -> None:
     usable = {
         k: v
         for k, v in state.items()
-        if k in own
-        and not k.startswith(head_name + ".")
-        and tuple(v.shape) == tuple(own[k].shape)
+        if k in own and not k.startswith(head_name + ".") and tuple(v.shape) == tuple(own[k].shape)
     }
     if not usable:
         raise FlexsampleError(

@@ -20,6 +20,7 @@ from flexsample.engine.context import autocast_for
 from flexsample.engine.interfaces import EpochResult
 
 from .data import iterate, predict_probs
+from .evaluate import adjust_probs
 from .losses import Loss, build_loss
 from .metrics import per_class_recall
 from .samplers import SAMPLERS
@@ -36,6 +37,7 @@ class TrainConfig:
     loss_params: dict[str, Any] = field(default_factory=dict)
     sampler: str = "instance"
     mixup: float = 0.0
+    logit_adjust: float = 0.0
     seed: int = 0
     num_workers: int = 0
 
@@ -135,6 +137,8 @@ class Trainer:
         probs = predict_probs(
             self.model, self.val_split, self.device, num_workers=self.cfg.num_workers
         )
+        # model selection sees the same (adjusted) predictions the test report will
+        probs = adjust_probs(probs, self.last_counts, self.cfg.logit_adjust)
         from sklearn.metrics import confusion_matrix
 
         cm = confusion_matrix(
