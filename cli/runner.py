@@ -26,7 +26,7 @@ from flexsample.engine.loop import Curriculum, StepRecord
 from flexsample.engine.pool import Pool
 from flexsample.engine.registries import get_allocation, get_anchors, get_policy
 from flexsample.engine.registry import import_plugin
-from flexsample.training.data import input_fn
+from flexsample.training.data import SplitLoader
 from flexsample.training.evaluate import evaluate
 from flexsample.training.losses import LOSSES
 from flexsample.training.models import SMALL_CNN, create_model
@@ -171,6 +171,9 @@ def execute(
 ) -> dict[str, Any]:
     """Run one configuration into `out` (already prepared) and return results.json's content."""
     t_start = time.perf_counter()
+    from flexsample.datasets.images import tune_allocator
+
+    tune_allocator()  # big decoded batches reuse freed memory instead of page-faulting anew
     load_plugins(cfg.plugin)
     comps = build_components(cfg)
     device = resolve_device(cfg.device)
@@ -234,7 +237,7 @@ def execute(
         comps.allocation,
         comps.estimator,
         trainer,
-        input_fn(ds.train, device, cfg.workers),
+        SplitLoader(ds.train, False, device, cfg.workers).inputs,
         rounds=cfg.rounds,
         epochs_per_round=cfg.epochs_per_round,
         seed=cfg.seed,

@@ -1,14 +1,97 @@
-"""Batches for training and evaluation: direct slicing for in-memory splits, DataLoaders else."""
+"""Batches for training, scoring and evaluation.
+
+In-memory splits (tiny images) are sliced directly. File-backed splits go through one
+DataLoader per (split, train/eval) that lives as long as its `SplitLoader`: the index order
+changes every epoch through a mutable sampler, so worker processes (persistent on CUDA) and
+pinned memory are set up once, not per epoch or per scoring pass.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Sampler
 
 from flexsample.datasets.base import Split
+
+
+def default_workers(device: torch.device, requested: int | None) -> int:
+    """`--workers` auto: none on CPU (they would compete for the same cores), else up to 8."""
+    if requested is not None:
+        return requested
+    if device.type != "cuda":
+        return 0
+    import os
+
+    return min(8, os.cpu_count() or 1)
+
+
+class _Order(Sampler[int]):
+    """A sampler whose order is replaced before each pass."""
+
+    def __init__(self) -> None:
+        self.order = np.zeros(0, dtype=np.int64)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order.tolist())
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class SplitLoader:
+    """(x, y) batches of one split over any index order, with the train or eval transform."""
+
+    def __init__(
+        self,
+        split: Split,
+        train: bool,
+        device: torch.device,
+        num_workers: int | None = 0,
+    ) -> None:
+        self.split = split
+        self.train = train
+        self.device = torch.device(device)
+        self.num_workers = default_workers(self.device, num_workers)
+        self._order = _Order()
+        self._loader: DataLoader | None = None
+        self._batch_size = 0
+
+    def _make_loader(self, batch_size: int) -> DataLoader:
+        cuda = self.device.type == "cuda"
+        opts: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": cuda}
+        if self.num_workers > 0:
+            opts.update(persistent_workers=cuda, prefetch_factor=4)
+        return DataLoader(
+            self.split.torch_dataset(self.train),
+            batch_size=batch_size,
+            sampler=self._order,
+            drop_last=False,
+            **opts,
+        )
+
+    def __call__(
+        self, indices: np.ndarray, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.split.in_memory is not None:
+            labels = torch.as_tensor(self.split.labels)
+            for start in range(0, len(indices), batch_size):
+                idx = torch.as_tensor(indices[start : start + batch_size])
+                yield self.split.in_memory[idx], labels[idx]
+            return
+        if self._loader is None or batch_size != self._batch_size:
+            self._loader, self._batch_size = self._make_loader(batch_size), batch_size
+        self._order.order = indices
+        yield from self._loader
+
+    def inputs(self, indices: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+        """The engine's InputFn: input batches only."""
+        for x, _ in self(indices, batch_size):
+            yield x
 
 
 def iterate(
@@ -17,57 +100,31 @@ def iterate(
     batch_size: int,
     train: bool,
     device: torch.device,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(x, y) batches over `indices` in the given order (the caller shuffles)."""
-    indices = np.asarray(indices, dtype=np.int64)
-    if split.in_memory is not None:
-        labels = torch.as_tensor(split.labels)
-        for start in range(0, len(indices), batch_size):
-            idx = torch.as_tensor(indices[start : start + batch_size])
-            yield split.in_memory[idx], labels[idx]
-        return
-    cuda = device.type == "cuda"
-    loader = DataLoader(
-        Subset(split.torch_dataset(train), indices.tolist()),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=cuda,
-        persistent_workers=False,
-        drop_last=False,
-    )
-    yield from loader
-
-
-def input_fn(split: Split, device: torch.device, num_workers: int = 0):
-    """The engine's InputFn over a split with the evaluation transform."""
-
-    def batches(indices: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
-        for x, _ in iterate(split, indices, batch_size, False, device, num_workers):
-            yield x
-
-    return batches
+    """One pass of (x, y) batches over `indices` in the given order (the caller shuffles)."""
+    yield from SplitLoader(split, train, device, num_workers)(indices, batch_size)
 
 
 @torch.inference_mode()
 def predict_probs(
     model: torch.nn.Module,
-    split: Split,
-    device: torch.device,
+    loader: SplitLoader,
     batch_size: int = 256,
-    num_workers: int = 0,
 ) -> np.ndarray:
-    """Softmax probabilities (N, C) of the eval-mode model over a whole split."""
+    """Softmax probabilities (N, C) of the eval-mode model over the loader's whole split."""
     from flexsample.engine.context import autocast_for
 
+    device = loader.device
     model.eval()
     out = []
-    for x, _ in iterate(split, np.arange(len(split)), batch_size, False, device, num_workers):
+    for x, _ in loader(np.arange(len(loader.split)), batch_size):
         x = x.to(device, non_blocking=True)
         if device.type == "cuda" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_for(device):
             logits = model(x)
         out.append(torch.softmax(logits.float(), -1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, model.head.out_features), np.float32)
+    if not out:
+        return np.zeros((0, model.head.out_features), np.float32)
+    return torch.cat(out).numpy()

@@ -10,7 +10,7 @@ from torch import nn
 
 from flexsample.datasets.base import Split
 
-from .data import predict_probs
+from .data import SplitLoader, predict_probs
 from .metrics import classification_metrics
 
 
@@ -34,9 +34,9 @@ def evaluate(
     prior_counts: np.ndarray | None = None,
     logit_adjust: float = 0.0,
     batch_size: int = 256,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
 ) -> dict[str, Any]:
-    probs = predict_probs(model, split, device, batch_size, num_workers)
+    probs = predict_probs(model, SplitLoader(split, False, device, num_workers), batch_size)
     if logit_adjust and prior_counts is not None:
         probs = adjust_probs(probs, prior_counts, logit_adjust)
     return classification_metrics(split.labels, probs, groups)

@@ -19,7 +19,7 @@ from flexsample.datasets.base import Split
 from flexsample.engine.context import autocast_for
 from flexsample.engine.interfaces import EpochResult
 
-from .data import iterate, predict_probs
+from .data import SplitLoader, predict_probs
 from .evaluate import adjust_probs
 from .losses import Loss, build_loss
 from .metrics import per_class_recall
@@ -39,7 +39,7 @@ class TrainConfig:
     mixup: float = 0.0
     logit_adjust: float = 0.0
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int | None = 0
 
 
 class Trainer:
@@ -65,6 +65,8 @@ class Trainer:
         self.device = device
         self.progress = progress  # callable(n) per trained batch, or None
         self.sampler = SAMPLERS.get(config.sampler)
+        self.train_batches = SplitLoader(train, True, device, config.num_workers)
+        self.val_batches = SplitLoader(val, False, device, config.num_workers)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.loss: Loss | None = None
@@ -99,9 +101,7 @@ class Trainer:
         order = indices[self.sampler(labels, rng)]
         self.model.train()
         total, seen = 0.0, 0
-        for x, y in iterate(
-            self.train_split, order, self.cfg.batch_size, True, self.device, self.cfg.num_workers
-        ):
+        for x, y in self.train_batches(order, self.cfg.batch_size):
             if len(y) < 2 and seen > 0:
                 continue  # a lone trailing sample breaks batch norm and adds nothing
             x = x.to(self.device, non_blocking=True)
@@ -134,9 +134,7 @@ class Trainer:
         return loss_fn(logits, y)
 
     def validate(self) -> tuple[float, list[float]]:
-        probs = predict_probs(
-            self.model, self.val_split, self.device, num_workers=self.cfg.num_workers
-        )
+        probs = predict_probs(self.model, self.val_batches)
         # model selection sees the same (adjusted) predictions the test report will
         probs = adjust_probs(probs, self.last_counts, self.cfg.logit_adjust)
         from sklearn.metrics import confusion_matrix
