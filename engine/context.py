@@ -17,7 +17,7 @@ from torch import nn
 
 from .errors import EstimatorError, FlexsampleError
 from .interfaces import NEEDS
-from .masks import draw_unit_hash, keep_masks
+from .masks import MaskSampler
 
 # (indices, batch_size) -> model-ready input batches covering `indices` in order
 InputFn = Callable[[np.ndarray, int], Iterable[torch.Tensor]]
@@ -111,10 +111,17 @@ class ScoringContext:
 
     def for_estimator(self, owner: str, needs: Iterable[str]) -> ScoringContext:
         """A view sharing this context's caches, restricted to another declaration."""
+        needs = frozenset(needs)
+        unknown = needs - NEEDS
+        if unknown:
+            raise EstimatorError(
+                f"estimator '{owner}' declares unknown needs {sorted(unknown)}; "
+                f"accepted: {sorted(NEEDS)}"
+            )
         view = object.__new__(ScoringContext)
         view.__dict__.update(self.__dict__)
-        view.owner, view.needs = owner, frozenset(needs)
-        view._parent = self
+        view.owner, view.needs = owner, needs
+        view._parent = self._root()  # caches live in the root, however deep the views
         return view
 
     def _root(self) -> ScoringContext:
@@ -229,18 +236,19 @@ class ScoringContext:
             raise FlexsampleError(
                 f"MC dropout needs a model with dropout_p in (0, 1), this one has {p}"
             )
-        weight = head.weight.detach().float().t()  # (D, C)
-        bias = _bias(head)
-        base = draw_unit_hash(self.seed, self.step, samples, weight.shape[0], self.device)
         scale = 1.0 / (1.0 - p)
+        # the inverted-dropout scale lives in the (D, C) weight, not in a (T, B, D) multiply
+        weight = head.weight.detach().float().t() * scale
+        bias = _bias(head)
+        masks = MaskSampler(self.seed, self.step, samples, weight.shape[0], p, self.device)
 
         def draws(chunk: np.ndarray, f: torch.Tensor) -> torch.Tensor:
             idx = torch.as_tensor(chunk, device=self.device)
-            keep = keep_masks(self.seed, self.step, idx, samples, f.shape[1], p, base=base)
-            x = f.unsqueeze(0) * keep * scale  # (T, B, D)
+            keep = masks.keep(idx)  # (T, B, D) bool, hashed from (seed, step, index, draw, unit)
+            x = torch.mul(f.unsqueeze(0), keep, out=masks.workspace(len(chunk)))
             logits = torch.matmul(x, weight)
             if bias is not None:
-                logits = logits + bias
+                logits += bias
             self.stats["mc_items"] += len(chunk)
             return torch.softmax(logits, dim=-1)
 

@@ -21,7 +21,7 @@ from .errors import FlexsampleError
 from .interfaces import Allocation, Estimator, Learner, PolicyState, Schedule, ValRecord
 from .pool import Pool
 from .scoring import score_candidates
-from .selection import select_per_class
+from .selection import select_segments
 
 
 @dataclass
@@ -186,11 +186,9 @@ class Curriculum:
         chosen = [
             self.pool.remaining_indices(int(c)) for c in np.flatnonzero(takes_all & (quotas > 0))
         ]
-        candidates = (
-            np.sort(np.concatenate([self.pool.remaining_indices(int(c)) for c in partial]))
-            if len(partial)
-            else np.zeros(0, np.int64)
-        )
+        # candidates grouped by class, ascending within each: the pool's own layout
+        groups = [self.pool.remaining_indices(int(c)) for c in partial]
+        candidates = np.concatenate(groups) if groups else np.zeros(0, np.int64)
         scores = np.zeros(0)
         if len(candidates):
             self._emit("on_scoring_start", step, len(candidates))
@@ -205,9 +203,11 @@ class Curriculum:
                 progress=lambda n: self._emit("on_scoring_advance", n),
             )
             scores = score_candidates(self.estimator, ctx, candidates)
-            partial_quotas = np.where(takes_all, 0, quotas)
+            sizes = np.zeros(len(quotas), np.int64)
+            sizes[partial] = [len(g) for g in groups]
+            bounds = np.concatenate([[0], np.cumsum(sizes)])
             chosen.append(
-                select_per_class(candidates, scores, self.pool.labels[candidates], partial_quotas)
+                select_segments(candidates, scores, bounds, np.where(takes_all, 0, quotas))
             )
         chosen_idx = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
         self.pool.add(chosen_idx, step)

@@ -130,3 +130,53 @@ def keep_masks(
         return torch.ones((draws, len(indices), units), dtype=torch.bool, device=base.device)
     h = torch.bitwise_xor(base[:, None, :], sample_hash(indices).to(base.device)[None, :, None])
     return finalize_(h) < keep_threshold(p)
+
+
+class MaskSampler:
+    """The same masks as `keep_masks`, written into buffers reused from batch to batch.
+
+    Why: freshly allocated multi-megabyte tensors are page-faulted in on every batch, which
+    on a CPU costs more than the hashing itself. Views returned by `keep` and `workspace`
+    stay valid until the next call.
+    """
+
+    def __init__(
+        self, seed: int, step: int, draws: int, units: int, p: float, device: torch.device | str
+    ) -> None:
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout p must be in [0, 1), got {p}")
+        self.draws, self.units, self.p = int(draws), int(units), float(p)
+        self.device = torch.device(device)
+        self.base = draw_unit_hash(seed, step, draws, units, self.device)
+        self.threshold = keep_threshold(p)
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def _view(self, name: str, n: int, dtype: torch.dtype) -> torch.Tensor:
+        size = self.draws * n * self.units
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < size or buf.dtype != dtype:
+            buf = torch.empty(size, dtype=dtype, device=self.device)
+            self._bufs[name] = buf
+        return buf[:size].view(self.draws, n, self.units)
+
+    def workspace(self, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A reusable (draws, n, units) buffer for the caller's masked features."""
+        return self._view("work", n, dtype)
+
+    def keep(self, indices: torch.Tensor) -> torch.Tensor:
+        """(draws, len(indices), units) boolean keep-mask (a view into a reused buffer)."""
+        n = len(indices)
+        out = self._view("keep", n, torch.bool)
+        if self.p == 0.0:
+            return out.fill_(True)
+        h = self._view("hash", n, torch.int32)
+        tmp = self._view("tmp", n, torch.int32)
+        s = sample_hash(indices).to(self.device)
+        torch.bitwise_xor(self.base[:, None, :], s[None, :, None], out=h)
+        h.mul_(_signed(_C1))
+        torch.bitwise_right_shift(h, 15, out=tmp).bitwise_and_(0x1FFFF)
+        h.bitwise_xor_(tmp)
+        h.mul_(_signed(_C2))
+        torch.bitwise_right_shift(h, 16, out=tmp).bitwise_and_(0xFFFF)
+        h.bitwise_xor_(tmp)
+        return torch.lt(h, self.threshold, out=out)

@@ -1,4 +1,10 @@
-"""Per-class top-k under quotas: linear time, deterministic ties (lower index first)."""
+"""Per-class top-k under quotas: linear time, deterministic ties (lower index first).
+
+The curriculum loop hands over candidates already grouped by class (the pool keeps each
+class's indices), so its path, `select_segments`, is one partition per class segment: about
+the cost of a single `np.argpartition` over all scores. `select_per_class` takes candidates
+in any order and groups them first (a radix sort of small label types, still O(N)).
+"""
 
 from __future__ import annotations
 
@@ -25,10 +31,51 @@ def group_by_class(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np
 
     Small label types sort by radix in NumPy, so this is linear in len(labels).
     """
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise FlexsampleError("a candidate label is outside the quota vector")
     small = labels.astype(np.uint8 if num_classes <= 256 else np.uint16, copy=False)
     order = np.argsort(small, kind="stable")
     counts = np.bincount(labels, minlength=num_classes)
     return order, np.concatenate([[0], np.cumsum(counts)])
+
+
+def _check_quotas(quotas: np.ndarray) -> np.ndarray:
+    quotas = np.asarray(quotas, dtype=np.int64)
+    if quotas.ndim != 1 or (quotas < 0).any():
+        raise FlexsampleError("quotas must be a vector of counts >= 0")
+    return quotas
+
+
+def select_segments(
+    candidates: np.ndarray,
+    scores: np.ndarray,
+    bounds: np.ndarray,
+    quotas: np.ndarray,
+) -> np.ndarray:
+    """The chosen global indices, for candidates grouped by class.
+
+    Class c's candidates are `candidates[bounds[c]:bounds[c+1]]`, ascending (as the pool
+    keeps them), with their scores at the same positions; it gets its `quotas[c]` best.
+    Returned sorted ascending.
+    """
+    candidates = np.asarray(candidates, dtype=np.int64)
+    scores = np.asarray(scores)
+    quotas = _check_quotas(quotas)
+    if len(candidates) != len(scores):
+        raise FlexsampleError("candidates and scores must have the same length")
+    if len(bounds) != len(quotas) + 1 or bounds[-1] != len(candidates):
+        raise FlexsampleError("bounds must hold C + 1 offsets ending at len(candidates)")
+    chosen = []
+    for c in np.flatnonzero(quotas):
+        lo, hi = int(bounds[c]), int(bounds[c + 1])
+        if quotas[c] > hi - lo:
+            raise FlexsampleError(
+                f"quota {quotas[c]} for class {c} exceeds its {hi - lo} candidates"
+            )
+        chosen.append(candidates[lo + top_k(scores[lo:hi], int(quotas[c]))])
+    if not chosen:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate(chosen))
 
 
 def select_per_class(
@@ -41,32 +88,16 @@ def select_per_class(
 
     `labels` are the candidates' labels (aligned with `candidates` and `scores`). Within a
     class, ties go to the lower global index, so results do not depend on candidate order.
+    Returned sorted ascending. O(N) time and memory.
     """
     candidates = np.asarray(candidates, dtype=np.int64)
     scores = np.asarray(scores)
     labels = np.asarray(labels, dtype=np.int64)
-    quotas = np.asarray(quotas, dtype=np.int64)
+    quotas = _check_quotas(quotas)
     if not (len(candidates) == len(scores) == len(labels)):
         raise FlexsampleError("candidates, scores and labels must have the same length")
-    if (quotas < 0).any():
-        raise FlexsampleError("quotas must be >= 0")
-    if len(labels) and labels.max() >= len(quotas):
-        raise FlexsampleError("a candidate label is outside the quota vector")
-    # canonical order: by global index, so tie-breaking by position = by index
     if len(candidates) > 1 and (np.diff(candidates) < 0).any():
-        perm = np.argsort(candidates, kind="stable")
+        perm = np.argsort(candidates, kind="stable")  # ties then follow the global index
         candidates, scores, labels = candidates[perm], scores[perm], labels[perm]
     order, bounds = group_by_class(labels, len(quotas))
-    chosen = []
-    for c, q in enumerate(quotas):
-        if q == 0:
-            continue
-        members = order[bounds[c] : bounds[c + 1]]
-        if q > len(members):
-            raise FlexsampleError(
-                f"quota {q} for class {c} exceeds its {len(members)} candidates"
-            )
-        chosen.append(members[top_k(scores[members], int(q))])
-    if not chosen:
-        return np.zeros(0, dtype=np.int64)
-    return candidates[np.sort(np.concatenate(chosen))]
+    return select_segments(candidates[order], scores[order], bounds, quotas)

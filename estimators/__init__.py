@@ -1,13 +1,76 @@
-"""Scoring estimators: each a few lines of math plus a declaration of what it needs."""
+"""Scoring estimators: each a few lines of math plus a declaration of what it needs.
 
-from . import basic, functional  # noqa: F401  (registers the built-ins)
-from .basic import EntropyEstimator, MCDropoutEstimator, RandomEstimator
+Built-in names (``flexsample list``): ``random``, ``entropy``, ``margin``,
+``least-confidence``, ``mcdropout``, ``density``, ``info-density``, ``typicality``; any
+two or more joined by '+' (``mcdropout+density``) are combined by rank (`build_estimator`).
 
-__all__ = ["EntropyEstimator", "MCDropoutEstimator", "RandomEstimator", "functional"]
+Writing an estimator (the plugin API)
+-------------------------------------
+Subclass :class:`flexsample.Estimator` and register it::
 
+    import numpy as np
+    from flexsample import Estimator, register_estimator
 
-def build_estimator(spec: str, **options):
-    """Estimator from a CLI spec (a registered name)."""
-    from flexsample.engine.registries import get_estimator
+    @register_estimator("margin-squared")
+    class MarginSquared(Estimator):
+        \"\"\"Squared top-2 margin; the first docstring line shows in `flexsample list`.\"\"\"
 
-    return get_estimator(spec, **options)
+        needs = frozenset({"probs"})          # what the context must compute, nothing more
+
+        def __init__(self, power: float = 2.0):  # run options with these names fill them
+            self.power = power
+
+        def score(self, ctx, candidates: np.ndarray) -> np.ndarray:
+            p = np.sort(ctx.probs(candidates), axis=1)
+            return 1.0 - (p[:, -1] - p[:, -2]) ** self.power  # higher = take first
+
+The contract:
+
+* ``name`` -- the registry key (set by the decorator).
+* ``needs`` -- a subset of ``features`` (the current classifier's pooled features,
+  ``ctx.features(idx)``), ``probs`` (softmax of one deterministic pass, ``ctx.probs(idx)``),
+  ``mc`` (MC-dropout draws streamed as (T, batch, C) tensors: ``ctx.iter_mc`` /
+  ``ctx.reduce_mc``) and ``labels`` (``ctx.labels``, the whole split's). The context computes
+  only what is declared (``random`` costs no forward pass) and raises an error naming the
+  estimator when it reads anything else. ``ctx.subset_indices``, ``ctx.rng`` (seeded by
+  seed and query step), ``ctx.num_items`` and ``ctx.num_classes`` are always readable.
+* ``score(ctx, candidates)`` -- ``candidates`` are global indices into the training split;
+  return a numpy array of shape ``(len(candidates),)``, float or integer, finite, higher =
+  taken first. What was declared may be read for *any* training index. The engine checks
+  the output (type, shape, dtype, finiteness) and names the estimator in any error.
+* Constructor keywords are matched by name against the run options (``mc_samples``,
+  ``mc_score``, ``mc_mode``, ``knn``, ``density_beta``, ``ivf_threshold``, ``combine``, ...);
+  options an estimator does not declare are not passed to it.
+* ``state_dict`` / ``load_state_dict`` (optional) keep any state across checkpoints.
+
+Registration, in order of preference for a package: the entry-point group
+``flexsample.estimators`` in its pyproject.toml (``my-scorer = "my_pkg.scorers"``: the
+module is imported on first registry lookup, and its decorators register), or
+``--plugin my_pkg.scorers`` for a module that is importable but not installed as a package.
+``examples/plugin_package`` is a complete, installable example.
+"""
+
+from . import basic, density, functional  # noqa: F401  (registers the built-ins)
+from .basic import (
+    EntropyEstimator,
+    LeastConfidenceEstimator,
+    MarginEstimator,
+    MCDropoutEstimator,
+    ProbEstimator,
+    RandomEstimator,
+)
+from .combine import COMBINE_MODES, CombinedEstimator, build_estimator, normalized_ranks
+from .density import (
+    DensityEstimator,
+    InfoDensityEstimator,
+    TypicalityEstimator,
+    knn_density,
+    knn_search,
+)
+
+__all__ = [
+    "COMBINE_MODES", "CombinedEstimator", "DensityEstimator", "EntropyEstimator",
+    "InfoDensityEstimator", "LeastConfidenceEstimator", "MCDropoutEstimator", "MarginEstimator",
+    "ProbEstimator", "RandomEstimator", "TypicalityEstimator", "build_estimator", "functional",
+    "knn_density", "knn_search", "normalized_ranks",
+]

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The CUDA checks, as one script for a GPU machine with PyTorch but no network: install
+# carried wheels (.whl/) and flexsample itself, run `flexsample run` on CUDA (the default
+# digits-lt run and a synthetic ISIC-sized run with a timm resnet18), then the GPU scoring
+# benchmark. Results land in $OUT (or ./gpu-out).
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+fi
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/fs . || exit 1
+export PYTHONPATH=/tmp/fs:/tmp/site PYTHONUNBUFFERED=1
+nvidia-smi -L | tee "$OUT/device.txt"
+python3 -m flexsample --version
+
+keep() {  # copy a run's small outputs to $OUT/<name>-<file>
+  for f in results.json rounds.jsonl; do cp "$1/$f" "$OUT/$2-$f" 2>/dev/null; done
+}
+{ time python3 -m flexsample run --device cuda --out /tmp/r-default --quiet ; } 2>&1 | tail -5
+keep /tmp/r-default digits
+{ time python3 -m flexsample run --device cuda --dataset synthetic-lt --profile isic2019-r100 \
+    --image-size 64 --backbone resnet18 --rounds 2 --epochs-per-round 1 --batch-size 128 \
+    --out /tmp/r-synth --quiet ; } 2>&1 | tail -5
+keep /tmp/r-synth synthetic
+timeout 300 python3 benchmarks/gpu_scoring.py --out "$OUT/gpu" 2>&1 | tail -25

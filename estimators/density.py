@@ -1,0 +1,248 @@
+"""Feature-space estimators: kNN density, information density, typicality.
+
+All work on L2-normalised pooled features, so similarities are cosines in [-1, 1].
+The kNN search runs in FAISS (exact flat inner-product index; IVF above `ivf_threshold`
+database rows; on the model's GPU when faiss has GPU support). When the model is on CUDA
+but faiss is CPU-only, an exact chunked matmul + top-k in torch on that GPU is used instead,
+because a CPU search over a large split would then dominate the query step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import faiss
+import numpy as np
+import torch
+
+from flexsample.engine.context import ScoringContext
+from flexsample.engine.errors import FlexsampleError
+from flexsample.engine.interfaces import Estimator
+from flexsample.engine.registries import register_estimator
+
+from . import functional as F
+from .basic import check_mc_options
+
+DEFAULT_IVF_THRESHOLD = 200_000
+_GPU_RESOURCES: dict[int, object] = {}
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """A float32, C-contiguous, row-normalised copy (all-zero rows stay zero)."""
+    out = np.array(x, dtype=np.float32, order="C", copy=True)
+    if out.size:
+        faiss.normalize_L2(out)
+    return out
+
+
+def faiss_gpu_count() -> int:
+    """GPUs visible to faiss (0 for a CPU-only build)."""
+    get = getattr(faiss, "get_num_gpus", None)
+    try:
+        return int(get()) if get is not None else 0
+    except Exception:
+        return 0
+
+
+def build_index(
+    database: np.ndarray, ivf_threshold: int = DEFAULT_IVF_THRESHOLD, gpu: int | None = None
+) -> faiss.Index:
+    """Inner-product index over normalised rows: exact flat, or IVF above `ivf_threshold`.
+
+    IVF uses about 4 sqrt(n) lists trained on a seeded sample and probes enough of them
+    to keep recall close to exact; `gpu` is a device id for a faiss GPU index.
+    """
+    n, d = database.shape
+    if n > ivf_threshold:
+        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+        quantizer = faiss.IndexFlatIP(d)
+        index: faiss.Index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        train = database[np.sort(rng.choice(n, min(n, nlist * 64), replace=False))]
+        index.train(train)
+        index.nprobe = min(nlist, max(16, nlist // 16))
+    else:
+        index = faiss.IndexFlatIP(d)
+    if gpu is not None:
+        res = _GPU_RESOURCES.get(gpu)
+        if res is None:
+            res = _GPU_RESOURCES[gpu] = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(res, gpu, index)
+    index.add(database)
+    return index
+
+
+def _torch_search(
+    database: np.ndarray, queries: np.ndarray, k: int, device: torch.device, chunk: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k on a torch device: (similarities, ids), both (nq, k).
+
+    Queries go in chunks whose similarity block stays under 2^28 floats (1 GiB).
+    """
+    chunk = chunk or max(1, min(4096, (1 << 28) // max(len(database), 1)))
+    db = torch.from_numpy(database).to(device)
+    sims, ids = [], []
+    for start in range(0, len(queries), chunk):
+        q = torch.from_numpy(queries[start : start + chunk]).to(device)
+        s, i = torch.topk(q @ db.T, k, dim=1)
+        sims.append(s.cpu())
+        ids.append(i.cpu())
+    return torch.cat(sims).numpy(), torch.cat(ids).numpy().astype(np.int64)
+
+
+def knn_search(
+    database: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
+    device: torch.device | str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, ids) of the k most similar database rows to each query (normalised rows).
+
+    `device`: None or a CPU device searches with faiss on the CPU; a CUDA device uses a faiss
+    GPU index when faiss has GPU support, else an exact torch search on that device.
+    """
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    if dev.type == "cuda" and database.shape[0] <= ivf_threshold and faiss_gpu_count() == 0:
+        return _torch_search(database, queries, k, dev)
+    gpu = (dev.index or 0) if dev.type == "cuda" and faiss_gpu_count() > 0 else None
+    index = build_index(database, ivf_threshold, gpu)
+    sims, ids = index.search(queries, k)
+    return sims, ids.astype(np.int64)
+
+
+def knn_density(
+    features: np.ndarray,
+    query_ids: np.ndarray | None = None,
+    k: int = 10,
+    ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
+    device: torch.device | str | None = None,
+) -> np.ndarray:
+    """Mean cosine similarity of each query row to its k nearest other rows of `features`.
+
+    `query_ids` are row indices into `features` (default: all rows); the query row itself is
+    excluded (when exact duplicates push it out of the k + 1 results, the last one is dropped
+    instead). With fewer than k other rows, all of them are used; with none, the density is 0.
+
+    Search (`knn_search`): exact faiss flat index; IVF above `ivf_threshold` rows; on a CUDA
+    `device`, a faiss GPU index, or torch on that GPU when faiss is CPU-only.
+    """
+    n = len(features)
+    query_ids = np.arange(n) if query_ids is None else np.asarray(query_ids, dtype=np.int64)
+    k_eff = min(int(k), n - 1)
+    if k_eff <= 0 or not len(query_ids):
+        return np.zeros(len(query_ids), dtype=np.float64)
+    database = l2_normalize(features)
+    sims, ids = knn_search(database, database[query_ids], k_eff + 1, ivf_threshold, device)
+    drop = ids == query_ids[:, None]
+    drop[~drop.any(axis=1), -1] = True
+    drop &= np.cumsum(drop, axis=1) == 1  # exactly one dropped entry per row
+    valid = ids >= 0  # IVF may return fewer than asked (-1 ids)
+    keep = valid & ~drop
+    total = np.where(keep, sims, 0.0).sum(axis=1, dtype=np.float64)
+    return total / np.maximum(keep.sum(axis=1), 1)
+
+
+def _check_knn(knn: int, ivf_threshold: int) -> None:
+    if isinstance(knn, bool) or not isinstance(knn, int | np.integer) or knn < 1:
+        raise FlexsampleError(f"--knn must be an integer >= 1, got {knn!r}")
+    if isinstance(ivf_threshold, bool) or not isinstance(ivf_threshold, int | np.integer):
+        raise FlexsampleError(f"ivf_threshold must be an integer, got {ivf_threshold!r}")
+
+
+@register_estimator("density")
+class DensityEstimator(Estimator):
+    """kNN density: mean cosine similarity to the k nearest training samples; typical first.
+
+    The neighbours come from the whole training split (subset and pool), the candidate itself
+    excluded; k = `knn` (default 10).
+    """
+
+    needs = frozenset({"features"})
+
+    def __init__(self, knn: int = 10, ivf_threshold: int = DEFAULT_IVF_THRESHOLD) -> None:
+        _check_knn(knn, ivf_threshold)
+        self.knn = int(knn)
+        self.ivf_threshold = int(ivf_threshold)
+
+    def score(self, ctx: ScoringContext, candidates: np.ndarray) -> np.ndarray:
+        features = ctx.features(np.arange(ctx.num_items))
+        return knn_density(features, candidates, self.knn, self.ivf_threshold, ctx.device)
+
+
+@register_estimator("info-density")
+class InfoDensityEstimator(Estimator):
+    """Information density: MC-dropout uncertainty x ((1 + density) / 2) ** density_beta.
+
+    The uncertainty is the `mcdropout` score chosen by `mc_score` (BALD by default;
+    `mc_score=entropy` gives the entropy of the MC-averaged prediction), over `mc_samples`
+    draws in `mc_mode`. The kNN density (as in `density`, k = `knn`) is a cosine in [-1, 1],
+    rescaled to [0, 1] so that any real power is defined; beta = 0 is the uncertainty alone.
+    """
+
+    needs = frozenset({"mc", "features"})
+
+    def __init__(
+        self,
+        mc_samples: int = 20,
+        mc_score: str = "bald",
+        mc_mode: str = "head",
+        knn: int = 10,
+        density_beta: float = 1.0,
+        ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
+    ) -> None:
+        check_mc_options(mc_samples, mc_score, mc_mode)
+        _check_knn(knn, ivf_threshold)
+        beta = float(density_beta)
+        if not math.isfinite(beta) or beta < 0:
+            raise FlexsampleError(
+                f"--density-beta must be a finite number >= 0, got {density_beta}"
+            )
+        self.mc_samples, self.mc_score, self.mc_mode = int(mc_samples), mc_score, mc_mode
+        self.knn, self.density_beta, self.ivf_threshold = int(knn), beta, int(ivf_threshold)
+
+    def score(self, ctx: ScoringContext, candidates: np.ndarray) -> np.ndarray:
+        # MC first: in head mode it shares the candidates' backbone pass with the features
+        u = ctx.reduce_mc(candidates, self.mc_samples, F.MC_SCORES[self.mc_score], self.mc_mode)
+        features = ctx.features(np.arange(ctx.num_items))
+        rho = knn_density(features, candidates, self.knn, self.ivf_threshold, ctx.device)
+        return u * np.clip((1.0 + rho) / 2.0, 0.0, 1.0) ** self.density_beta
+
+
+def class_prototypes(
+    features: np.ndarray, labels: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(C, D) unit-norm class means of L2-normalised features, and which classes had rows."""
+    f = l2_normalize(features).astype(np.float64)
+    sums = np.zeros((num_classes, f.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, f)
+    present = np.bincount(labels, minlength=num_classes)[:num_classes] > 0
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return sums / np.maximum(norms, 1e-12), present
+
+
+@register_estimator("typicality")
+class TypicalityEstimator(Estimator):
+    """Cosine similarity to the class prototype over the current subset; typical first.
+
+    The prototype of class c is the normalised mean of the normalised features of the
+    subset's class-c samples (the anchor criterion of the method). A class with no sample
+    in the subset falls back to the prototype of its candidates.
+    """
+
+    needs = frozenset({"features", "labels"})
+
+    def score(self, ctx: ScoringContext, candidates: np.ndarray) -> np.ndarray:
+        candidates = np.asarray(candidates, dtype=np.int64)
+        labels = ctx.labels
+        num_classes = max(ctx.num_classes, int(labels.max(initial=-1)) + 1)
+        sub = np.asarray(ctx.subset_indices, dtype=np.int64)
+        protos, present = class_prototypes(ctx.features(sub), labels[sub], num_classes)
+        cand_labels = labels[candidates]
+        fc = l2_normalize(ctx.features(candidates)).astype(np.float64)
+        missing = np.flatnonzero(~present)
+        if len(missing) and np.isin(cand_labels, missing).any():
+            own, own_present = class_prototypes(fc, cand_labels, num_classes)
+            fill = missing[own_present[missing]]
+            protos[fill] = own[fill]
+        return np.einsum("nd,nd->n", fc, protos[cand_labels])

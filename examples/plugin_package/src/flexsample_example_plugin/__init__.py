@@ -1,0 +1,1 @@
+"""An example flexsample plugin package (see scorers.py)."""
