@@ -12,16 +12,21 @@ if [ -d .whl ]; then
 fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/fs . || exit 1
 export PYTHONPATH=/tmp/fs:/tmp/site PYTHONUNBUFFERED=1
+OUT=$(realpath "$OUT")
+REPO=$(pwd)
 nvidia-smi -L | tee "$OUT/device.txt"
+cd /tmp  # so that `python3 -m flexsample` imports the installed package, not ./flexsample
 python3 -m flexsample --version
 
 keep() {  # copy a run's small outputs to $OUT/<name>-<file>
   for f in results.json rounds.jsonl; do cp "$1/$f" "$OUT/$2-$f" 2>/dev/null; done
 }
-{ time python3 -m flexsample run --device cuda --out /tmp/r-default --quiet ; } 2>&1 | tail -5
+{ time python3 -m flexsample run --device cuda --out /tmp/r-default --quiet --overwrite ; } 2>&1 | tail -5
 keep /tmp/r-default digits
 { time python3 -m flexsample run --device cuda --dataset synthetic-lt --profile isic2019-r100 \
     --image-size 64 --backbone resnet18 --rounds 2 --epochs-per-round 1 --batch-size 128 \
-    --out /tmp/r-synth --quiet ; } 2>&1 | tail -5
+    --out /tmp/r-synth --quiet --overwrite ; } 2>&1 | tail -5
 keep /tmp/r-synth synthetic
-timeout 300 python3 benchmarks/gpu_scoring.py --out "$OUT/gpu" 2>&1 | tail -25
+if [ -z "${SKIP_SCORING:-}" ]; then
+  timeout 300 python3 "$REPO/benchmarks/gpu_scoring.py" --out "$OUT/gpu" 2>&1 | tail -25
+fi
