@@ -1,4 +1,5 @@
-"""Every registered policy, allocation, anchor strategy, loss and sampler runs from the CLI."""
+"""Every registered estimator, policy, allocation, anchor strategy, loss and sampler runs
+from the CLI."""
 
 from __future__ import annotations
 
@@ -6,14 +7,21 @@ import json
 
 import pytest
 
-from flexsample.engine.registries import list_allocations, list_anchors, list_policies
+from flexsample.engine.registries import (
+    list_allocations,
+    list_anchors,
+    list_estimators,
+    list_policies,
+)
 from flexsample.training.losses import LOSSES
 from flexsample.training.samplers import SAMPLERS
 
 from .conftest import TINY
 
 CASES = (
-    [("--policy", p) for p in list_policies()]
+    [("--estimator", e) for e in list_estimators()]
+    + [("--estimator", "mcdropout+density")]
+    + [("--policy", p) for p in list_policies()]
     + [("--allocation", a) for a in list_allocations()]
     + [("--anchors", a) for a in list_anchors()]
     + [("--loss", name) for name in LOSSES.names()]
@@ -24,7 +32,8 @@ CASES = (
 @pytest.mark.parametrize(("flag", "name"), CASES, ids=[f"{f[2:]}={n}" for f, n in CASES])
 def test_component_runs_from_the_cli(cli, tmp_path, flag, name):
     out = tmp_path / "run"
-    res = cli("run", *TINY, "--estimator", "entropy", flag, name, "--out", out)
+    est = [] if flag == "--estimator" else ["--estimator", "entropy"]
+    res = cli("run", *TINY, *est, flag, name, "--out", out)
     assert res.exit_code == 0, res.output
     cfg = json.loads((out / "config.json").read_text())["config"]
     assert cfg[flag[2:].replace("-", "_")] == name
@@ -33,5 +42,5 @@ def test_component_runs_from_the_cli(cli, tmp_path, flag, name):
     if name == "balanced":  # under-sampling: the anchors only, never grown
         if flag == "--policy":
             assert results["final_subset_size"] < results["train_size"]
-    elif flag == "--policy" or flag == "--allocation":
+    elif flag in ("--policy", "--allocation", "--estimator"):
         assert results["final_subset_size"] == results["train_size"]
