@@ -119,8 +119,8 @@ class RunConfig(BaseModel):
     batch_size: int = _f(64, "training batch size", MODEL, ge=2)
     lr: float = _f(3e-3, "peak learning rate (AdamW, cosine per round)", MODEL, gt=0)
     weight_decay: float = _f(1e-4, "AdamW weight decay", MODEL, ge=0)
-    workers: int | None = _f(None, "DataLoader worker processes (default: 0 on CPU, up to 8 "
-                             "on CUDA)", MODEL, ge=0)
+    workers: int | None = _f(None, "DataLoader worker processes for image files (default: one "
+                             "per core, up to 8; none for a cached eval pass)", MODEL, ge=0)
     # long-tail baselines
     loss: str = _f("ce", "training loss (see `flexsample list`)", LOSSES)
     sampler: str = _f("instance", "epoch sampler: instance, class-balanced or sqrt", LOSSES)

@@ -9,24 +9,13 @@ pinned memory are set up once, not per epoch or per scoring pass.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from flexsample.datasets.base import Split
-
-
-def default_workers(device: torch.device, requested: int | None) -> int:
-    """`--workers` auto: none on CPU (they would compete for the same cores), else up to 8."""
-    if requested is not None:
-        return requested
-    if device.type != "cuda":
-        return 0
-    import os
-
-    return min(8, os.cpu_count() or 1)
+from flexsample.datasets.images import dataloader_options
 
 
 class _Order(Sampler[int]):
@@ -55,16 +44,14 @@ class SplitLoader:
         self.split = split
         self.train = train
         self.device = torch.device(device)
-        self.num_workers = default_workers(self.device, num_workers)
+        self.num_workers = num_workers  # None: chosen by dataloader_options
         self._order = _Order()
         self._loader: DataLoader | None = None
         self._batch_size = 0
 
     def _make_loader(self, batch_size: int) -> DataLoader:
-        cuda = self.device.type == "cuda"
-        opts: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": cuda}
-        if self.num_workers > 0:
-            opts.update(persistent_workers=cuda, prefetch_factor=4)
+        cached = getattr(self.split, "cache", None) is not None
+        opts = dataloader_options(self.device, self.num_workers, self.train, cached)
         return DataLoader(
             self.split.torch_dataset(self.train),
             batch_size=batch_size,
