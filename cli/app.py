@@ -185,7 +185,7 @@ def eval_cmd(
         from .console import metrics_table
         from .runner import read_run_config, reevaluate
 
-        res = reevaluate(run_dir, device, console)
+        res = reevaluate(run_dir, device)
         names = (
             json.loads((run_dir / "results.json").read_text())["class_names"]
             if (run_dir / "results.json").exists()

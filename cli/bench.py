@@ -357,16 +357,8 @@ def bench(
     with user_errors(debug):
         import sys
 
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
         from .config import resolve_config
+        from .console import progress_bars
         from .runner import build_components, load_plugins
 
         flags = _passthrough_flags(ctx)
@@ -391,15 +383,7 @@ def bench(
             f"({jobs} job{'s' if jobs > 1 else ''})"
         )
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        progress = Progress(
-            TextColumn("cell {task.completed}/{task.total}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        )
+        progress = progress_bars(console, "cell {task.completed}/{task.total}")
         with progress:
             task = progress.add_task("bench", total=len(todo), info="")
             if jobs == 1:

@@ -18,20 +18,24 @@ from rich.table import Table
 from flexsample.engine.loop import Callback, StepRecord
 
 
+def progress_bars(console: Console, label: str = "{task.description}") -> Progress:
+    """Bars with a count, a free `info` field, elapsed time and ETA (runs and benches)."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
 class ProgressDisplay(Callback):
     """A training bar over the epoch budget and a scoring bar per query."""
 
     def __init__(self, console: Console, epoch_budget: int) -> None:
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
+        self.progress = progress_bars(console)
         self.train_task = self.progress.add_task("train", total=epoch_budget, info="")
         self.score_task: Any = None
 

@@ -95,9 +95,3 @@ class RunRecorder(Callback):
             index=np.concatenate([i for _, i, _ in self._scores]),
             score=np.concatenate([v for _, _, v in self._scores]),
         )
-
-
-def read_rounds(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -362,16 +362,15 @@ def _restore(loop: Curriculum, out: Path) -> None:
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
-    from .config import read_config_file, resolve_config
+    from .config import resolve_config
 
     path = run_dir / out_files.CONFIG
     if not path.is_file():
         raise FlexsampleError(f"{run_dir} is not a run folder (no {out_files.CONFIG})")
-    read_config_file(path)
     return resolve_config(path, {})
 
 
-def reevaluate(run_dir: Path, device_name: str | None, console: Console) -> dict[str, Any]:
+def reevaluate(run_dir: Path, device_name: str | None) -> dict[str, Any]:
     """`flexsample eval`: the run's best.pt on its val and test splits."""
     cfg = read_run_config(run_dir)
     if not (run_dir / out_files.BEST).is_file():
