@@ -16,8 +16,7 @@ from rich.console import Console
 
 from flexsample._version import __version__
 from flexsample.engine.errors import FlexsampleError
-
-from .config import RunConfig
+from flexsample.workflows.config import RunConfig
 
 app = typer.Typer(
     name="flexsample",
@@ -129,8 +128,8 @@ def run(
     Writes config.json, rounds.jsonl, selection.npz, scores.npz, results.json, curves.png, checkpoint.pt and best.pt into the run folder. Flags override values of --config.
     """  # noqa: E501 (typer keeps line breaks: one line per paragraph)
     with user_errors(debug):
-        from .config import resolve_config
-        from .runner import (
+        from flexsample.workflows.config import resolve_config
+        from flexsample.workflows.run import (
             build_components,
             default_out,
             execute,
@@ -138,6 +137,8 @@ def run(
             prepare_out,
             read_run_config,
         )
+
+        from .console import ProgressDisplay, metrics_table, rounds_table
 
         if resume:
             if out is None:
@@ -163,7 +164,18 @@ def run(
             load_plugins(cfg.plugin)
             build_components(cfg)  # bad names fail before the folder is touched
             prepare_out(target, overwrite)
-        execute(cfg, target, console, resume=resume, quiet=quiet)
+        display = [] if quiet else [ProgressDisplay(console, cfg.rounds * cfg.epochs_per_round)]
+        outcome = execute(cfg, target, resume=resume, callbacks=display)
+        if not quiet:
+            res = outcome.results
+            console.print(rounds_table(outcome.records, outcome.class_names))
+            console.print(
+                metrics_table(
+                    {"best-val checkpoint": res["test"], "last weights": res["test_last"]},
+                    outcome.class_names,
+                )
+            )
+            console.print(f"outputs in [bold]{target}[/bold]")
 
 
 _sig = inspect.signature(run)
@@ -182,8 +194,9 @@ def eval_cmd(
 ) -> None:
     """Re-evaluate a run's best.pt on its validation and test splits."""
     with user_errors(debug):
+        from flexsample.workflows.run import read_run_config, reevaluate
+
         from .console import metrics_table
-        from .runner import read_run_config, reevaluate
 
         res = reevaluate(run_dir, device)
         names = (
@@ -207,8 +220,7 @@ def list_cmd(
         from flexsample.engine.registries import ALLOCATIONS, ANCHORS, ESTIMATORS, POLICIES
         from flexsample.training.losses import LOSSES
         from flexsample.training.samplers import SAMPLERS
-
-        from .runner import load_plugins
+        from flexsample.workflows.run import load_plugins
 
         load_plugins(plugin or [])
         rows = [

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from flexsample.cli.bench import CSV_COLUMNS, summarise
+from flexsample.workflows.bench import CSV_COLUMNS, summarise
 
 GRID = [
     "bench",

@@ -1,12 +1,18 @@
-"""Wiring of one run: config -> dataset -> pool -> anchors -> curriculum -> test -> report."""
+"""One run as a pipeline: config -> dataset -> pool -> anchors -> curriculum -> test -> outputs.
+
+The CLI, the Python API and later launchers call `execute`; it prints nothing itself: progress
+reaches the caller through loop callbacks and the run's `Reporter`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
@@ -15,14 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
 
 from flexsample._version import __version__
 from flexsample.datasets.base import LTDataset, build_dataset
 from flexsample.engine.checkpoint import load_checkpoint, prev_path
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import Allocation, Anchors, Estimator, Schedule, ValRecord
-from flexsample.engine.loop import Curriculum, StepRecord
+from flexsample.engine.loop import Callback, Curriculum, LoopResult, StepRecord
 from flexsample.engine.pool import Pool
 from flexsample.engine.registries import get_allocation, get_anchors, get_policy
 from flexsample.engine.registry import import_plugin
@@ -35,8 +40,8 @@ from flexsample.training.trainer import TrainConfig, Trainer
 
 from . import outputs as out_files
 from .config import RunConfig
-from .console import ProgressDisplay, metrics_table, rounds_table
 from .plots import plot_curves
+from .progress import Reporter
 
 TINY_IMAGE = 32  # images at most this size default to the small CNN
 
@@ -161,16 +166,70 @@ def val_curve(history: list[ValRecord], records: list[StepRecord]) -> list[tuple
     return curve
 
 
+@dataclass
+class RunOutcome:
+    """What a finished run hands back to its caller (results.json's content and the steps)."""
+
+    results: dict[str, Any]
+    records: list[StepRecord]
+    class_names: list[str]
+    out: Path
+
+
 def execute(
     cfg: RunConfig,
     out: Path,
-    console: Console,
     *,
     resume: bool = False,
-    quiet: bool = False,
-) -> dict[str, Any]:
-    """Run one configuration into `out` (already prepared) and return results.json's content."""
+    callbacks: Sequence[Callback] = (),
+    reporter: Reporter | None = None,
+) -> RunOutcome:
+    """Run one configuration into `out` (already prepared).
+
+    Callbacks that are context managers (progress displays) are entered around the loop.
+    """
+    reporter = reporter or Reporter()
     t_start = time.perf_counter()
+    with reporter.phase("loading"):
+        setup = set_up(cfg, resume=resume)
+    if not resume:
+        out_files.write_json(out / out_files.CONFIG, config_document(cfg, setup))
+    loop, recorder = build_loop(cfg, setup, out, callbacks)
+    if resume:
+        _restore(loop, out)
+        recorder.restore(loop.records)
+    else:
+        with reporter.phase("anchors"):
+            start_from_anchors(cfg, setup, loop)
+        recorder.write_selection()
+        recorder.write_scores()
+    with contextlib.ExitStack() as stack:
+        for cb in callbacks:
+            if hasattr(cb, "__enter__"):
+                stack.enter_context(cb)  # type: ignore[arg-type]
+        result = loop.run()
+    t_eval = time.perf_counter()
+    with reporter.phase("evaluation"):
+        test, last = evaluate_run(cfg, setup, out, loop.pool)
+    results = results_document(setup, result, loop.pool, test, last)
+    results["timings"]["total_s"] = time.perf_counter() - t_start
+    results["timings"]["eval_s"] = time.perf_counter() - t_eval
+    write_reports(cfg, setup, out, loop, result, results)
+    return RunOutcome(results, result.records, setup.ds.class_names, out)
+
+
+@dataclass
+class Setup:
+    """Everything a run builds before training: components, device, data and model."""
+
+    comps: Components
+    device: torch.device
+    ds: LTDataset
+    model: torch.nn.Module
+
+
+def set_up(cfg: RunConfig, *, resume: bool = False) -> Setup:
+    """Plugins, components, device, dataset and model (SSL-initialised for a fresh ssl run)."""
     from flexsample.datasets.images import tune_allocator
 
     tune_allocator()  # big decoded batches reuse freed memory instead of page-faulting anew
@@ -190,30 +249,38 @@ def execute(
             **_ssl_options(cfg, ds, device),
             pretrained=cfg.pretrained,
         )
+    return Setup(comps, device, ds, model)
 
-    config_doc = {
+
+def config_document(cfg: RunConfig, setup: Setup) -> dict[str, Any]:
+    """config.json: the config plus what it resolved to on this machine."""
+    device = setup.device
+    return {
         "config": cfg.model_dump(),
         "flexsample_version": __version__,
         "versions": versions(),
         "device": str(device)
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "seeds": {"seed": cfg.seed, "data_seed": cfg.data_seed},
-        "split_hash": ds.split_hash(),
-        "dataset_info": ds.info,
+        "split_hash": setup.ds.split_hash(),
+        "dataset_info": setup.ds.info,
         "command": sys.argv,
     }
-    if not resume:
-        out_files.write_json(out / out_files.CONFIG, config_doc)
 
-    epoch_budget = cfg.rounds * cfg.epochs_per_round
+
+def build_loop(
+    cfg: RunConfig, setup: Setup, out: Path, callbacks: Sequence[Callback]
+) -> tuple[Curriculum, out_files.RunRecorder]:
+    """The trainer, the pool and the curriculum around them, checkpointing into `out`."""
+    ds, device = setup.ds, setup.device
     trainer = Trainer(
-        model,
+        setup.model,
         ds.train,
         ds.val,
         ds.num_classes,
         TrainConfig(
             epochs_per_round=cfg.epochs_per_round,
-            epoch_budget=epoch_budget,
+            epoch_budget=cfg.rounds * cfg.epochs_per_round,
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
             batch_size=cfg.batch_size,
@@ -229,13 +296,11 @@ def execute(
     )
     pool = Pool(ds.train.labels, ds.num_classes)
     recorder = out_files.RunRecorder(out, pool, ds.train.ids)
-    display = ProgressDisplay(console, epoch_budget) if not quiet else None
-    callbacks = [recorder] + ([display] if display else [])
     loop = Curriculum(
         pool,
-        comps.schedule,
-        comps.allocation,
-        comps.estimator,
+        setup.comps.schedule,
+        setup.comps.allocation,
+        setup.comps.estimator,
         trainer,
         SplitLoader(ds.train, False, device, cfg.workers).inputs,
         rounds=cfg.rounds,
@@ -243,52 +308,40 @@ def execute(
         seed=cfg.seed,
         score_batch_size=cfg.score_batch_size,
         checkpoint_dir=out,
-        callbacks=callbacks,
+        callbacks=[recorder, *callbacks],
     )
-    if resume:
-        _restore(loop, out)
-        recorder.restore(loop.records)
-    else:
-        features = _anchor_features(cfg, ds, comps.anchors, device)
-        anchors = comps.anchors.select(ds.train.labels, ds.num_classes, cfg.seed, features)
-        loop.start(anchors)
-        recorder.write_selection()
-        recorder.write_scores()
+    return loop, recorder
 
-    if display is not None:
-        with display:
-            result = loop.run()
-    else:
-        result = loop.run()
 
-    t_eval = time.perf_counter()
+def start_from_anchors(cfg: RunConfig, setup: Setup, loop: Curriculum) -> None:
+    """Choose the anchor set and put it in the pool as step 0."""
+    ds = setup.ds
+    features = _anchor_features(cfg, ds, setup.comps.anchors, setup.device)
+    anchors = setup.comps.anchors.select(ds.train.labels, ds.num_classes, cfg.seed, features)
+    loop.start(anchors)
+
+
+def evaluate_run(
+    cfg: RunConfig, setup: Setup, out: Path, pool: Pool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Test metrics of the last weights, then of best.pt (which replaces the model's weights)."""
+    ds, device, model = setup.ds, setup.device, setup.model
     groups = ds.group_of_labels()
-    last = evaluate(
-        model,
-        ds.test,
-        device,
-        groups,
-        pool.subset_counts(),
-        cfg.logit_adjust,
-        cfg.score_batch_size,
-        cfg.workers,
-    )
+    options = (cfg.logit_adjust, cfg.score_batch_size, cfg.workers)
+    last = evaluate(model, ds.test, device, groups, pool.subset_counts(), *options)
     best = load_checkpoint(out / out_files.BEST)
     model.load_state_dict(best["model"])
-    test = evaluate(
-        model,
-        ds.test,
-        device,
-        groups,
-        best["subset_counts"],
-        cfg.logit_adjust,
-        cfg.score_batch_size,
-        cfg.workers,
-    )
-    eval_s = time.perf_counter() - t_eval
+    test = evaluate(model, ds.test, device, groups, best["subset_counts"], *options)
+    return test, last
 
+
+def results_document(
+    setup: Setup, result: LoopResult, pool: Pool, test: dict[str, Any], last: dict[str, Any]
+) -> dict[str, Any]:
+    """results.json (the caller fills in total and evaluation time)."""
+    ds = setup.ds
     records = [r.to_json() for r in result.records]
-    results = {
+    return {
         "class_names": ds.class_names,
         "test": test,
         "test_last": last,
@@ -297,30 +350,35 @@ def execute(
         "subset_size_at_best": result.subset_size_at_best,
         "final_subset_size": pool.size,
         "train_size": len(ds.train),
-        "groups": groups,
+        "groups": ds.group_of_labels(),
         "skipped_missing": int(ds.info.get("skipped_missing", 0)),
         "timings": {
-            "total_s": time.perf_counter() - t_start,
+            "total_s": 0.0,
             "train_s": sum(r["train_s"] for r in records),
             "score_s": sum(r["score_s"] for r in records),
-            "eval_s": eval_s,
+            "eval_s": 0.0,
         },
     }
+
+
+def write_reports(
+    cfg: RunConfig,
+    setup: Setup,
+    out: Path,
+    loop: Curriculum,
+    result: LoopResult,
+    results: dict[str, Any],
+) -> None:
+    """results.json and curves.png."""
+    ds = setup.ds
     out_files.write_json(out / out_files.RESULTS, results)
     plot_curves(
         out / out_files.CURVES,
-        records,
+        [r.to_json() for r in result.records],
         val_curve(loop.history, result.records),
         ds.class_names,
         f"{ds.name}  estimator={cfg.estimator}  policy={cfg.policy}  seed={cfg.seed}",
     )
-    if not quiet:
-        console.print(rounds_table(result.records, ds.class_names))
-        console.print(
-            metrics_table({"best-val checkpoint": test, "last weights": last}, ds.class_names)
-        )
-        console.print(f"outputs in [bold]{out}[/bold]")
-    return results
 
 
 def _anchor_features(
