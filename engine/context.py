@@ -4,6 +4,15 @@ One backbone pass per sample gives the pooled features; probabilities and the T 
 MC-dropout draws are derived from them (exact for a model whose only dropout is before the
 head). MC draws are streamed batch by batch as (T, batch, C) tensors, so nothing ever holds
 N x T x C. Everything runs batched on the model's device, under bf16 autocast on CUDA.
+
+Memory: the MC batch (samples per streamed (T, batch, C) tensor) shrinks below the score
+batch size so that one batch's working tensors fit in the MC memory budget: by default half
+of the memory free on the model's device when MC draws start (cudaMemGetInfo on CUDA;
+MemAvailable on a CPU, there at most 4 GiB), or `mc_memory` bytes. When even one sample's
+T draws do not fit, a FlexsampleError names --mc-samples. Scores do not depend on the MC
+batch size.
+
+Fault point (`engine.faults`): `scoring`, once per context, after its first computed batch.
 """
 
 from __future__ import annotations
@@ -16,8 +25,9 @@ import torch
 from torch import nn
 
 from .errors import EstimatorError, FlexsampleError
+from .faults import fault_point
 from .interfaces import NEEDS
-from .masks import MaskSampler
+from .masks import MaskSampler, hashed_dropouts
 
 # (indices, batch_size) -> model-ready input batches covering `indices` in order
 InputFn = Callable[[np.ndarray, int], Iterable[torch.Tensor]]
@@ -69,6 +79,7 @@ class ScoringContext:
         needs: Iterable[str] = NEEDS,
         owner: str = "estimator",
         progress: ProgressFn | None = None,
+        mc_memory: int | None = None,
     ) -> None:
         if not all(hasattr(model, a) for a in ("embed", "head", "dropout_p")):
             raise FlexsampleError(
@@ -100,6 +111,13 @@ class ScoringContext:
         self._probs: np.ndarray | None = None
         self._have_probs = np.zeros(self.num_items, dtype=bool)
         self.stats = {"backbone_items": 0, "mc_items": 0}
+        self.mc_memory = None if mc_memory is None else int(mc_memory)
+        self._batches = [0]  # shared by reference with every view: the fault point fires once
+
+    def _batch_done(self) -> None:
+        self._batches[0] += 1
+        if self._batches[0] == 1:
+            fault_point("scoring")
 
     # -- access control -------------------------------------------------------------------
     def _require(self, need: str) -> None:
@@ -168,6 +186,7 @@ class ScoringContext:
             self.stats["backbone_items"] += n
             if self.progress is not None:
                 self.progress(n)
+            self._batch_done()
             yield chunk, f.float()
         if start != len(indices):
             raise FlexsampleError(
@@ -212,8 +231,10 @@ class ScoringContext:
 
         `head`: dropout masks on the pooled features, hashed from (seed, step, index, draw);
         the T head passes are one batched matmul. `full`: T complete stochastic passes with
-        every dropout layer active (models with dropout inside the backbone); its torch RNG
-        is seeded per batch from (seed, step, first index), so it depends on batch size.
+        every dropout layer of the model active (models with dropout inside the backbone),
+        and the feature dropout before the head; every mask is hashed from (seed, step, index,
+        draw, layer, element) as in head mode, so neither batch size nor candidate order
+        changes a score. Batches may be smaller than the score batch size (memory budget).
         """
         self._require("mc")
         if samples < 2:
@@ -227,6 +248,21 @@ class ScoringContext:
         else:
             yield from root._iter_mc_head(indices, samples)
 
+    def _mc_batch(self, samples: int, per_draw_sample: int, fixed_per_draw: int = 0) -> int:
+        """Samples per MC batch so that one batch's tensors fit in the memory budget."""
+        budget = self.mc_memory if self.mc_memory is not None else mc_memory_budget(self.device)
+        per_sample = samples * per_draw_sample
+        room = budget - samples * fixed_per_draw
+        if room < per_sample:
+            most = max(0, budget // (per_draw_sample + fixed_per_draw))
+            raise FlexsampleError(
+                f"--mc-samples {samples}: one candidate's draws need about "
+                f"{_gib(per_sample + samples * fixed_per_draw)}, more than the MC memory budget "
+                f"of {_gib(budget)} on {self.device} (half the free memory); use at most "
+                f"--mc-samples {most}"
+            )
+        return max(1, min(self.batch_size, room // per_sample))
+
     def _iter_mc_head(
         self, indices: np.ndarray, samples: int
     ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
@@ -236,32 +272,39 @@ class ScoringContext:
             raise FlexsampleError(
                 f"MC dropout needs a model with dropout_p in (0, 1), this one has {p}"
             )
+        units, classes = int(head.in_features), int(head.out_features)
+        # per (draw, sample): keep mask (1 byte), hash and scratch (int32), masked features
+        # (float32) per unit; logits, softmax and the reducer's float64 copies per class
+        step = self._mc_batch(samples, units * 13 + classes * 48, units * 28)
         scale = 1.0 / (1.0 - p)
         # the inverted-dropout scale lives in the (D, C) weight, not in a (T, B, D) multiply
         weight = head.weight.detach().float().t() * scale
         bias = _bias(head)
         masks = MaskSampler(self.seed, self.step, samples, weight.shape[0], p, self.device)
 
-        def draws(chunk: np.ndarray, f: torch.Tensor) -> torch.Tensor:
-            idx = torch.as_tensor(chunk, device=self.device)
-            keep = masks.keep(idx)  # (T, B, D) bool, hashed from (seed, step, index, draw, unit)
-            x = torch.mul(f.unsqueeze(0), keep, out=masks.workspace(len(chunk)))
-            logits = torch.matmul(x, weight)
-            if bias is not None:
-                logits += bias
-            self.stats["mc_items"] += len(chunk)
-            return torch.softmax(logits, dim=-1)
+        def draws(chunk: np.ndarray, f: torch.Tensor) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+            for lo in range(0, len(chunk), step):
+                part = chunk[lo : lo + step]
+                idx = torch.as_tensor(part, device=self.device)
+                keep = masks.keep(idx)  # (T, B, D), hashed from (seed, step, index, draw, unit)
+                x = torch.mul(f[lo : lo + step].unsqueeze(0), keep, out=masks.workspace(len(part)))
+                logits = torch.matmul(x, weight)
+                if bias is not None:
+                    logits += bias
+                self.stats["mc_items"] += len(part)
+                self._batch_done()
+                yield part, torch.softmax(logits, dim=-1)
 
         with torch.inference_mode():
             if self._have_features[indices].all() or not len(indices):
                 for start in range(0, len(indices), self.batch_size):
                     chunk = indices[start : start + self.batch_size]
                     f = torch.from_numpy(self._features[chunk]).to(self.device)
-                    yield chunk, draws(chunk, f)
+                    yield from draws(chunk, f)
             elif not self._have_features[indices].any() and len(np.unique(indices)) == len(indices):
                 for chunk, f in self._embed_batches(indices):  # fused with the backbone pass
                     self._store_features(chunk, f)
-                    yield chunk, draws(chunk, f)
+                    yield from draws(chunk, f)
             else:
                 self._ensure_features(indices)
                 yield from self._iter_mc_head(indices, samples)
@@ -269,36 +312,39 @@ class ScoringContext:
     def _iter_mc_full(
         self, indices: np.ndarray, samples: int
     ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        from .masks import _key
-
         model = self.model
         model.eval()
-        dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+        p = float(model.dropout_p)
+        classes = int(model.head.out_features)
+        # per (draw, sample): the list of T softmax outputs, their stack, the reducer's copies
+        step = self._mc_batch(samples, classes * 56)
         start = 0
-        with torch.inference_mode():
+        with torch.inference_mode(), hashed_dropouts(model, self.seed, self.step) as masks:
             for x in self.inputs(indices, self.batch_size):
-                chunk = indices[start : start + len(x)]
+                batch = indices[start : start + len(x)]
                 start += len(x)
                 x = x.to(self.device)
-                devices = [self.device] if self.device.type == "cuda" else []
-                with torch.random.fork_rng(devices=devices):
-                    torch.manual_seed(_key(self.seed, self.step, int(chunk[0])))
-                    for m in dropouts:
-                        m.train()
+                for lo in range(0, len(batch), step):
+                    chunk = batch[lo : lo + step]
+                    masks.set_samples(torch.as_tensor(chunk, device=self.device))
                     out = []
-                    try:
-                        for _ in range(samples):
-                            with autocast_for(self.device):
-                                logits = _stochastic_forward(model, x)
-                            out.append(torch.softmax(logits.float(), dim=-1))
-                    finally:
-                        for m in dropouts:
-                            m.eval()
-                self.stats["backbone_items"] += samples * len(chunk)
-                self.stats["mc_items"] += len(chunk)
-                if self.progress is not None:
-                    self.progress(len(chunk))
-                yield chunk, torch.stack(out)
+                    for t in range(samples):
+                        masks.set_draw(t)
+                        with autocast_for(self.device):
+                            f = model.embed(x[lo : lo + step])
+                            f = masks.dropout(f, p)  # the feature dropout before the head
+                            logits = model.head(f)
+                        out.append(torch.softmax(logits.float(), dim=-1))
+                    self.stats["backbone_items"] += samples * len(chunk)
+                    self.stats["mc_items"] += len(chunk)
+                    if self.progress is not None:
+                        self.progress(len(chunk))
+                    self._batch_done()
+                    yield chunk, torch.stack(out)
+        if start != len(indices):
+            raise FlexsampleError(
+                f"the input source yielded {start} items for {len(indices)} indices"
+            )
 
     def reduce_mc(
         self,
@@ -320,8 +366,33 @@ def _bias(head: nn.Linear) -> torch.Tensor | None:
     return None if head.bias is None else head.bias.detach().float()
 
 
-def _stochastic_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits with dropout on the pooled features as in training (F.dropout, training=True)."""
-    f = model.embed(x)
-    f = nn.functional.dropout(f, p=float(model.dropout_p), training=True)
-    return model.head(f)
+CPU_MC_MEMORY_CAP = 4 << 30  # bigger MC batches do not run faster on a CPU
+
+
+def mc_memory_budget(device: torch.device) -> int:
+    """Bytes one MC batch may use: half of what is free on `device` now (at most 4 GiB on a
+    CPU, where larger batches gain nothing and the memory is shared with everything else)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free) // 2
+    return min(_available_ram() // 2, CPU_MC_MEMORY_CAP)
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return 4 << 30  # unknown: assume 4 GiB available
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"

@@ -20,3 +20,14 @@ class UnknownNameError(FlexsampleError, KeyError):
 
 class EstimatorError(FlexsampleError):
     """An estimator broke its contract (undeclared need, bad output)."""
+
+
+class PluginError(FlexsampleError):
+    """A plugin (an estimator, policy, allocation or anchor strategy that is not part of
+    flexsample) raised an exception or returned something outside its contract. The message
+    names the plugin, where it comes from (entry point or --plugin module) and the cause."""
+
+
+class RegistrationError(FlexsampleError, ValueError):
+    """A registration that cannot be accepted: a name taken by a built-in or another plugin,
+    or no name at all. A ValueError too, as registration errors were before."""

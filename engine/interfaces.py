@@ -112,7 +112,11 @@ class PolicyState:
 
 
 class Schedule(Stateful):
-    """When to query (`should_query`, asked before every epoch) and how many in total."""
+    """When to query (`should_query`, asked before every epoch) and how many in total.
+
+    `should_query` answers a bool and `budget` a finite integer >= 0; the engine checks both
+    (engine.validation) and names the schedule in any error.
+    """
 
     name: ClassVar[str] = ""
 
@@ -127,7 +131,10 @@ class Schedule(Stateful):
 
 
 class Allocation(Stateful):
-    """Splits a step's budget across classes: `quotas(...)[c] <= remaining_counts[c]`."""
+    """Splits a step's budget across classes: `quotas(...)[c] <= remaining_counts[c]`.
+
+    Quotas are C integers >= 0 summing to at most the budget (checked by the engine).
+    """
 
     name: ClassVar[str] = ""
 
@@ -136,7 +143,11 @@ class Allocation(Stateful):
 
 
 class Anchors(Stateful):
-    """Chooses the starting subset. `needs_features` asks the caller for a feature matrix."""
+    """Chooses the starting subset. `needs_features` asks the caller for a feature matrix.
+
+    `select` returns a non-empty 1-D integer array of distinct indices in [0, len(labels))
+    (checked by `engine.validation.select_anchors`).
+    """
 
     name: ClassVar[str] = ""
     needs_features: ClassVar[bool] = False

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .checkpoint import save_atomic
 from .context import InputFn, ScoringContext
 from .errors import FlexsampleError
+from .faults import fault_point
 from .interfaces import Allocation, Estimator, Learner, PolicyState, Schedule, ValRecord
 from .pool import Pool
 from .scoring import score_candidates
@@ -62,7 +64,12 @@ class LoopResult:
 
 
 class Callback:
-    """Hooks for progress display and run outputs; every method is optional."""
+    """Hooks for progress display and run outputs; every method is optional.
+
+    A callback with a `state_key` attribute and `state_dict()` / `load_state_dict(state)` has
+    its state saved in every checkpoint (under `state["callbacks"][state_key]`) and restored
+    on resume, so files it writes can be made consistent with the checkpoint resumed from.
+    """
 
     def on_scoring_start(self, step: int, total: int) -> None: ...
     def on_scoring_advance(self, n: int) -> None: ...
@@ -79,6 +86,11 @@ class Curriculum:
     The epoch budget is `rounds * epochs_per_round`. Before every epoch the schedule is asked
     whether to query; a query before the first epoch joins step 0 (the anchors). Each round,
     and each query, starts a fresh optimizer in the learner.
+
+    `meta` is stored in checkpoints as `state["meta"]`; after `load_state_dict` the saved one
+    is `loaded_meta` (a run pipeline keeps a config hash there to refuse foreign checkpoints).
+    A CUDA out-of-memory error while scoring retries the query's scoring once with half the
+    score batch size (kept for later queries), then fails naming --score-batch-size.
     """
 
     def __init__(
@@ -96,6 +108,7 @@ class Curriculum:
         score_batch_size: int = 256,
         checkpoint_dir: str | Path | None = None,
         callbacks: Sequence[Callback] = (),
+        meta: dict[str, Any] | None = None,
     ) -> None:
         if rounds < 1:
             raise FlexsampleError(f"--rounds must be >= 1, got {rounds}")
@@ -114,6 +127,8 @@ class Curriculum:
         self.score_batch_size = score_batch_size
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.callbacks = list(callbacks)
+        self.meta = dict(meta or {})
+        self.loaded_meta: dict[str, Any] | None = None
         self.epoch = 0
         self.step = 0
         self.anchor_size = 0
@@ -148,6 +163,9 @@ class Curriculum:
 
     def start(self, anchors: np.ndarray) -> None:
         """Put the anchor set in the pool as step 0."""
+        from .validation import check_anchor_set  # an empty or bad start trains on nothing
+
+        anchors = check_anchor_set(anchors, len(self.pool))
         if self.pool.size:
             raise FlexsampleError("the pool already holds samples; start() takes the anchors")
         self.pool.add(anchors, step=0)
@@ -167,18 +185,9 @@ class Curriculum:
     def query(self, budget: int, state: PolicyState) -> QueryResult:
         remaining = self.pool.remaining_counts()
         budget = int(min(budget, remaining.sum()))
-        quotas = np.asarray(self.allocation.quotas(state, budget))
-        name = getattr(self.allocation, "name", type(self.allocation).__name__)
-        if quotas.shape != remaining.shape or not np.issubdtype(quotas.dtype, np.integer):
-            raise FlexsampleError(
-                f"allocation '{name}' returned {quotas.dtype} {quotas.shape}; expected "
-                f"integers of shape {remaining.shape}"
-            )
-        if (quotas < 0).any() or (quotas > remaining).any() or quotas.sum() > budget:
-            raise FlexsampleError(
-                f"allocation '{name}' returned quotas {quotas.tolist()} outside the remaining "
-                f"counts {remaining.tolist()} or above the budget {budget}"
-            )
+        from .validation import ask_quotas  # checked; errors name the plugin and its origin
+
+        quotas = ask_quotas(self.allocation, state, budget, remaining)
         step = self.step + 1 if self.epoch > 0 else 0
         t0 = time.perf_counter()
         takes_all = quotas == remaining
@@ -191,18 +200,7 @@ class Curriculum:
         candidates = np.concatenate(groups) if groups else np.zeros(0, np.int64)
         scores = np.zeros(0)
         if len(candidates):
-            self._emit("on_scoring_start", step, len(candidates))
-            ctx = ScoringContext(
-                self.learner.model,
-                self.inputs,
-                self.pool.labels,
-                seed=self.seed,
-                step=step,
-                batch_size=self.score_batch_size,
-                subset_indices=self.pool.subset_indices(),
-                progress=lambda n: self._emit("on_scoring_advance", n),
-            )
-            scores = score_candidates(self.estimator, ctx, candidates)
+            scores = self._score(step, candidates)
             sizes = np.zeros(len(quotas), np.int64)
             sizes[partial] = [len(g) for g in groups]
             bounds = np.concatenate([[0], np.cumsum(sizes)])
@@ -214,17 +212,56 @@ class Curriculum:
         self.step = step
         result = QueryResult(step, quotas, candidates, scores, chosen_idx, time.perf_counter() - t0)
         self._emit("on_query", result)
+        fault_point("query")
         return result
+
+    def _score(self, step: int, candidates: np.ndarray) -> np.ndarray:
+        """The estimator's scores; on out-of-memory, once more at half the batch size."""
+        tried = []
+        while True:
+            self._emit("on_scoring_start", step, len(candidates))
+            ctx = ScoringContext(
+                self.learner.model,
+                self.inputs,
+                self.pool.labels,
+                seed=self.seed,
+                step=step,
+                batch_size=self.score_batch_size,
+                subset_indices=self.pool.subset_indices(),
+                progress=lambda n: self._emit("on_scoring_advance", n),
+            )
+            try:
+                return score_candidates(self.estimator, ctx, candidates)
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not _is_out_of_memory(exc):
+                    raise
+                tried.append(self.score_batch_size)
+            del ctx
+            _free_device_memory()
+            if len(tried) > 1 or self.score_batch_size < 2:
+                sizes = ", then ".join(str(b) for b in tried)
+                hint = (
+                    f"pass a smaller --score-batch-size (e.g. {tried[-1] // 2})"
+                    if tried[-1] > 1
+                    else "use fewer --mc-samples, a smaller --image-size or another --device"
+                )
+                raise FlexsampleError(
+                    f"out of memory while scoring {len(candidates)} candidates at query step "
+                    f"{step} with --score-batch-size {sizes}; {hint}"
+                ) from None
+            self.score_batch_size //= 2
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> LoopResult:
         if self.current is None:
             raise FlexsampleError("call start(anchors) (or load a checkpoint) before run()")
+        from .validation import ask_budget, ask_should_query  # checked, naming the plugin
+
         while self.epoch < self.epoch_budget:
             state = self.policy_state()
             queried = False
-            if not self.pool.is_full and self.schedule.should_query(state):
-                budget = int(self.schedule.budget(state))
+            if not self.pool.is_full and ask_should_query(self.schedule, state):
+                budget = ask_budget(self.schedule, state)
                 if budget > 0:
                     if self.current.epochs > 0:
                         self._close_record()
@@ -246,6 +283,7 @@ class Curriculum:
         subset = self.pool.subset_indices()
         self._emit("on_epoch_start", self.epoch, len(subset))
         res = self.learner.train_epoch(subset, self.epoch)
+        fault_point("train-epoch")
         bal, recall = self.learner.validate()
         val = ValRecord(self.epoch, float(bal), tuple(float(r) for r in recall))
         self.history.append(val)
@@ -305,7 +343,23 @@ class Curriculum:
             "records": [r.to_json() for r in self.records],
             "current": None if self.current is None else copy.deepcopy(self.current.to_json()),
             "best": (self.best_val, self.best_epoch, self.subset_size_at_best),
+            "callbacks": {key: cb.state_dict() for key, cb in self._stateful_callbacks().items()},
+            "meta": copy.deepcopy(self.meta),
         }
+
+    def _stateful_callbacks(self) -> dict[str, Callback]:
+        found: dict[str, Callback] = {}
+        for cb in self.callbacks:
+            key = getattr(cb, "state_key", None)
+            if key is None or not callable(getattr(cb, "state_dict", None)):
+                continue
+            if key in found:
+                raise FlexsampleError(
+                    f"two loop callbacks use state_key '{key}' ({type(found[key]).__name__}, "
+                    f"{type(cb).__name__}); give each a distinct state_key"
+                )
+            found[str(key)] = cb
+        return found
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in ("rounds", "epochs_per_round", "seed"):
@@ -329,3 +383,25 @@ class Curriculum:
         self.records = [StepRecord(**r) for r in state["records"]]
         self.current = None if state["current"] is None else StepRecord(**state["current"])
         self.best_val, self.best_epoch, self.subset_size_at_best = state["best"]
+        saved = state.get("callbacks") or {}
+        for key, cb in self._stateful_callbacks().items():
+            if key in saved and callable(getattr(cb, "load_state_dict", None)):
+                cb.load_state_dict(saved[key])
+        self.loaded_meta = state.get("meta")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """torch.OutOfMemoryError, or a CUDA library's allocation failure raised as RuntimeError."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return "out of memory" in text.lower() or "CUBLAS_STATUS_ALLOC_FAILED" in text
+
+
+def _free_device_memory() -> None:
+    """Return cached CUDA blocks after an out-of-memory error, before retrying smaller."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -21,6 +21,9 @@ A unit is kept when its hash, read as a signed int32, is below
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
 import torch
 
 _M32 = 0xFFFFFFFF
@@ -180,3 +183,122 @@ class MaskSampler:
         torch.bitwise_right_shift(h, 16, out=tmp).bitwise_and_(0xFFFF)
         h.bitwise_xor_(tmp)
         return torch.lt(h, self.threshold, out=out)
+
+
+# -- full-mode MC dropout: every dropout layer of a model, masks hashed like the head's --------
+_HEAD_LAYER = 0xFEA7  # the feature dropout before the head (not a module of the model)
+_ALPHA = 1.7580993408473766  # SELU's -alpha * scale: the value alpha dropout drops to
+_CHANNEL_DROPOUTS = (
+    torch.nn.Dropout1d,
+    torch.nn.Dropout2d,
+    torch.nn.Dropout3d,
+    torch.nn.FeatureAlphaDropout,
+)
+
+
+def draw_row_hash(key: int, draw: int, units: int, device: torch.device | str) -> torch.Tensor:
+    """(units,) int32 hashes of (key, draw, unit): row `draw` of `draw_unit_hash` for `key`."""
+    d = torch.arange(units, device=device, dtype=torch.int64)
+    return to_int32(mix32(mix32_int(((draw * _GOLDEN) & _M32) ^ key) + d))
+
+
+class HashedDropout:
+    """Counter-based masks for full-mode passes: a pure function of (seed, step, sample index,
+    draw, layer, element), the layer being the dropout module's position in `model.modules()`
+    and the call's position among that module's calls in one forward pass.
+
+    Why: seeding a torch generator per batch made full-mode scores depend on the score batch
+    size and the candidates' order; hashing makes every mask independent of both.
+    """
+
+    def __init__(self, seed: int, step: int, device: torch.device | str) -> None:
+        self.seed, self.step, self.device = int(seed), int(step), torch.device(device)
+        self.samples: torch.Tensor | None = None
+        self._sample_hash: torch.Tensor | None = None
+        self.draw = 0
+        self._calls: dict[int, int] = {}
+
+    def set_samples(self, indices: torch.Tensor) -> None:
+        """The global sample indices of the rows of the next passes' batch."""
+        self.samples = indices
+        self._sample_hash = sample_hash(indices).to(self.device)
+
+    def set_draw(self, draw: int) -> None:
+        """Start MC draw `draw` (one complete forward pass)."""
+        self.draw = int(draw)
+        self._calls.clear()
+
+    def keep(self, layer: int, units: int, p: float) -> torch.Tensor:
+        """(batch, units) boolean keep-mask of the next call of `layer` in this draw."""
+        call = self._calls.get(layer, 0)
+        self._calls[layer] = call + 1
+        key = _key(self.seed, self.step, layer, call)
+        row = draw_row_hash(key, self.draw, units, self.device)
+        h = torch.bitwise_xor(row[None, :], self._sample_hash[:, None])
+        return finalize_(h) < keep_threshold(p)
+
+    def dropout(self, x: torch.Tensor, p: float, layer: int = _HEAD_LAYER) -> torch.Tensor:
+        """Inverted dropout of `x` (batch first), elementwise over all non-batch dims."""
+        return self._apply(x, p, layer, channelwise=False, alpha=False)
+
+    def _apply(
+        self, x: torch.Tensor, p: float, layer: int, channelwise: bool, alpha: bool
+    ) -> torch.Tensor:
+        if p == 0.0:
+            return x
+        n = len(self.samples)
+        if x.dim() < 2 or x.shape[0] != n:
+            from .errors import FlexsampleError
+
+            raise FlexsampleError(
+                f"--mc-mode full: a dropout layer got an input of shape {tuple(x.shape)} whose "
+                f"first dimension is not the batch ({n}); use --mc-mode head for this model"
+            )
+        shape = (n, x.shape[1]) + (1,) * (x.dim() - 2) if channelwise else tuple(x.shape)
+        units = 1
+        for s in shape[1:]:
+            units *= s
+        if p >= 1.0:
+            keep = torch.zeros(shape, dtype=torch.bool, device=x.device)
+        else:
+            keep = self.keep(layer, units, p).view(shape)
+        if alpha:  # torch's alpha dropout: dropped units go to SELU's saturation value
+            a = 1.0 / ((_ALPHA * _ALPHA * p + 1.0) * (1.0 - p)) ** 0.5
+            k = keep.to(x.dtype)
+            return x * (k * a) + (k - 1.0) * (_ALPHA * a) + _ALPHA * a * p
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
+
+    def module_forward(
+        self, module: torch.nn.Module, layer: int
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A forward for `module` (a torch dropout layer) drawing its mask from the hash."""
+        channelwise = isinstance(module, _CHANNEL_DROPOUTS)
+        alpha = isinstance(module, torch.nn.AlphaDropout | torch.nn.FeatureAlphaDropout)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return self._apply(x, float(module.p), layer, channelwise, alpha)
+
+        return forward
+
+
+@contextlib.contextmanager
+def hashed_dropouts(model: torch.nn.Module, seed: int, step: int) -> Iterator[HashedDropout]:
+    """Within the block every dropout module of `model` draws hashed masks (model in eval)."""
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    masks = HashedDropout(seed, step, device)
+    patched = []
+    try:
+        for layer, m in enumerate(model.modules()):
+            if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+                patched.append((m, m.__dict__.get("forward")))
+                m.forward = masks.module_forward(m, layer)
+        yield masks
+    finally:
+        for m, own in patched:
+            if own is None:
+                del m.forward
+            else:
+                m.forward = own

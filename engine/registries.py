@@ -21,12 +21,17 @@ ANCHORS: Registry[Anchors] = Registry(
     "anchors", "flexsample.anchors", builtins="flexsample.policies"
 )
 
+# the four plugin kinds, by the `kind` word their messages use
+PLUGIN_REGISTRIES: dict[str, Registry[Any]] = {
+    reg.kind: reg for reg in (ESTIMATORS, POLICIES, ALLOCATIONS, ANCHORS)
+}
+
 
 def register_estimator(name: str | None = None) -> Callable[[type], type]:
     return ESTIMATORS.register(name)
 
 
-def get_estimator(name: str, **options: Any) -> Estimator:
+def get_estimator(name: str, /, **options: Any) -> Estimator:
     return ESTIMATORS.create(name, **options)
 
 
@@ -38,7 +43,7 @@ def register_policy(name: str | None = None) -> Callable[[type], type]:
     return POLICIES.register(name)
 
 
-def get_policy(name: str, **options: Any) -> Schedule:
+def get_policy(name: str, /, **options: Any) -> Schedule:
     return POLICIES.create(name, **options)
 
 
@@ -50,7 +55,7 @@ def register_allocation(name: str | None = None) -> Callable[[type], type]:
     return ALLOCATIONS.register(name)
 
 
-def get_allocation(name: str, **options: Any) -> Allocation:
+def get_allocation(name: str, /, **options: Any) -> Allocation:
     return ALLOCATIONS.create(name, **options)
 
 
@@ -62,7 +67,7 @@ def register_anchors(name: str | None = None) -> Callable[[type], type]:
     return ANCHORS.register(name)
 
 
-def get_anchors(name: str, **options: Any) -> Anchors:
+def get_anchors(name: str, /, **options: Any) -> Anchors:
     return ANCHORS.create(name, **options)
 
 

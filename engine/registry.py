@@ -3,19 +3,121 @@
 Built-ins register themselves when their package is imported; the registry imports it lazily
 on first lookup so that `engine` never imports `estimators` or `policies` at import time.
 Third-party packages register through an entry-point group, or are imported with `--plugin`.
+
+Every name remembers where it came from (its module, and the entry point or `--plugin` module
+that loaded it) so that an error in a plugin can name the plugin and its origin in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import inspect
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
-from .errors import FlexsampleError, UnknownNameError
+from .errors import FlexsampleError, PluginError, RegistrationError, UnknownNameError
 
 T = TypeVar("T")
+
+
+def is_builtin_module(module: str | None) -> bool:
+    """True for code that ships with flexsample (a bug there is an internal error)."""
+    return bool(module) and (module == "flexsample" or module.startswith("flexsample."))
+
+
+@dataclass(frozen=True)
+class Source:
+    """What was being loaded when a name registered: an entry point or a --plugin module."""
+
+    plugin: str | None = None  # the --plugin module name
+    ep_name: str | None = None
+    ep_value: str | None = None
+    ep_group: str | None = None
+
+    def describe(self, module: str) -> str:
+        if self.ep_name is not None:
+            return f"entry point '{self.ep_name} = {self.ep_value}' in group {self.ep_group}"
+        if self.plugin == module:
+            return f"plugin module {module}"
+        return f"module {module}, imported by --plugin {self.plugin}"
+
+
+_loading_stack: list[Source] = []
+
+
+@contextlib.contextmanager
+def _loading(source: Source) -> Iterator[None]:
+    """Names registered inside this block come from `source`."""
+    _loading_stack.append(source)
+    try:
+        yield
+    finally:
+        _loading_stack.pop()
+
+
+def _current_source() -> Source | None:
+    return _loading_stack[-1] if _loading_stack else None
+
+
+def origin_text(module: str, source: Source | None) -> str:
+    """Where a registered name comes from, for messages."""
+    if source is not None:
+        return source.describe(module)
+    if is_builtin_module(module):
+        return f"built-in, module {module}"
+    return f"module {module}"
+
+
+def _who(module: str, source: Source | None) -> str:
+    """The subject of a registration message: 'plugin module X', 'plugin entry point ...'."""
+    if source is not None and source.ep_name is not None:
+        return "plugin " + source.describe(module)
+    return source.describe(module) if source is not None else f"module {module}"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def passes_through(exc: BaseException) -> bool:
+    """Failures of the machine, not of the plugin: out of memory, a full disk.
+
+    They keep their type so the code that handles them (a retry with a smaller batch, the
+    disk-full message) still sees them.
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    if any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def plugin_error(
+    kind: str, name: str, origin: str, method: str, exc: BaseException
+) -> BaseException:
+    """The error to raise for `exc`, raised inside plugin `name`'s `method`.
+
+    A FlexsampleError that already names the plugin (e.g. the scoring context refusing an
+    undeclared read) and machine failures (`passes_through`) are returned unchanged; anything
+    else becomes a one-line PluginError naming the kind, the name, its origin and the cause.
+    """
+    if passes_through(exc):
+        return exc
+    if isinstance(exc, FlexsampleError):
+        if f"'{name}'" in str(exc):
+            return exc
+        return PluginError(f"{kind} '{name}' ({origin}): {_one_line(exc)}")
+    return PluginError(
+        f"{kind} '{name}' raised {type(exc).__name__}: {_one_line(exc)} in {method}() "
+        f"({origin}); fix the plugin, or rerun with --debug for the traceback"
+    )
 
 
 class Registry(Generic[T]):
@@ -26,48 +128,87 @@ class Registry(Generic[T]):
         self.group = group
         self._builtins = builtins
         self._items: dict[str, Callable[..., T]] = {}
-        self._origin: dict[str, str] = {}
+        self._origin: dict[str, str] = {}  # name -> defining module
+        self._source: dict[str, Source | None] = {}  # name -> entry point / --plugin module
+        self._builtins_loaded = False
         self._loaded = False
 
     def register(self, name: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator: `@ESTIMATORS.register("bald")`; the name defaults to the class's `name`."""
+        """Decorator: `@ESTIMATORS.register("bald")`; the name defaults to the class's `name`.
+
+        A plugin may not take a built-in name or one another plugin registered: that is a
+        RegistrationError naming both. Built-ins are imported first, so the clash shows at the
+        plugin's registration whatever the import order.
+        """
 
         def deco(obj: Callable[..., T]) -> Callable[..., T]:
             key = name or getattr(obj, "name", None)
+            module = getattr(obj, "__module__", None) or "?"
+            source = _current_source()
+            builtin = is_builtin_module(module)
             if not key or not isinstance(key, str):
-                raise ValueError(f"{self.kind} {obj!r} needs a name")
+                if builtin:
+                    raise ValueError(f"{self.kind} {obj!r} needs a name")
+                raise RegistrationError(
+                    f"{_who(module, source)} registers a {self.kind} "
+                    f"({getattr(obj, '__qualname__', obj)!r}) without a name; pass one to the "
+                    "register decorator or set the class attribute `name`"
+                )
+            if not builtin:
+                self._load_builtins()
             existing = self._items.get(key)
             if existing is not None and existing is not obj:
                 same = (
                     getattr(existing, "__module__", None),
                     getattr(existing, "__qualname__", None),
                 )
-                if same != (getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)):
-                    raise ValueError(
-                        f"{self.kind} '{key}' is already registered by {existing.__module__}"
-                    )
+                if same != (module, getattr(obj, "__qualname__", None)):
+                    self._refuse(key, module, source, builtin)
             if name is not None and isinstance(obj, type):
                 obj.name = key  # type: ignore[attr-defined]
             self._items[key] = obj
-            self._origin[key] = getattr(obj, "__module__", "?")
+            self._origin[key] = module
+            self._source[key] = source
             return obj
 
         return deco
+
+    def _refuse(self, key: str, module: str, source: Source | None, builtin: bool) -> None:
+        if builtin:  # two built-ins with one name: a bug in flexsample
+            raise ValueError(f"{self.kind} '{key}' is already registered by {self._origin[key]}")
+        if is_builtin_module(self._origin[key]):
+            raise RegistrationError(
+                f"{_who(module, source)} registers {self.kind} '{key}', which is a built-in "
+                "name; choose another name"
+            )
+        raise RegistrationError(
+            f"{_who(module, source)} registers {self.kind} '{key}', already registered by "
+            f"{self.origin(key)}; choose another name"
+        )
+
+    def _load_builtins(self) -> None:
+        if self._builtins_loaded:
+            return
+        self._builtins_loaded = True
+        if self._builtins:
+            importlib.import_module(self._builtins)
 
     def _load(self) -> None:
         if self._loaded:
             return
         self._loaded = True
-        if self._builtins:
-            importlib.import_module(self._builtins)
+        self._load_builtins()
         for ep in entry_points(group=self.group):
-            try:
-                ep.load()
-            except Exception as exc:  # a broken plugin must not hide the built-ins
-                raise FlexsampleError(
-                    f"plugin entry point '{ep.name}' ({ep.value}) in group {self.group} "
-                    f"failed to load: {type(exc).__name__}: {exc}"
-                ) from exc
+            with _loading(Source(ep_name=ep.name, ep_value=ep.value, ep_group=self.group)):
+                try:
+                    ep.load()
+                except FlexsampleError:  # already one line naming the plugin
+                    raise
+                except Exception as exc:  # a broken plugin must not hide the built-ins
+                    raise PluginError(
+                        f"plugin entry point '{ep.name}' ({ep.value}) in group {self.group} "
+                        f"failed to load: {type(exc).__name__}: {_one_line(exc)}"
+                    ) from exc
 
     def names(self) -> list[str]:
         self._load()
@@ -82,10 +223,39 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} '{name}'; available: {', '.join(self.names())}"
             ) from None
 
-    def create(self, name: str, **options: Any) -> T:
-        """Instantiate `name`, passing only the options its constructor accepts."""
+    def create(self, name: str, /, **options: Any) -> T:
+        """Instantiate `name`, passing only the options its constructor accepts.
+
+        A plugin's constructor that raises becomes a PluginError naming it (options may hold a
+        key called "name": `name` is positional-only).
+        """
         factory = self.get(name)
-        return factory(**accepted_kwargs(factory, options))
+        kwargs = accepted_kwargs(factory, options)
+        if self.is_builtin(name):
+            return factory(**kwargs)
+        try:
+            return factory(**kwargs)
+        except Exception as exc:
+            err = plugin_error(self.kind, name, self.origin(name), "__init__", exc)
+            if err is exc:
+                raise
+            raise err from exc
+
+    def is_builtin(self, name: str) -> bool:
+        """Whether `name` ships with flexsample."""
+        return is_builtin_module(self._origin.get(name))
+
+    def origin(self, name: str) -> str:
+        """Where `name` comes from: its entry point, its --plugin module or its module."""
+        return origin_text(self._origin.get(name, "?"), self._source.get(name))
+
+    def key_of(self, obj: object) -> str | None:
+        """The registered name of `obj` (an instance of a registered class, or the class)."""
+        cls = obj if isinstance(obj, type) else type(obj)
+        for key, item in self._items.items():
+            if item is cls or item is obj:
+                return key
+        return None
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(name, first docstring line, defining module) for every entry."""
@@ -111,12 +281,61 @@ def accepted_kwargs(factory: Callable[..., Any], options: dict[str, Any]) -> dic
     return {k: v for k, v in options.items() if k in params}
 
 
+def _cwd_on_path() -> bool:
+    cwd = os.path.realpath(os.getcwd())
+    return any(os.path.realpath(p or os.curdir) == cwd for p in sys.path)
+
+
+def _plugin_is_missing(exc: ModuleNotFoundError, module: str) -> bool:
+    """The module itself (or its package) was not found, not one of its own imports."""
+    missing = exc.name or ""
+    return bool(missing) and (module == missing or module.startswith(missing + "."))
+
+
 def import_plugin(module: str) -> None:
-    """Import a user module so that its decorators register what it defines."""
-    try:
-        importlib.import_module(module)
-    except Exception as exc:
+    """Import a user module so that its decorators register what it defines.
+
+    `module` is a module name (`my_module`, `my_pkg.scorers`). It is looked up on sys.path,
+    then in the current folder: the installed `flexsample` script, unlike `python -m`, does not
+    put the current folder on sys.path, yet `--plugin my_module` for a my_module.py in the
+    folder the command runs from is the README's own example. When the current folder is
+    needed it is appended to sys.path (installed packages keep precedence) and stays there, so
+    the plugin's imports of its sibling files work. Names the module registers remember it as
+    their origin, for error messages.
+    """
+    if module.endswith(".py") or "/" in module or os.sep in module:
+        stem = os.path.splitext(os.path.basename(module))[0]
         raise FlexsampleError(
-            f"cannot import plugin module '{module}': {type(exc).__name__}: {exc} "
-            "(give an importable module name, e.g. my_pkg.scorers)"
-        ) from exc
+            f"--plugin '{module}' looks like a file path; give a module name instead "
+            f"(--plugin {stem} for {stem}.py in the current folder, or a dotted name such as "
+            "my_pkg.scorers)"
+        )
+    with _loading(Source(plugin=module)):
+        try:
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if not _plugin_is_missing(exc, module) or _cwd_on_path():
+                    raise
+                sys.path.append(os.getcwd())
+                importlib.invalidate_caches()
+                importlib.import_module(module)
+        except FlexsampleError:
+            raise
+        except ModuleNotFoundError as exc:
+            if not _plugin_is_missing(exc, module):
+                raise PluginError(
+                    f"cannot import plugin module '{module}': ModuleNotFoundError: "
+                    f"{_one_line(exc)} (the plugin imports it: install it)"
+                ) from exc
+            raise PluginError(
+                f"cannot import plugin module '{module}': ModuleNotFoundError: "
+                f"{_one_line(exc)} (looked on sys.path and in the current folder "
+                f"{os.getcwd()}; give an importable module name such as my_pkg.scorers, or run "
+                f"from the folder holding {module.split('.')[0]}.py)"
+            ) from exc
+        except Exception as exc:
+            raise PluginError(
+                f"cannot import plugin module '{module}': {type(exc).__name__}: "
+                f"{_one_line(exc)} (give an importable module name, e.g. my_pkg.scorers)"
+            ) from exc

@@ -7,36 +7,49 @@ import numpy as np
 from .context import ScoringContext
 from .errors import EstimatorError
 from .interfaces import Estimator
+from .validation import is_builtin, plugin_call, plugin_origin
 
 
 def score_candidates(
     estimator: Estimator, ctx: ScoringContext, candidates: np.ndarray
 ) -> np.ndarray:
-    """Scores for `candidates` (higher = take first), validated; errors name the estimator."""
+    """Scores for `candidates` (higher = take first), validated; errors name the estimator.
+
+    A plugin's exception becomes a PluginError naming it and where it comes from.
+    """
     name = getattr(estimator, "name", "") or type(estimator).__name__
     view = ctx.for_estimator(name, getattr(estimator, "needs", frozenset()))
-    out = estimator.score(view, np.asarray(candidates, dtype=np.int64))
-    return check_scores(name, out, len(candidates))
+    out = plugin_call("estimator", estimator, "score", view, np.asarray(candidates, np.int64))
+    origin = None if is_builtin(estimator) else plugin_origin("estimator", estimator)
+    return check_scores(name, out, len(candidates), origin=origin)
 
 
-def check_scores(name: str, out: object, n: int) -> np.ndarray:
+def check_scores(name: str, out: object, n: int, *, origin: str | None = None) -> np.ndarray:
+    """`out` as float64 scores if it is a finite (n,) float or integer array.
+
+    `origin` (where a plugin comes from) is added to the message when given.
+    """
+    where = f" ({origin})" if origin else ""
     if not isinstance(out, np.ndarray):
         raise EstimatorError(
             f"estimator '{name}' returned {type(out).__name__}; expected a numpy array of "
-            f"shape ({n},)"
+            f"shape ({n},){where}"
         )
     if out.shape != (n,):
         raise EstimatorError(
             f"estimator '{name}' returned shape {out.shape}; expected ({n},), one score "
-            "per candidate"
+            f"per candidate{where}"
         )
     if out.dtype == np.bool_ or not (
         np.issubdtype(out.dtype, np.floating) or np.issubdtype(out.dtype, np.integer)
     ):
         raise EstimatorError(
-            f"estimator '{name}' returned dtype {out.dtype}; expected a float or integer dtype"
+            f"estimator '{name}' returned dtype {out.dtype}; expected a float or integer "
+            f"dtype{where}"
         )
     if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
         bad = int((~np.isfinite(out)).sum())
-        raise EstimatorError(f"estimator '{name}' returned {bad} non-finite scores (NaN or inf)")
+        raise EstimatorError(
+            f"estimator '{name}' returned {bad} non-finite scores (NaN or inf){where}"
+        )
     return out.astype(np.float64, copy=False)

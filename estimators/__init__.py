@@ -46,8 +46,17 @@ The contract:
 Registration, in order of preference for a package: the entry-point group
 ``flexsample.estimators`` in its pyproject.toml (``my-scorer = "my_pkg.scorers"``: the
 module is imported on first registry lookup, and its decorators register), or
-``--plugin my_pkg.scorers`` for a module that is importable but not installed as a package.
+``--plugin my_pkg.scorers`` for a module that is importable but not installed as a package
+(``--plugin my_module`` also finds a ``my_module.py`` in the folder the command runs from).
+A plugin may not take a built-in name (``entropy``) or a name another plugin registered.
 ``examples/plugin_package`` is a complete, installable example.
+
+Errors: an exception raised in a plugin's constructor or ``score`` stops the run with one
+line (exit code 2) naming the estimator, where it comes from (its entry point or --plugin
+module) and the exception; ``--debug`` shows the traceback. Out-of-memory errors keep their
+type. The same holds for schedules, allocations and anchor strategies, whose outputs are
+checked too (a budget is a finite integer >= 0, ``should_query`` a bool, quotas integers
+within what each class has left, anchors distinct integer indices into the training split).
 """
 
 from . import basic, density, functional  # noqa: F401  (registers the built-ins)

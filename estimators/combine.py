@@ -11,8 +11,8 @@ from flexsample.engine.context import ScoringContext
 from flexsample.engine.errors import EstimatorError, FlexsampleError
 from flexsample.engine.interfaces import NEEDS, Estimator
 from flexsample.engine.registries import ESTIMATORS
-from flexsample.engine.registry import accepted_kwargs
 from flexsample.engine.scoring import check_scores
+from flexsample.engine.validation import is_builtin, plugin_call, plugin_origin
 
 COMBINE_MODES = ("rank-mean", "rank-product")
 
@@ -64,8 +64,11 @@ class CombinedEstimator(Estimator):
         total = np.zeros(n) if self.combine == "rank-mean" else np.ones(n)
         for part in self.parts:
             name = part_name(part)
-            out = part.score(ctx.for_estimator(name, part.needs), candidates)
-            ranks = normalized_ranks(check_scores(name, out, n))
+            out = plugin_call(
+                "estimator", part, "score", ctx.for_estimator(name, part.needs), candidates
+            )
+            origin = None if is_builtin(part) else plugin_origin("estimator", part)
+            ranks = normalized_ranks(check_scores(name, out, n, origin=origin))
             if self.combine == "rank-mean":
                 total += ranks / len(self.parts)
             else:
@@ -109,9 +112,7 @@ def build_estimator(spec: str, /, **options: Any) -> Estimator:
 
 
 def _create(name: str, options: dict[str, Any]) -> Estimator:
-    # not ESTIMATORS.create(name, **options): the run options may hold a key called "name"
-    factory = ESTIMATORS.get(name)
-    est = factory(**accepted_kwargs(factory, options))
+    est = ESTIMATORS.create(name, **options)
     unknown = set(getattr(est, "needs", ())) - NEEDS
     if unknown:
         raise EstimatorError(
