@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from flexsample.engine.errors import FlexsampleError
-from flexsample.engine.registry import Registry
+from flexsample.engine.registry import Registry, accepted_kwargs
 
 
 class Split:
@@ -128,5 +128,16 @@ DATASETS: Registry[LTDataset] = Registry(
 
 
 def build_dataset(name: str, **options: Any) -> LTDataset:
-    """Build a registered dataset, passing only the options its builder declares."""
+    """Build a registered dataset, passing only the options its builder declares.
+
+    An `image_size` the builder does not declare would be dropped silently and the run would
+    train at another resolution than asked: that is refused instead.
+    """
+    if options.get("image_size") is not None and "image_size" not in accepted_kwargs(
+        DATASETS.get(name), {"image_size": None}
+    ):
+        raise FlexsampleError(
+            f"dataset '{name}' has a fixed image size and does not take --image-size; drop it, "
+            "or use synthetic-lt or an image folder (--dataset imagefolder) for other sizes"
+        )
     return DATASETS.create(name, **options)

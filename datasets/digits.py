@@ -11,13 +11,22 @@ from .base import DATASETS, LTDataset, Split, exponential_profile
 
 TEST_PER_CLASS = 50
 VAL_PER_CLASS = 20
+IMAGE_SIZE = 8  # the images are kept as they are (no resizing): --image-size must be 8 or unset
 
 
 @DATASETS.register("digits-lt")
-def build_digits_lt(imbalance_ratio: float = 100.0, data_seed: int = 0) -> LTDataset:
+def build_digits_lt(
+    imbalance_ratio: float = 100.0, data_seed: int = 0, image_size: int | None = None
+) -> LTDataset:
     """Handwritten digits (1797 real 8x8 images), 10 classes, embedded; no download."""
     from sklearn.datasets import load_digits
 
+    if image_size is not None and int(image_size) != IMAGE_SIZE:
+        raise FlexsampleError(
+            f"--image-size {image_size}: digits-lt images are {IMAGE_SIZE}x{IMAGE_SIZE} and are "
+            "not resized; drop --image-size, or use synthetic-lt or an image folder "
+            "(--dataset imagefolder) for other sizes"
+        )
     if imbalance_ratio < 1:
         raise FlexsampleError(f"--imbalance-ratio must be >= 1, got {imbalance_ratio}")
     bunch = load_digits()
@@ -53,6 +62,6 @@ def build_digits_lt(imbalance_ratio: float = 100.0, data_seed: int = 0) -> LTDat
         val=split(val_idx),
         test=split(test_idx),
         in_chans=1,
-        image_size=8,
+        image_size=IMAGE_SIZE,
         info={"imbalance_ratio": float(imbalance_ratio), "head_order": head_order.tolist()},
     )
