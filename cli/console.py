@@ -1,7 +1,22 @@
-"""Terminal output: progress bars during a run and the tables at its end (rich)."""
+"""Terminal output: progress during a run and the tables at its end (rich).
+
+On a terminal, progress is drawn as live rich bars. Anywhere else (a cluster job log, `| tee`,
+a file) live bars would print nothing until the end, so the same objects print plain,
+time-stamped lines instead, flushed as they are written:
+
+    [    0.0 s] loading ...
+    [    2.1 s] loading: done in 2.1 s
+    [   14.0 s] epoch 1/10  subset 105  loss 1.2345  val bal-acc 0.4100 *  (3.2 s)
+    [   14.1 s] step 1: scoring 450 candidates
+    [   16.0 s] step 1: scored 450 candidates in 1.9 s, added 120
+"""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
@@ -9,17 +24,100 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
-from flexsample.engine.loop import Callback, StepRecord
+from flexsample.engine.loop import Callback, QueryResult, StepRecord
+from flexsample.workflows.progress import Reporter
+
+FINE_TOTAL = 20  # tasks counting at most this many units (epochs, cells) get a line per unit
+QUIET_GAP_S = 10.0  # inside a scoring pass, a plain line at most this often (every 10 %)
 
 
-def progress_bars(console: Console, label: str = "{task.description}") -> Progress:
-    """Bars with a count, a free `info` field, elapsed time and ETA (runs and benches)."""
+def is_plain(console: Console) -> bool:
+    """Whether `console` writes somewhere live bars cannot be drawn (a file, a pipe)."""
+    return not console.is_terminal
+
+
+class PlainLog:
+    """Plain lines stamped with the seconds since `start`, flushed at once (for job logs)."""
+
+    def __init__(self, console: Console, start: float | None = None) -> None:
+        self.console = console
+        self.start = time.perf_counter() if start is None else start
+
+    def line(self, text: str) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.console.print(
+            f"[{elapsed:7.1f} s] {text}", markup=False, highlight=False, soft_wrap=True
+        )
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            self.console.file.flush()
+
+
+class PlainProgress(Progress):
+    """`Progress` with no live display: plain lines for a job log instead of bars.
+
+    A task prints a line when its `info` field changes, when it passes another tenth of its
+    total (every unit when the total is at most `FINE_TOTAL`) and when it completes; adding a
+    task prints nothing. The label is the bars' own (e.g. "cell {task.completed}/{task.total}").
+    """
+
+    def __init__(self, console: Console, label: str, start: float | None = None) -> None:
+        super().__init__(TextColumn(label), console=console, disable=True)
+        self.label = label
+        self.log = PlainLog(console, start)
+        self._shown: dict[TaskID, tuple[int, str]] = {}
+        self._plain_lock = threading.Lock()
+
+    @staticmethod
+    def _mark(completed: float, total: float | None) -> int:
+        if total is None or total <= FINE_TOTAL:
+            return int(completed)
+        return int(10 * completed // total) if completed < total else 10
+
+    def add_task(self, description: str, *args: Any, **kwargs: Any) -> TaskID:
+        task_id = super().add_task(description, *args, **kwargs)
+        task = self._tasks[task_id]
+        self._shown[task_id] = (
+            self._mark(task.completed, task.total), str(task.fields.get("info", ""))
+        )
+        return task_id
+
+    def update(self, task_id: TaskID, **kwargs: Any) -> None:  # type: ignore[override]
+        super().update(task_id, **kwargs)
+        self._report(task_id)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._report(task_id)
+
+    def _report(self, task_id: TaskID) -> None:
+        with self._plain_lock:
+            task = self._tasks[task_id]
+            shown = (self._mark(task.completed, task.total), str(task.fields.get("info", "")))
+            if shown == self._shown.get(task_id):
+                return
+            self._shown[task_id] = shown
+            label = Text.from_markup(self.label.format(task=task)).plain
+            self.log.line("  ".join(part for part in (label, shown[1]) if part))
+
+
+def progress_bars(
+    console: Console, label: str = "{task.description}", start: float | None = None
+) -> Progress:
+    """Bars with a count, a free `info` field, elapsed time and ETA (runs and benches).
+
+    When `console` is not a terminal this is a `PlainProgress`: the same calls
+    (`add_task`, `update`, `advance`, `with`) print plain per-change lines instead of bars.
+    """
+    if is_plain(console):
+        return PlainProgress(console, label, start)
     return Progress(
         TextColumn(label),
         BarColumn(),
@@ -31,30 +129,147 @@ def progress_bars(console: Console, label: str = "{task.description}") -> Progre
     )
 
 
-class ProgressDisplay(Callback):
-    """A training bar over the epoch budget and a scoring bar per query."""
+class ConsoleReporter(Reporter):
+    """A workflow `Reporter` for the CLI: rich status and bars on a terminal, lines otherwise.
 
-    def __init__(self, console: Console, epoch_budget: int) -> None:
-        self.progress = progress_bars(console)
-        self.train_task = self.progress.add_task("train", total=epoch_budget, info="")
+    Phases print a start line and "NAME: done in X s" (or "stopped after X s") in a job log;
+    counted tasks print a start line, then every tenth and the end. `start` (a
+    `time.perf_counter()` value) lets the reporter and the `ProgressDisplay` share one clock.
+    """
+
+    def __init__(self, console: Console, start: float | None = None) -> None:
+        self.console = console
+        self.log = PlainLog(console, start)
+
+    @property
+    def plain(self) -> bool:
+        return is_plain(self.console)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        if self.plain:
+            self.log.line(f"{name} ...")
+            try:
+                yield
+            except BaseException:
+                self.log.line(f"{name}: stopped after {time.perf_counter() - t0:.1f} s")
+                raise
+            self.log.line(f"{name}: done in {time.perf_counter() - t0:.1f} s")
+            return
+        with self.console.status(f"{name} ..."):
+            yield
+        self.console.print(
+            f"[green]done[/green] {name} [dim]({time.perf_counter() - t0:.1f} s)[/dim]",
+            highlight=False,
+        )
+
+    @contextlib.contextmanager
+    def task(self, name: str, total: int) -> Iterator[Callable[[int], None]]:
+        if self.plain:
+            self.log.line(f"{name}: 0/{total}")
+            bars: Progress = PlainProgress(
+                self.console, "{task.description}: {task.completed}/{task.total}", self.log.start
+            )
+        else:
+            bars = progress_bars(self.console)
+        with bars:
+            task_id = bars.add_task(name, total=total, info="")
+
+            def advance(n: int = 1) -> None:
+                bars.advance(task_id, n)
+
+            yield advance
+
+    def message(self, text: str) -> None:
+        if self.plain:
+            self.log.line(text)
+        else:
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+class ProgressDisplay(Callback):
+    """A training bar over the epoch budget and a scoring bar per query (on a terminal).
+
+    Elsewhere, plain lines: one per epoch (epoch i/N, subset size, loss, validation balanced
+    accuracy, seconds) and one at the start and end of each scoring pass, so a job log shows
+    the run moving.
+    """
+
+    def __init__(self, console: Console, epoch_budget: int, start: float | None = None) -> None:
+        self.plain = is_plain(console)
+        self.log = PlainLog(console, start)
+        self.epoch_budget = epoch_budget
         self.score_task: Any = None
+        self._epoch_t0 = time.perf_counter()
+        self._subset_size: int | None = None
+        self._scoring: dict[str, Any] | None = None
+        if not self.plain:
+            self.progress = progress_bars(console)
+            self.train_task = self.progress.add_task("train", total=epoch_budget, info="")
 
     def __enter__(self) -> ProgressDisplay:
-        self.progress.start()
+        if not self.plain:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if not self.plain:
+            self.progress.stop()
 
     def on_scoring_start(self, step: int, total: int) -> None:
+        if self.plain:
+            now = time.perf_counter()
+            self._scoring = {"step": step, "total": total, "done": 0, "t0": now, "said": now}
+            self.log.line(f"step {step}: scoring {total} candidates")
+            return
         self.score_task = self.progress.add_task(f"score step {step}", total=total, info="")
 
     def on_scoring_advance(self, n: int) -> None:
+        if self.plain:
+            sc = self._scoring
+            if sc is None:
+                return
+            before, sc["done"] = sc["done"], sc["done"] + n
+            now = time.perf_counter()
+            tenth = max(1, sc["total"]) / 10
+            if int(sc["done"] // tenth) > int(before // tenth) and now - sc["said"] >= QUIET_GAP_S:
+                sc["said"] = now
+                self.log.line(
+                    f"step {sc['step']}: scored {min(sc['done'], sc['total'])}/{sc['total']} "
+                    f"({now - sc['t0']:.1f} s)"
+                )
+            return
         if self.score_task is not None:
             self.progress.advance(self.score_task, n)
 
+    def on_query(self, result: QueryResult) -> None:
+        if not self.plain:
+            return
+        sc, self._scoring = self._scoring, None
+        added = len(result.chosen)
+        if sc is not None and sc["step"] == result.step:
+            self.log.line(
+                f"step {result.step}: scored {len(result.candidates)} candidates in "
+                f"{result.seconds:.1f} s, added {added}"
+            )
+        else:
+            self.log.line(f"step {result.step}: added {added} (no scoring needed)")
+
+    def on_epoch_start(self, epoch: int, subset_size: int) -> None:
+        self._epoch_t0 = time.perf_counter()
+        self._subset_size = subset_size
+
     def on_epoch_end(self, epoch: int, loss: float, val: Any, improved: bool) -> None:
         star = " *" if improved else ""
+        if self.plain:
+            subset = "" if self._subset_size is None else f"  subset {self._subset_size}"
+            self.log.line(
+                f"epoch {epoch + 1}/{self.epoch_budget}{subset}  loss {loss:.4f}  "
+                f"val bal-acc {val.balanced_accuracy:.4f}{star}  "
+                f"({time.perf_counter() - self._epoch_t0:.1f} s)"
+            )
+            return
         self.progress.update(
             self.train_task,
             advance=1,

@@ -12,6 +12,7 @@ Ids are paths relative to the root (`<class>/<file>`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,8 +60,12 @@ def build_imagefolder(
     cache_dir: str | None = None,
     val_per_class: int | None = None,
     test_per_class: int | None = None,
+    progress: Any = None,
 ) -> LTDataset:
-    """Any class-per-folder image tree, long-tailed train, balanced val/test per class."""
+    """Any class-per-folder image tree, long-tailed train, balanced val/test per class.
+
+    `progress` (a reporter, see `images.progress_task`) follows file checks and cache building.
+    """
     if data_dir is None:
         raise FlexsampleError(
             "--data-dir is required for --dataset imagefolder: a folder with one sub-folder "
@@ -116,7 +121,8 @@ def build_imagefolder(
         p = root / rel
         return str(p) if p.is_file() else None
 
-    resolved, info = resolve_files(splits, root, skip_missing, locate=locate, source=str(root))
+    resolved, info = resolve_files(splits, root, skip_missing, locate=locate, source=str(root),
+                                   progress=progress)
     info.update({
         "data_dir": str(root),
         "imbalance_ratio": float(imbalance_ratio),
@@ -125,7 +131,8 @@ def build_imagefolder(
         "test_per_class": n_test,
         "image_size": size,
     })
-    built = make_image_splits("imagefolder", resolved, size, cache_dir, skip_missing, info)
+    built = make_image_splits("imagefolder", resolved, size, cache_dir, skip_missing, info,
+                              progress)
     check_every_class_trains(built["train"].labels, names, f"{root} after skipping broken images")
     return LTDataset(
         name="imagefolder",

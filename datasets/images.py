@@ -8,6 +8,9 @@ scale when that still covers the target) — and everything after that works on 
 * eval: the square itself, normalised (this *is* "resize + centre crop");
 * train: torchvision v2 on the uint8 tensor — random resized crop, horizontal/vertical flips,
   random 90-degree rotations (lesions have no orientation) and colour jitter — then normalised.
+  Each item's random draws come from a generator seeded by the loader with (run seed, epoch,
+  sample index) — `augmentation_seeds`, `seeded_augment` — never from a worker's RNG, so the
+  DataLoader worker count does not change what the model sees.
 
 The optional decoded cache (`DecodedCache`) stores the canonical squares of a file list once in a
 memory-mapped `(N, 3, S, S)` uint8 file (channels first, as tensors want them) keyed by the file
@@ -18,13 +21,14 @@ decoding. Cached and decoded paths give bit-identical eval tensors. Datasets her
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +49,91 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 CACHE_VERSION = 2
 DOWNSAMPLED = "_downsampled"
+AUGMENT_SALT = 0xA06E  # keeps augmentation seeds apart from other draws keyed on the same seed
+
+Advance = Callable[[int], None]
+
+
+# ---------------------------------------------------------------- progress of long work
+
+
+@contextlib.contextmanager
+def progress_task(progress: Any, name: str, total: int) -> Iterator[Advance]:
+    """An `advance(n)` function for a long loop, whatever the caller passed as `progress`.
+
+    `progress` may be None (silent), a reporter (anything with `task(name, total)`, such as
+    `flexsample.workflows.progress.Reporter`; it then shows a bar or plain lines), or a plain
+    callable `advance(n)`. Lives here, below training/ and workflows/, so datasets and training
+    code can report without importing the layers above them.
+    """
+    if progress is None:
+        yield lambda n=1: None
+    elif hasattr(progress, "task"):
+        with progress.task(name, int(total)) as advance:
+            yield advance
+    elif callable(progress):
+        yield progress
+    else:
+        raise TypeError(f"progress must be a reporter, a callable or None, not {progress!r}")
+
+
+# ---------------------------------------------------------------- per-sample augmentation seeds
+
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A counter-based 64-bit mixer (SplitMix64 finaliser), element-wise on uint64."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def augmentation_seeds(key: Sequence[int], indices: np.ndarray) -> np.ndarray:
+    """One 63-bit seed per position of `indices`: a pure function of (key, index, repeat).
+
+    `key` is e.g. (run seed, epoch); `repeat` counts earlier occurrences of the same index in
+    this pass, so an over-sampled image gets a fresh draw each time it appears. The seeds do
+    not depend on batch size, worker count or which process reads the item.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    base = np.random.SeedSequence([AUGMENT_SALT, *(int(k) & _M64 for k in key)])
+    b0, b1 = (np.uint64(v) for v in base.generate_state(2, np.uint64))
+    repeat = np.zeros(len(indices), dtype=np.int64)
+    if len(indices):
+        order = np.argsort(indices, kind="stable")
+        ranked = indices[order]
+        starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+        run_start = np.repeat(starts, np.diff(np.r_[starts, len(ranked)]))
+        repeat[order] = np.arange(len(ranked)) - run_start
+    h = _splitmix64(indices.astype(np.uint64) ^ b0)
+    h = _splitmix64(h ^ (repeat.astype(np.uint64) + b1))
+    return (h >> np.uint64(1)).astype(np.int64)
+
+
+def split_item(item: Any) -> tuple[int, int | None]:
+    """A dataset item key: a plain index, or (index, augmentation seed) from a seeded sampler."""
+    if isinstance(item, tuple | list):
+        return int(item[0]), int(item[1])
+    return int(item), None
+
+
+def seeded_augment(augment: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                   seed: int | None) -> torch.Tensor:
+    """Apply `augment` with its random draws taken from a generator seeded by `seed`.
+
+    torchvision's transforms draw from torch's global CPU generator; it is forked and seeded
+    here, so the draws depend on the item alone (not on the worker that reads it, nor on how
+    many items that worker read before) and the caller's global RNG stream is left untouched.
+    Without a seed (direct indexing outside a seeded loader) the global generator is used.
+    """
+    if seed is None:
+        return augment(x)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return augment(x)
 
 
 # ---------------------------------------------------------------- finding and checking files
@@ -199,7 +288,8 @@ class ColorJitter(torch.nn.Module):
     smooth stand-in for the HSV shift). All four compose into one matrix and offset applied in
     a single pass (about 0.2 ms), in NumPy: element-wise NumPy never starts threads, and thread
     pools (BLAS, OpenMP) cost milliseconds per image when the cores are busy. Factors are
-    drawn from the same ranges as torchvision's, from torch's generator (seeded per worker).
+    drawn from the same ranges as torchvision's, from torch's generator (seeded per item by
+    `seeded_augment`).
     """
 
     def __init__(self, brightness: float = 0.2, contrast: float = 0.2,
@@ -272,10 +362,13 @@ def cache_key(paths: Sequence[str], size: int) -> str:
     return h.hexdigest()[:20]
 
 
-def _decode_into(file: Path, paths: Sequence[str], size: int, threads: int) -> dict[int, str]:
+def _decode_into(
+    file: Path, paths: Sequence[str], size: int, threads: int, advance: Advance | None = None
+) -> dict[int, str]:
     """Decode every path into rows of a new raw uint8 memmap; {row: error} for failures.
 
-    Threads suffice: PIL releases the GIL while decoding and resizing.
+    Threads suffice: PIL releases the GIL while decoding and resizing. `advance(n)` is called
+    from this thread as rows complete.
     """
     n = len(paths)
     if n == 0:
@@ -290,8 +383,11 @@ def _decode_into(file: Path, paths: Sequence[str], size: int, threads: int) -> d
         except FlexsampleError as exc:
             bad[i] = str(exc)
 
+    step = max(1, n // 200)  # a few hundred updates at most, whatever the file count
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(work, range(n)))
+        for done, _ in enumerate(pool.map(work, range(n)), 1):
+            if advance is not None and (done % step == 0 or done == n):
+                advance(step if done % step == 0 else done % step)
     arr.flush()
     return bad
 
@@ -308,9 +404,18 @@ class DecodedCache:
         return self.dir / f"{stem}.u8", self.dir / f"{stem}.json"
 
     def build(
-        self, prefix: str, paths: Sequence[str], size: int, workers: int | None = None
+        self,
+        prefix: str,
+        paths: Sequence[str],
+        size: int,
+        workers: int | None = None,
+        progress: Any = None,
     ) -> tuple[CacheRef, dict[int, str]]:
-        """Return the cache for `paths` (building it if needed) and {row: reason} of bad rows."""
+        """Return the cache for `paths` (building it if needed) and {row: reason} of bad rows.
+
+        `progress` (a reporter or `advance(n)`, see `progress_task`) follows the decoding, in
+        images; a cache that is already there is returned without any progress.
+        """
         data_file, meta_file = self.paths_for(prefix, paths, size)
         if meta_file.is_file() and data_file.is_file():
             try:
@@ -330,7 +435,9 @@ class DecodedCache:
         tmp = data_file.with_name(f"{data_file.name}.tmp-{os.getpid()}")
         n = len(paths)
         try:
-            bad = _decode_into(tmp, paths, size, workers or min(8, os.cpu_count() or 1))
+            threads = workers or min(8, os.cpu_count() or 1)
+            with progress_task(progress, f"decoding {prefix} ({size} px cache)", n) as advance:
+                bad = _decode_into(tmp, paths, size, threads, advance)
             os.replace(tmp, data_file)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
@@ -395,18 +502,20 @@ class ImageItems(Dataset):
             return torch.from_numpy(np.array(self._memmap()[row]))  # copy out of the memmap
         return to_chw(decode_square(self.paths[i], self.image_size))
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """Item `i`, or `(i, seed)`: then the augmentation draws come from `seed` alone."""
+        i, seed = split_item(item)
         x = self.square(i)
         if self.augment is not None:
-            x = self.augment(x)
+            x = seeded_augment(self.augment, x, seed)
         return self.normalize(x), int(self.labels[i])
 
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+    def __getitems__(self, indices: Sequence[Any]) -> list[tuple[torch.Tensor, int]]:
         """Batched fetch (DataLoader and Subset call it): cached eval reads and normalises the
         whole batch in one vectorised step instead of one item at a time."""
         if self.cache is None or self.augment is not None:
             return [self[i] for i in indices]
-        idx = np.asarray(indices, dtype=np.int64)
+        idx = np.asarray([split_item(i)[0] for i in indices], dtype=np.int64)
         rows = self.rows[idx] if self.rows is not None else idx
         block = torch.from_numpy(self._memmap()[rows])  # (B, 3, S, S) uint8, one read
         x = self.normalize(block)
@@ -482,13 +591,15 @@ def resolve_files(
     skip_missing: bool,
     locate: Callable[[str], str | None] | None = None,
     source: str = "the splits",
+    progress: Any = None,
 ) -> tuple[dict[str, ResolvedSplit], dict[str, Any]]:
     """Find every listed image under `data_dir`; report or skip absent and broken files.
 
     `locate` maps a listed name to a path or None (default: look the name up anywhere below
     `data_dir` with `find_image`). Returns the resolved splits and an info dict
     (`skipped_missing`, `skipped_corrupt`, `skipped_names`). Raises FlexsampleError (count and
-    first names) unless `skip_missing`.
+    first names) unless `skip_missing`. `progress` (see `progress_task`) follows the file
+    checks (two small reads per file: minutes for tens of thousands on a network disk).
     """
     if locate is None:
         index = index_images(data_dir)
@@ -511,18 +622,27 @@ def resolve_files(
         )
     corrupt: list[str] = []
     corrupt_names: list[str] = []
-    for split_name, (names, _labels) in splits.items():
-        for n, p in zip(names, located[split_name], strict=True):
-            if p is None:
-                continue
-            reason = check_image_file(p)
-            if reason is not None:
-                if not skip_missing:
-                    raise FlexsampleError(
-                        f"corrupt image {p} ({reason}); replace it or pass --skip-missing"
-                    )
-                corrupt.append(p)
-                corrupt_names.append(n)
+    found = total - len(missing)
+    step = max(1, found // 200)
+    with progress_task(progress, "checking image files", found) as advance:
+        done = 0
+        for split_name, (names, _labels) in splits.items():
+            for n, p in zip(names, located[split_name], strict=True):
+                if p is None:
+                    continue
+                reason = check_image_file(p)
+                done += 1
+                if done % step == 0:
+                    advance(step)
+                if reason is not None:
+                    if not skip_missing:
+                        raise FlexsampleError(
+                            f"corrupt image {p} ({reason}); replace it or pass --skip-missing"
+                        )
+                    corrupt.append(p)
+                    corrupt_names.append(n)
+        if done % step:
+            advance(done % step)
     bad = set(corrupt)
     out: dict[str, ResolvedSplit] = {}
     for split_name, (names, labels) in splits.items():
@@ -547,11 +667,13 @@ def make_image_splits(
     cache_dir: str | Path | None,
     skip_missing: bool,
     info: dict[str, Any],
+    progress: Any = None,
 ) -> dict[str, ImageSplit]:
     """Build the ImageSplits, decoding into the cache first when `cache_dir` is given.
 
     A file that fails to decode while the cache is built is an error naming it, or is dropped
-    (and counted in `info['skipped_corrupt']`) under `skip_missing`.
+    (and counted in `info['skipped_corrupt']`) under `skip_missing`. `progress` (see
+    `progress_task`) follows each split's cache decoding.
     """
     out: dict[str, ImageSplit] = {}
     cache = DecodedCache(cache_dir) if cache_dir is not None else None
@@ -560,7 +682,8 @@ def make_image_splits(
         if cache is None:
             out[split_name] = ImageSplit(rs.labels, rs.names, rs.paths, image_size)
             continue
-        ref, bad = cache.build(f"{dataset}-{split_name}", rs.paths, image_size)
+        ref, bad = cache.build(f"{dataset}-{split_name}", rs.paths, image_size,
+                               progress=progress)
         cache_files[split_name] = ref.file
         if bad and not skip_missing:
             first = min(bad)

@@ -145,6 +145,7 @@ def _build(
     skip_missing: bool,
     cache_dir: str | Path | None,
     info: dict[str, Any],
+    progress: Any = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     root = _data_dir(data_dir, dataset)
     sdir = Path(splits_dir).expanduser() if splits_dir is not None else root
@@ -165,9 +166,10 @@ def _build(
     index = index_images(root, exclude=exclude)
     resolved, skip_info = resolve_files(splits, root, skip_missing,
                                         locate=lambda name: find_image(name, index),
-                                        source=f"the {dataset} splits in {manifest_dir}")
+                                        source=f"the {dataset} splits in {manifest_dir}",
+                                        progress=progress)
     info.update(skip_info)
-    built = make_image_splits(dataset, resolved, size, cache_dir, skip_missing, info)
+    built = make_image_splits(dataset, resolved, size, cache_dir, skip_missing, info, progress)
     check_every_class_trains(built["train"].labels, class_names,
                              f"{manifest_files['train']} after skipping missing images")
     info.update({
@@ -187,15 +189,19 @@ def build_isic2019(
     image_size: int | None = None,
     skip_missing: bool = False,
     cache_dir: str | None = None,
+    progress: Any = None,
 ) -> LTDataset:
-    """ISIC 2019, 8 classes, long-tailed train (r = 100/200/500 official), balanced val/test."""
+    """ISIC 2019, 8 classes, long-tailed train (r = 100/200/500 official), balanced val/test.
+
+    `progress` (a reporter, see `images.progress_task`) follows file checks and cache building.
+    """
     tag = ratio_tag(imbalance_ratio)
     files = {s: f"{s}_{tag}.npy" for s in SPLIT_NAMES}
     info: dict[str, Any] = {"ratio": float(imbalance_ratio), "ratio_tag": tag,
                             "imbalance_ratio": float(imbalance_ratio),
                             "class_descriptions": list(ISIC2019_DIAGNOSES)}
     built, info = _build("isic2019", list(ISIC2019_CODES), "8-class", files, data_dir,
-                         splits_dir, image_size, skip_missing, cache_dir, info)
+                         splits_dir, image_size, skip_missing, cache_dir, info, progress)
     del info["ratio"], info["ratio_tag"]
     return LTDataset(
         name="isic2019",
@@ -217,14 +223,18 @@ def build_isic_archive14(
     image_size: int | None = None,
     skip_missing: bool = False,
     cache_dir: str | None = None,
+    progress: Any = None,
 ) -> LTDataset:
-    """ISIC archive, 14 classes, one long-tailed split (val/test keep the imbalance)."""
+    """ISIC archive, 14 classes, one long-tailed split (val/test keep the imbalance).
+
+    `progress` (a reporter, see `images.progress_task`) follows file checks and cache building.
+    """
     files = {s: f"{s}.npy" for s in SPLIT_NAMES}
     info: dict[str, Any] = {
         "group_rule": "head >= 1000 training images, medium 100-999, tail < 100"
     }
     built, info = _build("isic-archive14", list(ISIC14_CLASS_NAMES), "14-class", files, data_dir,
-                         splits_dir, image_size, skip_missing, cache_dir, info)
+                         splits_dir, image_size, skip_missing, cache_dir, info, progress)
     counts = np.bincount(built["train"].labels, minlength=len(ISIC14_CLASS_NAMES))
     return LTDataset(
         name="isic-archive14",

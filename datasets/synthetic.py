@@ -15,7 +15,11 @@ Class counts come from a profile (`--profile`):
   (default 10), n_i = floor(500 * R^(-i/(C-1))), val 20 / test 50 per class.
 
 Images are rendered on demand from (data seed, split, index), so a 25,000-image set costs only
-its label arrays up front, and any item is the same in every process and on every run.
+its label arrays up front, and any item is the same in every process and on every run. There is
+no generation phase to report: rendering happens inside the passes that read the images (SSL
+pre-training, anchor features, epochs, scoring), whose progress is reported. Train-time
+augmentation draws come from the loader's per-item seed (`images.seeded_augment`), so neither
+rendering nor augmentation depends on the DataLoader worker count.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from torch.utils.data import Dataset
 from flexsample.engine.errors import FlexsampleError
 
 from .base import DATASETS, LTDataset, Split
-from .images import Normalize, to_chw, train_augmentation
+from .images import Normalize, seeded_augment, split_item, to_chw, train_augmentation
 from .profiles import (
     ISIC14_CLASS_NAMES,
     ISIC14_TEST,
@@ -124,10 +128,12 @@ class SyntheticItems(Dataset):
         """The uint8 (3, S, S) image of item `i` before augmentation."""
         return to_chw(render(self.params, int(self.labels[i]), self.size, (*self.seed, int(i))))
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """Item `i`, or `(i, seed)`: then the augmentation draws come from `seed` alone."""
+        i, seed = split_item(item)
         x = self.square(i)
         if self.augment is not None:
-            x = self.augment(x)
+            x = seeded_augment(self.augment, x, seed)
         return self.normalize(x), int(self.labels[i])
 
 

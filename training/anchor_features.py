@@ -8,8 +8,8 @@ self-supervised contrastive pre-training on the training images, labels unused, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from flexsample.datasets.base import LTDataset, Split
+from flexsample.datasets.images import progress_task
 from flexsample.engine.context import autocast_for
 from flexsample.engine.errors import FlexsampleError
 
@@ -40,15 +41,21 @@ def resolve_feature_source(source: str, image_size: int, pretrained: str | None)
     return "pretrained" if pretrained else "ssl"
 
 
-def pixel_features(split: Split, batch_size: int = 512, num_workers: int = 0) -> np.ndarray:
-    """Flattened eval-transform images, each dimension standardised over the split."""
+def pixel_features(
+    split: Split, batch_size: int = 512, num_workers: int | None = 0, progress: Any = None
+) -> np.ndarray:
+    """Flattened eval-transform images, each dimension standardised over the split.
+
+    `progress` (None, a reporter or a callable `advance(n)`) follows the images read."""
     cpu = torch.device("cpu")
     rows = []
-    for x, _ in iterate(split, np.arange(len(split)), batch_size, False, cpu, num_workers):
-        x = x.float()
-        if max(x.shape[-2:]) > PIXEL_MAX_SIDE:
-            x = F.adaptive_avg_pool2d(x, PIXEL_MAX_SIDE)
-        rows.append(x.flatten(1))
+    with progress_task(progress, "anchor features (pixels)", len(split)) as advance:
+        for x, _ in iterate(split, np.arange(len(split)), batch_size, False, cpu, num_workers):
+            x = x.float()
+            if max(x.shape[-2:]) > PIXEL_MAX_SIDE:
+                x = F.adaptive_avg_pool2d(x, PIXEL_MAX_SIDE)
+            rows.append(x.flatten(1))
+            advance(len(x))
     if not rows:
         return np.zeros((0, 0), np.float32)
     f = torch.cat(rows).double()
@@ -62,15 +69,21 @@ def embed_features(
     split: Split,
     device: torch.device,
     batch_size: int = 256,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
+    progress: Any = None,
 ) -> np.ndarray:
-    """embed() of every image of the split, eval mode, eval transform, float32."""
+    """embed() of every image of the split, eval mode, eval transform, float32.
+
+    `progress` (None, a reporter or a callable `advance(n)`) follows the images embedded."""
     model = model.to(device).eval()
     rows = []
-    for x, _ in iterate(split, np.arange(len(split)), batch_size, False, device, num_workers):
-        x = x.to(device, non_blocking=True)
-        with autocast_for(device):
-            rows.append(model.embed(x).float().cpu())
+    n = len(split)
+    with progress_task(progress, "anchor features (embedding)", n) as advance:
+        for x, _ in iterate(split, np.arange(n), batch_size, False, device, num_workers):
+            x = x.to(device, non_blocking=True)
+            with autocast_for(device):
+                rows.append(model.embed(x).float().cpu())
+            advance(len(x))
     if not rows:
         return np.zeros((0, 0), np.float32)
     return torch.cat(rows).numpy().astype(np.float32)
@@ -89,21 +102,23 @@ def anchor_features(
     pretrained: str | None = None,
     backbone: str = "model",
     batch_size: int = 256,
-    num_workers: int = 0,
-    progress: Callable[[int], None] | None = None,
+    num_workers: int | None = 0,
+    progress: Any = None,
 ) -> np.ndarray:
     """(N_train, D) float32 features of `dataset.train` from `source` (see module docstring).
 
     `model_factory()` builds the classifier as configured (with the --pretrained weights
     loaded when given); `pretrained` is that path, needed by `pretrained` and by `auto`.
     SSL weights are cached under `cache_dir` (no cache when None); `backbone` is part of
-    the cache key. Labels are never used.
+    the cache key. Labels are never used. `progress`: None (silent), a reporter (a task for
+    SSL pre-training, per epoch, and one for the feature pass, per batch), or a callable
+    `advance(n)` called with the images of every batch processed.
     """
     size = int(image_size or dataset.image_size)
     kind = resolve_feature_source(source, size, pretrained)
     device = torch.device(device)
     if kind == "pixels":
-        return pixel_features(dataset.train, num_workers=num_workers)
+        return pixel_features(dataset.train, num_workers=num_workers, progress=progress)
     if kind == "pretrained":
         if not pretrained:
             raise FlexsampleError(
@@ -112,7 +127,7 @@ def anchor_features(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = model_factory()
-        return embed_features(model, dataset.train, device, batch_size, num_workers)
+        return embed_features(model, dataset.train, device, batch_size, num_workers, progress)
     weights = ssl_weights(
         dataset, model_factory, backbone=backbone, seed=seed, ssl_epochs=ssl_epochs,
         device=device, cache_dir=cache_dir, image_size=size, pretrained=pretrained,
@@ -121,4 +136,4 @@ def anchor_features(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = load_ssl_weights(model_factory(), weights)
-    return embed_features(model, dataset.train, device, batch_size, num_workers)
+    return embed_features(model, dataset.train, device, batch_size, num_workers, progress)

@@ -4,35 +4,48 @@ In-memory splits (tiny images) are sliced directly. File-backed splits go throug
 DataLoader per (split, train/eval) that lives as long as its `SplitLoader`: the index order
 changes every epoch through a mutable sampler, so worker processes (persistent on CUDA) and
 pinned memory are set up once, not per epoch or per scoring pass.
+
+Train-time augmentation is seeded per item, not per worker: for a training pass the sampler
+yields `(index, seed)` pairs, the seed a pure function of the pass's key (run seed, epoch),
+the sample index and how often that index already occurred in the pass (see
+`flexsample.datasets.images.augmentation_seeds`). Whichever worker process reads an item, it
+draws the same crop, flips and jitter, so `--workers 0`, `1` or `8` train on the same tensors,
+and the main process's RNG (dropout) is never consumed by data loading.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from flexsample.datasets.base import Split
-from flexsample.datasets.images import dataloader_options
+from flexsample.datasets.images import augmentation_seeds, dataloader_options
 
 
-class _Order(Sampler[int]):
-    """A sampler whose order is replaced before each pass."""
+class _Order(Sampler):
+    """A sampler whose order (and per-position augmentation seeds) is replaced before each pass."""
 
     def __init__(self) -> None:
         self.order = np.zeros(0, dtype=np.int64)
+        self.seeds: np.ndarray | None = None
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order.tolist())
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
+        if self.seeds is None:
+            return iter(self.order.tolist())
+        return zip(self.order.tolist(), self.seeds.tolist(), strict=True)
 
     def __len__(self) -> int:
         return len(self.order)
 
 
 class SplitLoader:
-    """(x, y) batches of one split over any index order, with the train or eval transform."""
+    """(x, y) batches of one split over any index order, with the train or eval transform.
+
+    `seed` keys the augmentation of training passes that are not given their own `key`.
+    """
 
     def __init__(
         self,
@@ -40,11 +53,14 @@ class SplitLoader:
         train: bool,
         device: torch.device,
         num_workers: int | None = 0,
+        seed: int = 0,
     ) -> None:
         self.split = split
         self.train = train
         self.device = torch.device(device)
         self.num_workers = num_workers  # None: chosen by dataloader_options
+        self.seed = int(seed)
+        self.passes = 0  # training passes so far: the default augmentation key
         self._order = _Order()
         self._loader: DataLoader | None = None
         self._batch_size = 0
@@ -57,12 +73,17 @@ class SplitLoader:
             batch_size=batch_size,
             sampler=self._order,
             drop_last=False,
+            # worker base seeds come from here, not from the global RNG (which would then
+            # advance differently with and without persistent workers); items are seeded anyway
+            generator=torch.Generator().manual_seed(self.seed),
             **opts,
         )
 
     def __call__(
-        self, indices: np.ndarray, batch_size: int
+        self, indices: np.ndarray, batch_size: int, key: Sequence[int] | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches over `indices` in order. `key` (e.g. (seed, epoch)) seeds a training pass's
+        augmentation; without it the loader's seed and its pass count are used."""
         indices = np.asarray(indices, dtype=np.int64)
         if self.split.in_memory is not None:
             labels = torch.as_tensor(self.split.labels)
@@ -70,9 +91,16 @@ class SplitLoader:
                 idx = torch.as_tensor(indices[start : start + batch_size])
                 yield self.split.in_memory[idx], labels[idx]
             return
+        seeds = None
+        if self.train:
+            if key is None:
+                key = (self.seed, self.passes)
+            self.passes += 1
+            seeds = augmentation_seeds(key, indices)
         if self._loader is None or batch_size != self._batch_size:
             self._loader, self._batch_size = self._make_loader(batch_size), batch_size
         self._order.order = indices
+        self._order.seeds = seeds
         yield from self._loader
 
     def inputs(self, indices: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
@@ -88,9 +116,12 @@ def iterate(
     train: bool,
     device: torch.device,
     num_workers: int | None = 0,
+    key: Sequence[int] = (0,),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One pass of (x, y) batches over `indices` in the given order (the caller shuffles)."""
-    yield from SplitLoader(split, train, device, num_workers)(indices, batch_size)
+    """One pass of (x, y) batches over `indices` in the given order (the caller shuffles).
+
+    `key` seeds the augmentation of a training pass (give each pass its own)."""
+    yield from SplitLoader(split, train, device, num_workers)(indices, batch_size, key)
 
 
 @torch.inference_mode()

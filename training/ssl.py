@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,12 +27,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from flexsample.datasets.base import LTDataset, Split
+from flexsample.datasets.images import progress_task
 from flexsample.engine.context import autocast_for
 from flexsample.engine.errors import FlexsampleError
 
 from .data import iterate
 
-SSL_CACHE_VERSION = 1
+SSL_CACHE_VERSION = 2  # 2: file-backed views seeded per image (worker-independent)
 ModelFactory = Callable[[], nn.Module]
 
 
@@ -89,16 +91,20 @@ def _view_pairs(
     batch_size: int,
     device: torch.device,
     gen: torch.Generator,
-    num_workers: int,
+    num_workers: int | None,
+    key: tuple[int, ...] = (0,),
 ):
-    """(view1, view2) batches over `order`: tensor ops in memory, v2 augmentation for files."""
+    """(view1, view2) batches over `order`: tensor ops in memory, v2 augmentation for files.
+
+    File-backed views are seeded per image by (`key`, view, index), never per worker, so the
+    worker count does not change the pre-trained weights."""
     if split.in_memory is not None:
         for x, _ in iterate(split, order, batch_size, True, device):
             x = x.to(device, non_blocking=True)
             yield tensor_view(x, gen), tensor_view(x, gen)
         return
-    first = iterate(split, order, batch_size, True, device, num_workers)
-    second = iterate(split, order, batch_size, True, device, num_workers)
+    first = iterate(split, order, batch_size, True, device, num_workers, (*key, 1))
+    second = iterate(split, order, batch_size, True, device, num_workers, (*key, 2))
     for (x1, _), (x2, _) in zip(first, second, strict=True):
         yield x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
 
@@ -113,10 +119,15 @@ def train_simclr(
     batch_size: int = 256,
     lr: float = 1e-3,
     temperature: float = 0.5,
-    num_workers: int = 0,
-    progress: Callable[[int], None] | None = None,
+    num_workers: int | None = 0,
+    progress: Any = None,
 ) -> nn.Module:
-    """Contrastive pre-training of `model.embed` in place (its head is untouched); returns it."""
+    """Contrastive pre-training of `model.embed` in place (its head is untouched); returns it.
+
+    `progress`: None (silent), a reporter (`task("SSL pre-training", epochs)`, advanced once
+    per epoch: a bar on a terminal, a line per epoch in a job log), or a callable advanced by
+    the number of images of each batch (the total is `epochs * len(split)`).
+    """
     if epochs < 1:
         raise FlexsampleError(f"--ssl-epochs must be >= 1, got {epochs}")
     n = len(split)
@@ -137,22 +148,28 @@ def train_simclr(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(seed)
     bs = min(batch_size, n)
-    for _ in range(epochs):
-        model.train()
-        projector.train()
-        order = torch.randperm(n, generator=gen).numpy()
-        for v1, v2 in _view_pairs(split, order, bs, device, gen, num_workers):
-            if len(v1) < 2:
-                continue  # one image has no negatives and breaks batch norm
-            with autocast_for(device):
-                z = projector(model.embed(torch.cat([v1, v2])))
-            loss = nt_xent(z[: len(v1)], z[len(v1) :], temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if progress is not None:
-                progress(len(v1))
+    per_batch = progress if callable(progress) and not hasattr(progress, "task") else None
+    per_epoch = None if per_batch is not None else progress
+    with progress_task(per_epoch, f"SSL pre-training ({epochs} epochs)", epochs) as advance:
+        for epoch in range(epochs):
+            model.train()
+            projector.train()
+            order = torch.randperm(n, generator=gen).numpy()
+            for v1, v2 in _view_pairs(
+                split, order, bs, device, gen, num_workers, (seed, epoch)
+            ):
+                if len(v1) < 2:
+                    continue  # one image has no negatives and breaks batch norm
+                with autocast_for(device):
+                    z = projector(model.embed(torch.cat([v1, v2])))
+                loss = nt_xent(z[: len(v1)], z[len(v1) :], temperature)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                if per_batch is not None:
+                    per_batch(len(v1))
+            advance(1)
     model.eval()
     return model
 
@@ -203,13 +220,14 @@ def ssl_weights(
     image_size: int | None = None,
     pretrained: str | None = None,
     batch_size: int = 256,
-    num_workers: int = 0,
-    progress: Callable[[int], None] | None = None,
+    num_workers: int | None = 0,
+    progress: Any = None,
 ) -> dict[str, torch.Tensor]:
     """Backbone weights (head excluded) after SimCLR pre-training; read from the cache if there.
 
     `model_factory()` builds the classifier as the run configures it (it is built under a
-    fork of the RNG seeded by `seed`, so the initial weights are reproducible).
+    fork of the RNG seeded by `seed`, so the initial weights are reproducible). `progress`
+    follows the pre-training (see `train_simclr`); a cache hit reports a message only.
     """
     device = torch.device(device)
     size = int(image_size or dataset.image_size)
@@ -221,9 +239,13 @@ def ssl_weights(
         )
         if path.is_file():
             try:
-                return torch.load(path, map_location="cpu", weights_only=True)
+                weights = torch.load(path, map_location="cpu", weights_only=True)
             except Exception:  # a damaged cache entry is rebuilt, not fatal
                 pass
+            else:
+                if hasattr(progress, "message"):
+                    progress.message(f"SSL pre-training: cached weights {path}")
+                return weights
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_factory()

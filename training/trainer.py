@@ -101,7 +101,7 @@ class Trainer:
         order = indices[self.sampler(labels, rng)]
         self.model.train()
         total, seen = 0.0, 0
-        for x, y in self.train_batches(order, self.cfg.batch_size):
+        for x, y in self.train_batches(order, self.cfg.batch_size, (self.cfg.seed, epoch)):
             if len(y) < 2 and seen > 0:
                 continue  # a lone trailing sample breaks batch norm and adds nothing
             x = x.to(self.device, non_blocking=True)
