@@ -1,0 +1,65 @@
+"""The `flexsample` command line.
+
+This module stays import-light (no torch, no typer): `cli.app` imports it first to handle
+Ctrl-C and SIGTERM from the very start of its own, slow imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+_received: list[int] = []
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every cleanup path runs; the command exits 143."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
+    raise Terminated()
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM raises `Terminated` (Ctrl-C already raises KeyboardInterrupt)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def sigterm_received() -> bool:
+    """Whether this process got SIGTERM (to tell 143 from 130 where the type was lost)."""
+    return bool(_received)
+
+
+def interrupt_exit_code(exc: BaseException) -> int:
+    """130 for Ctrl-C, 143 for SIGTERM (128 + the signal number, as shells report)."""
+    return EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
+
+
+@contextlib.contextmanager
+def startup_guard() -> Iterator[None]:
+    """An interrupt during start-up: one line and the signal's exit code, never a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"{what} during start-up; nothing was written\n")
+        raise SystemExit(interrupt_exit_code(exc)) from None
+
+
+def main() -> None:
+    """Console-script entry point that guards even the import of the app."""
+    install_signal_handlers()
+    with startup_guard():
+        from .app import main as app_main
+
+        app_main()

@@ -1,24 +1,109 @@
-"""The `flexsample` command: run, eval, list (and the commands of later modules)."""
+"""The `flexsample` command: run, eval, list (and the commands of later modules).
+
+Every failure ends as one line on stderr: bad input and file-system errors exit 2, usage
+errors (click's) too, bugs exit 1 ("internal error"), Ctrl-C 130 and SIGTERM 143, at any
+moment, start-up included (the imports below run under `startup_guard`).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import json
+import os
 import sys
-import traceback
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
 
-import typer
-from rich.console import Console
+from flexsample.cli import (
+    Terminated,
+    install_signal_handlers,
+    interrupt_exit_code,
+    sigterm_received,
+    startup_guard,
+)
 
-from flexsample._version import __version__
-from flexsample.engine.errors import FlexsampleError
-from flexsample.workflows.config import RunConfig
+if os.path.basename(sys.argv[0]) == "flexsample" or sys.argv[0].endswith("__main__.py") and (
+    os.path.basename(os.path.dirname(sys.argv[0])) == "flexsample"
+):
+    install_signal_handlers()  # the command line: SIGTERM from the start of the imports
+
+with startup_guard():
+    import contextlib
+    import inspect
+    import json
+    import time
+    import traceback
+    from collections.abc import Iterator
+    from pathlib import Path
+    from typing import Any, Literal, get_args, get_origin
+
+    import typer
+    from rich.console import Console
+    from typer.core import TyperGroup
+
+    from flexsample._version import __version__
+    from flexsample.engine.errors import FlexsampleError
+    from flexsample.workflows.config import RunConfig
+
+    try:  # typer >= 0.29 carries its own copy of click
+        from typer._click import exceptions as click_errors
+    except ImportError:  # pragma: no cover - older typer on the click package
+        from click import exceptions as click_errors
+
+
+class OneLineErrors(TyperGroup):
+    """Click's usage errors (unknown flag, `--workers 1e23`) as one line on stderr, exit 2.
+
+    Typer would draw a multi-line box; runs under `CliRunner` and the console script alike
+    come through here. Ctrl-C outside a command's own handling still exits 130 (143 for
+    SIGTERM).
+    """
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click_errors.NoArgsIsHelpError as exc:
+            text = exc.format_message()  # rich help is printed as it is made: text is empty
+            if text.strip():
+                typer.echo(text)
+            sys.exit(exc.exit_code)
+        except click_errors.UsageError as exc:
+            msg = " ".join(exc.format_message().split())
+            where = exc.ctx.command_path if exc.ctx else "flexsample"
+            err_console.print(
+                f"[bold red]error:[/bold red] {_escape(msg)} (see '{where} --help')",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(exc.exit_code)
+        except click_errors.ClickException as exc:
+            err_console.print(
+                f"[bold red]error:[/bold red] {_escape(' '.join(exc.format_message().split()))}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            sys.exit(1)
+        code = rv if isinstance(rv, int) else 0
+        if code == 130 and sigterm_received():
+            code = 143
+        sys.exit(code)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
 
 app = typer.Typer(
+    cls=OneLineErrors,
     name="flexsample",
     help=(
         "Flexible Sampling for long-tailed classification: grow the training subset from a "
@@ -37,27 +122,60 @@ err_console = Console(stderr=True)
 
 @contextlib.contextmanager
 def user_errors(debug: bool) -> Iterator[None]:
-    """Bad input -> one line on stderr and exit code 2; bugs -> exit 1; --debug shows traces."""
+    """Bad input -> one line on stderr and exit code 2; bugs -> exit 1; --debug shows traces.
+
+    Ctrl-C -> exit 130, SIGTERM -> 143, with the resume command when a checkpoint exists.
+    File-system errors (full disk, read-only, not a folder) are bad input too: exit 2.
+    """
+    from flexsample.workflows.rundir import ENVIRONMENT_ERRNOS, resume_command
+
     try:
         yield
     except typer.Exit:
         raise
-    except (FlexsampleError, KeyboardInterrupt) as exc:
+    except KeyboardInterrupt as exc:
         if debug:
             traceback.print_exc()
-        msg = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-        err_console.print(f"[bold red]error:[/bold red] {msg}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except Exception as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        out = getattr(exc, "resume_out", None)
+        tail = f"; resume with: {resume_command(out)}" if out is not None else ""
+        err_console.print(f"{what}{tail}", highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(interrupt_exit_code(exc)) from None
+    except FlexsampleError as exc:
         if debug:
             traceback.print_exc()
+        msg = " ".join(str(exc).split())
         err_console.print(
-            f"[bold red]internal error:[/bold red] {type(exc).__name__}: {exc} "
-            "(rerun with --debug for the traceback)",
+            f"[bold red]error:[/bold red] {_escape(msg)}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            _internal(exc, debug)
+        if debug:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(
+            f"[bold red]error:[/bold red] {_escape(where + (exc.strerror or str(exc)))}",
             highlight=False,
             soft_wrap=True,
         )
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None
+    except Exception as exc:
+        _internal(exc, debug)
+
+
+def _internal(exc: Exception, debug: bool) -> None:
+    """A bug: one line (the traceback with --debug), exit 1."""
+    if debug:
+        traceback.print_exc()
+    err_console.print(
+        f"[bold red]internal error:[/bold red] {_escape(type(exc).__name__ + ': ' + str(exc))} "
+        "(rerun with --debug for the traceback)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(1) from None
 
 
 def _version(value: bool) -> None:
@@ -135,25 +253,19 @@ def run(
             execute,
             load_plugins,
             prepare_out,
-            read_run_config,
+            resume_config,
         )
 
         from .console import ProgressDisplay, metrics_table, rounds_table
 
+        if resume and overwrite:
+            raise FlexsampleError(
+                "--resume continues the run in --out and --overwrite replaces it; pass one"
+            )
         if resume:
             if out is None:
                 raise FlexsampleError("--resume needs --out RUN_DIR (the run to continue)")
-            given = [k for k, v in flags.items() if v not in (None, []) and k != "device"]
-            if given or config is not None:
-                raise FlexsampleError(
-                    "--resume continues a run with its own config; drop "
-                    + ", ".join("--" + k.replace("_", "-") for k in given or ["config"])
-                )
-            cfg = read_run_config(out)
-            if flags.get("device") is not None:
-                cfg.device = flags["device"]
-            if not (out / "checkpoint.pt").exists():
-                raise FlexsampleError(f"{out} has no checkpoint.pt to resume from")
+            cfg = resume_config(out, config, flags)
         else:
             cfg = resolve_config(config, flags)
         if print_config:
@@ -163,9 +275,27 @@ def run(
         if not resume:
             load_plugins(cfg.plugin)
             build_components(cfg)  # bad names fail before the folder is touched
-            prepare_out(target, overwrite)
-        display = [] if quiet else [ProgressDisplay(console, cfg.rounds * cfg.epochs_per_round)]
-        outcome = execute(cfg, target, resume=resume, callbacks=display)
+            prepare_out(target, overwrite)  # checks only: execute swaps the new run in
+        start = time.perf_counter()
+        budget = cfg.rounds * cfg.epochs_per_round
+        display = [] if quiet else [ProgressDisplay(console, budget, start)]
+        outcome = execute(
+            cfg,
+            target,
+            resume=resume,
+            overwrite=overwrite,
+            callbacks=display,
+            reporter=_reporter(quiet, start),
+        )
+        if outcome.already_finished:
+            console.print(
+                f"run {target} is already finished (results.json); nothing to resume, nothing "
+                "changed. Pass --overwrite to run it again.",
+                highlight=False,
+                soft_wrap=True,
+                markup=False,
+            )
+            return
         if not quiet:
             res = outcome.results
             console.print(rounds_table(outcome.records, outcome.class_names))
@@ -176,6 +306,22 @@ def run(
                 )
             )
             console.print(f"outputs in [bold]{target}[/bold]")
+
+
+def _reporter(quiet: bool, start: float) -> Any:
+    """Phases on the console (unless --quiet); notes such as a checkpoint fallback always."""
+    from flexsample.workflows.progress import Reporter
+
+    from .console import ConsoleReporter
+
+    if not quiet:
+        return ConsoleReporter(console, start)
+
+    class Notes(Reporter):
+        def message(self, text: str) -> None:
+            err_console.print(text, highlight=False, soft_wrap=True, markup=False)
+
+    return Notes()
 
 
 _sig = inspect.signature(run)
@@ -256,6 +402,8 @@ _register_optional_commands()
 
 
 def main() -> None:
+    """The console script: SIGTERM handled like Ctrl-C (exit 143), errors as one line."""
+    install_signal_handlers()
     app(prog_name="flexsample")
 
 

@@ -23,13 +23,48 @@ CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (else set and restored)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode `open()` would give a new file: 0o666 less the umask (mkstemp gives 0o600)."""
+    return 0o666 & ~current_umask()
+
+
+def _mkstemp(path: Path, suffix: str = "") -> tuple[int, str]:
+    """A temporary file beside `path` with the permissions a plain new file would get."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        os.fchmod(fd, file_mode())
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, tmp
+
+
 def write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write (temporary file + rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, default=_jsonable)
-        fh.write("\n")
-    os.replace(tmp, path)
+    """Atomic JSON write (temporary file + rename), honouring the umask."""
+    fd, tmp = _mkstemp(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, default=_jsonable)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _jsonable(obj: Any) -> Any:
@@ -41,14 +76,26 @@ def _jsonable(obj: Any) -> Any:
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
+    """Atomic .npz write (temporary file + rename), honouring the umask."""
+    fd, tmp = _mkstemp(path, suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class RunRecorder(Callback):
-    """Appends rounds.jsonl per closed step; rewrites selection.npz and scores.npz per query."""
+    """Appends rounds.jsonl per closed step; rewrites selection.npz and scores.npz per query.
+
+    Its score log travels in every checkpoint (`state_key`), so a resume rewrites all three
+    files from the checkpoint it continues: a kill between a query and the next checkpoint
+    cannot duplicate a step's scores, and a deleted or corrupt scores.npz loses nothing.
+    """
+
+    state_key = "run_recorder"
 
     def __init__(self, out: Path, pool: Pool, train_ids: list[str], save_scores: bool = True):
         self.out = out
@@ -56,17 +103,43 @@ class RunRecorder(Callback):
         self.train_ids = np.asarray(train_ids)
         self.save_scores = save_scores
         self._scores: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self.restored = False
 
-    def restore(self, records: list[StepRecord]) -> None:
-        """After a resume: rounds.jsonl holds exactly the records closed so far."""
+    def state_dict(self) -> dict[str, Any]:
+        """The score log as tensors and ints (loadable with torch.load(weights_only=True))."""
+        import torch
+
+        return {
+            "scores": [
+                {
+                    "step": int(s),
+                    "index": torch.from_numpy(np.ascontiguousarray(i, dtype=np.int64)),
+                    "score": torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)),
+                }
+                for s, i, v in self._scores
+            ]
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._scores = [
+            (int(e["step"]), _array(e["index"], np.int64), _array(e["score"], np.float64))
+            for e in state.get("scores", [])
+        ]
+        self.restored = True
+
+    def restore(self, records: list[StepRecord], step: int) -> None:
+        """After a resume: rewrite rounds.jsonl, selection.npz, scores.npz from the checkpoint.
+
+        `step` is the checkpoint's query step; a checkpoint without a score log (written before
+        runs kept one) takes the steps up to it from a readable scores.npz.
+        """
+        if not self.restored:
+            self._scores = [e for e in _read_scores(self.out / SCORES) if e[0] <= step]
         with open(self.out / ROUNDS, "w", encoding="utf-8") as fh:
             for r in records:
                 fh.write(json.dumps(r.to_json()) + "\n")
-        if (self.out / SCORES).exists():
-            with np.load(self.out / SCORES) as z:
-                for s in np.unique(z["step"]):
-                    m = z["step"] == s
-                    self._scores.append((int(s), z["index"][m], z["score"][m]))
+        self.write_selection()
+        self.write_scores()
 
     def on_query(self, result: QueryResult) -> None:
         if self.save_scores and len(result.candidates):
@@ -78,20 +151,41 @@ class RunRecorder(Callback):
         with open(self.out / ROUNDS, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record.to_json()) + "\n")
 
-    def write_selection(self) -> None:
+    def write_selection(self, folder: Path | None = None) -> None:
         index, step = self.pool.history()
-        save_npz(self.out / SELECTION, index=index, step=step, train_ids=self.train_ids[index])
+        save_npz(
+            (folder or self.out) / SELECTION, index=index, step=step,
+            train_ids=self.train_ids[index],
+        )
 
-    def write_scores(self) -> None:
+    def write_scores(self, folder: Path | None = None) -> None:
         if not self.save_scores:
             return
+        path = (folder or self.out) / SCORES
         if not self._scores:
             empty = np.zeros(0, np.int64)
-            save_npz(self.out / SCORES, step=empty, index=empty, score=np.zeros(0))
+            save_npz(path, step=empty, index=empty, score=np.zeros(0))
             return
         save_npz(
-            self.out / SCORES,
+            path,
             step=np.concatenate([np.full(len(i), s, np.int64) for s, i, _ in self._scores]),
             index=np.concatenate([i for _, i, _ in self._scores]),
             score=np.concatenate([v for _, _, v in self._scores]),
         )
+
+
+def _array(value: Any, dtype: type) -> np.ndarray:
+    """A tensor, array or list from a checkpoint as a NumPy array."""
+    if hasattr(value, "numpy"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=dtype)
+
+
+def _read_scores(path: Path) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """The steps of a scores.npz; nothing when it is missing or unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            step, index, score = z["step"], z["index"], z["score"]
+    except (OSError, ValueError, KeyError, EOFError):
+        return []
+    return [(int(s), index[step == s], score[step == s]) for s in np.unique(step)]

@@ -7,11 +7,12 @@ reaches the caller through loop callbacks and the run's `Reporter`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import platform
-import shutil
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,13 +25,15 @@ import torch
 
 from flexsample._version import __version__
 from flexsample.datasets.base import LTDataset, build_dataset
-from flexsample.engine.checkpoint import load_checkpoint, prev_path
+from flexsample.engine.checkpoint import load_checkpoint, recover_checkpoint
 from flexsample.engine.errors import FlexsampleError
+from flexsample.engine.faults import fault_point
 from flexsample.engine.interfaces import Allocation, Anchors, Estimator, Schedule, ValRecord
 from flexsample.engine.loop import Callback, Curriculum, LoopResult, StepRecord
 from flexsample.engine.pool import Pool
 from flexsample.engine.registries import get_allocation, get_anchors, get_policy
 from flexsample.engine.registry import import_plugin
+from flexsample.engine.validation import plugin_call, select_anchors
 from flexsample.training.data import SplitLoader
 from flexsample.training.evaluate import evaluate
 from flexsample.training.losses import LOSSES
@@ -39,6 +42,7 @@ from flexsample.training.samplers import SAMPLERS
 from flexsample.training.trainer import TrainConfig, Trainer
 
 from . import outputs as out_files
+from . import rundir
 from .config import RunConfig
 from .plots import plot_curves
 from .progress import Reporter
@@ -72,7 +76,7 @@ def build_components(cfg: RunConfig) -> Components:
     )
     LOSSES.get(cfg.loss)
     SAMPLERS.get(cfg.sampler)
-    comps.schedule.validate(cfg.rounds, cfg.epochs_per_round)
+    plugin_call("policy", comps.schedule, "validate", cfg.rounds, cfg.epochs_per_round)
     return comps
 
 
@@ -97,7 +101,7 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def load_dataset(cfg: RunConfig) -> LTDataset:
+def load_dataset(cfg: RunConfig, reporter: Reporter | None = None) -> LTDataset:
     return build_dataset(
         cfg.dataset,
         imbalance_ratio=cfg.imbalance_ratio,
@@ -109,6 +113,7 @@ def load_dataset(cfg: RunConfig) -> LTDataset:
         cache_dir=cfg.cache_dir,
         profile=cfg.profile,
         num_classes=cfg.num_classes,
+        progress=reporter,
     )
 
 
@@ -142,16 +147,12 @@ def default_out(cfg: RunConfig) -> Path:
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise FlexsampleError(f"--out {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FlexsampleError(
-                f"run folder {out} already exists; pass --overwrite to replace it, --resume to "
-                "continue it, or choose another --out"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Check `--out` before any set-up work; it changes nothing on disk.
+
+    The folder itself is created (or an old run replaced) by `execute`, once the new run's
+    set-up passed every check.
+    """
+    rundir.check_target(out, overwrite)
 
 
 def val_curve(history: list[ValRecord], records: list[StepRecord]) -> list[tuple[int, int, float]]:
@@ -168,12 +169,26 @@ def val_curve(history: list[ValRecord], records: list[StepRecord]) -> list[tuple
 
 @dataclass
 class RunOutcome:
-    """What a finished run hands back to its caller (results.json's content and the steps)."""
+    """What a finished run hands back to its caller (results.json's content and the steps).
+
+    `already_finished`: a `--resume` found the run complete and changed nothing.
+    """
 
     results: dict[str, Any]
     records: list[StepRecord]
     class_names: list[str]
     out: Path
+    already_finished: bool = False
+
+
+class _CheckpointWatch(Callback):
+    """Remembers the epoch of the last checkpoint written (what a resume would continue)."""
+
+    def __init__(self, epoch: int | None = None) -> None:
+        self.epoch = epoch
+
+    def on_checkpoint(self, epoch: int) -> None:
+        self.epoch = epoch
 
 
 def execute(
@@ -181,41 +196,160 @@ def execute(
     out: Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     callbacks: Sequence[Callback] = (),
     reporter: Reporter | None = None,
 ) -> RunOutcome:
-    """Run one configuration into `out` (already prepared).
+    """Run one configuration into the run folder `out`, or continue it (`resume`).
 
+    A new run is set up completely (plugins, components, device, dataset, model, anchors)
+    before `out` is touched; the folder then appears whole, replacing an old flexsample run
+    only with `overwrite`. A failure or an interrupt before the first checkpoint removes the
+    new folder again; after it, the exception carries `resume_out` (the folder to resume).
     Callbacks that are context managers (progress displays) are entered around the loop.
     """
     reporter = reporter or Reporter()
-    t_start = time.perf_counter()
-    with reporter.phase("loading"):
-        setup = set_up(cfg, resume=resume)
-    if not resume:
-        out_files.write_json(out / out_files.CONFIG, config_document(cfg, setup))
-    loop, recorder = build_loop(cfg, setup, out, callbacks)
     if resume:
-        _restore(loop, out)
-        recorder.restore(loop.records)
-    else:
-        with reporter.phase("anchors"):
-            start_from_anchors(cfg, setup, loop)
-        recorder.write_selection()
-        recorder.write_scores()
+        return _resume(cfg, out, callbacks, reporter)
+    t_start = time.perf_counter()
+    rundir.check_target(out, overwrite)
+    with reporter.phase("loading"):
+        setup = set_up(cfg, reporter=reporter)
+    run_id = uuid.uuid4().hex
+    doc = config_document(cfg, setup, run_id)
+    watch = _CheckpointWatch()
+    loop, recorder = build_loop(cfg, setup, out, [watch, *callbacks], _meta(doc))
+    with reporter.phase("anchors"):
+        start_from_anchors(cfg, setup, loop, reporter)
+
+    def fill(folder: Path) -> None:
+        out_files.write_json(folder / out_files.CONFIG, doc)
+        (folder / out_files.ROUNDS).touch()
+        recorder.write_selection(folder)
+        recorder.write_scores(folder)
+
+    lock = rundir.install(out, overwrite, fill)
+    try:
+        return _train_and_report(cfg, setup, out, loop, callbacks, reporter, watch, t_start)
+    except BaseException as exc:
+        if not _has_checkpoint(out):
+            rundir.remove_new_run(out)
+        new = _annotated(exc, out, watch)
+        if new is exc:
+            raise
+        raise new from exc
+    finally:
+        lock.release()
+
+
+def _meta(doc: dict[str, Any]) -> dict[str, Any]:
+    """What every checkpoint records of its run: the run id and the config (and its hash)."""
+    return {
+        "run_id": doc["run_id"],
+        "config": doc["config"],
+        "config_hash": rundir.config_hash(doc["config"]),
+    }
+
+
+def _annotated(exc: BaseException, out: Path, watch: _CheckpointWatch) -> BaseException:
+    """The exception to re-raise: with `resume_out` when the run can be resumed.
+
+    A full disk (or another file-system error) after a checkpoint becomes one line that says
+    the last checkpoint is intact and gives the resume command.
+    """
+    resumable = _has_checkpoint(out)
+    os_error = exc if isinstance(exc, OSError) else exc.__cause__
+    if isinstance(os_error, OSError) and os_error.errno in rundir.ENVIRONMENT_ERRNOS:
+        cause = os_error.strerror or str(os_error)
+        fix = "free some space" if os_error.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+        which = "last checkpoint" + ("" if watch.epoch is None else f" (epoch {watch.epoch})")
+        if resumable:
+            exc = FlexsampleError(
+                f"cannot write run folder {out}: {cause}; the {which} is intact: {fix}, then "
+                f"resume with: {rundir.resume_command(out)}"
+            )
+        else:
+            exc = FlexsampleError(
+                f"cannot write run folder {out}: {cause}; nothing was kept (it stopped before "
+                "its first checkpoint)"
+            )
+    if resumable:
+        exc.resume_out = out  # type: ignore[attr-defined]
+    return exc
+
+
+def _has_checkpoint(out: Path) -> bool:
+    """Whether `out` holds a checkpoint file (the watch may lag the file by a callback)."""
+    return any(
+        (out / name).is_file() for name in (out_files.CHECKPOINT, "checkpoint.prev.pt")
+    )
+
+
+def _train_and_report(
+    cfg: RunConfig,
+    setup: Setup,
+    out: Path,
+    loop: Curriculum,
+    callbacks: Sequence[Callback],
+    reporter: Reporter,
+    watch: _CheckpointWatch,
+    t_start: float,
+) -> RunOutcome:
+    """The curriculum, the test evaluation and the reports of a run whose folder exists."""
     with contextlib.ExitStack() as stack:
         for cb in callbacks:
             if hasattr(cb, "__enter__"):
                 stack.enter_context(cb)  # type: ignore[arg-type]
         result = loop.run()
     t_eval = time.perf_counter()
+    fault_point("evaluation")
     with reporter.phase("evaluation"):
         test, last = evaluate_run(cfg, setup, out, loop.pool)
     results = results_document(setup, result, loop.pool, test, last)
     results["timings"]["total_s"] = time.perf_counter() - t_start
     results["timings"]["eval_s"] = time.perf_counter() - t_eval
-    write_reports(cfg, setup, out, loop, result, results)
+    with rundir.os_errors(out):
+        write_reports(cfg, setup, out, loop, result, results)
     return RunOutcome(results, result.records, setup.ds.class_names, out)
+
+
+def _resume(
+    cfg: RunConfig, out: Path, callbacks: Sequence[Callback], reporter: Reporter
+) -> RunOutcome:
+    """Continue the run in `out` from its checkpoint, under the run folder's lock."""
+    t_start = time.perf_counter()
+    doc = rundir.read_config_document(out)
+    if not any(out.glob("checkpoint*.pt")) and not any(out.glob(".checkpoint.pt.*.tmp")):
+        raise FlexsampleError(
+            f"{out} has no checkpoint to resume from (the run stopped before its first epoch "
+            "ended); start it again with --overwrite"
+        )
+    with rundir.RunLock.acquire(out):
+        with rundir.os_errors(out, "read the run folder"):
+            state, sentence = recover_checkpoint(out / out_files.CHECKPOINT)
+        rundir.check_checkpoint_meta(out, doc, state.get("meta"))
+        epoch = int(state.get("epoch", 0))
+        done = rundir.finished_results(out, epoch, cfg.rounds * cfg.epochs_per_round)
+        if done is not None:
+            names = list(done.get("class_names", []))
+            return RunOutcome(done, [], names, out, already_finished=True)
+        if sentence:
+            reporter.message(sentence)
+        watch = _CheckpointWatch(epoch)
+        try:
+            with reporter.phase("loading"):
+                setup = set_up(cfg, resume=True, reporter=reporter)
+            meta = state.get("meta") or _meta({**doc, "run_id": doc.get("run_id", "")})
+            loop, recorder = build_loop(cfg, setup, out, [watch, *callbacks], meta)
+            loop.load_state_dict(state)
+            with rundir.os_errors(out):
+                recorder.restore(loop.records, loop.step)
+            return _train_and_report(cfg, setup, out, loop, callbacks, reporter, watch, t_start)
+        except BaseException as exc:
+            new = _annotated(exc, out, watch)
+            if new is exc:
+                raise
+            raise new from exc
 
 
 @dataclass
@@ -228,7 +362,9 @@ class Setup:
     model: torch.nn.Module
 
 
-def set_up(cfg: RunConfig, *, resume: bool = False) -> Setup:
+def set_up(
+    cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None = None
+) -> Setup:
     """Plugins, components, device, dataset and model (SSL-initialised for a fresh ssl run)."""
     from flexsample.datasets.images import tune_allocator
 
@@ -236,7 +372,7 @@ def set_up(cfg: RunConfig, *, resume: bool = False) -> Setup:
     load_plugins(cfg.plugin)
     comps = build_components(cfg)
     device = resolve_device(cfg.device)
-    ds = load_dataset(cfg)
+    ds = load_dataset(cfg, reporter)
     torch.manual_seed(cfg.seed)
     model = make_model(cfg, ds)
     if cfg.init == "ssl" and not resume:
@@ -246,21 +382,25 @@ def set_up(cfg: RunConfig, *, resume: bool = False) -> Setup:
             model,
             ds,
             lambda: make_model(cfg, ds),
-            **_ssl_options(cfg, ds, device),
+            **_ssl_options(cfg, ds, device, reporter),
             pretrained=cfg.pretrained,
         )
     return Setup(comps, device, ds, model)
 
 
-def config_document(cfg: RunConfig, setup: Setup) -> dict[str, Any]:
-    """config.json: the config plus what it resolved to on this machine."""
+def config_document(cfg: RunConfig, setup: Setup, run_id: str = "") -> dict[str, Any]:
+    """config.json: the config as asked, plus what it resolved to on this machine."""
     device = setup.device
+    device_name = str(device) + (
+        f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    )
     return {
         "config": cfg.model_dump(),
+        "resolved": resolved_values(cfg, setup),
+        "run_id": run_id,
         "flexsample_version": __version__,
         "versions": versions(),
-        "device": str(device)
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "device": device_name,
         "seeds": {"seed": cfg.seed, "data_seed": cfg.data_seed},
         "split_hash": setup.ds.split_hash(),
         "dataset_info": setup.ds.info,
@@ -268,8 +408,38 @@ def config_document(cfg: RunConfig, setup: Setup) -> dict[str, Any]:
     }
 
 
+def resolved_values(cfg: RunConfig, setup: Setup) -> dict[str, Any]:
+    """What 'auto' and unset options became here: backbone, image size, device, workers.
+
+    `workers` / `eval_workers`: the worker processes the training / evaluation DataLoaders
+    use (0 for splits held in memory, which are sliced without a DataLoader).
+    """
+    from flexsample.datasets.images import dataloader_options
+
+    ds, device = setup.ds, setup.device
+
+    def workers(train: bool) -> int:
+        split = ds.train if train else ds.test
+        if getattr(split, "in_memory", None) is not None:
+            return 0
+        cached = getattr(split, "cache", None) is not None
+        return int(dataloader_options(device, cfg.workers, train, cached)["num_workers"])
+
+    return {
+        "backbone": resolved_backbone(cfg, ds),
+        "image_size": int(ds.image_size),
+        "device": str(device),
+        "workers": workers(True),
+        "eval_workers": workers(False),
+    }
+
+
 def build_loop(
-    cfg: RunConfig, setup: Setup, out: Path, callbacks: Sequence[Callback]
+    cfg: RunConfig,
+    setup: Setup,
+    out: Path,
+    callbacks: Sequence[Callback],
+    meta: dict[str, Any] | None = None,
 ) -> tuple[Curriculum, out_files.RunRecorder]:
     """The trainer, the pool and the curriculum around them, checkpointing into `out`."""
     ds, device = setup.ds, setup.device
@@ -309,15 +479,19 @@ def build_loop(
         score_batch_size=cfg.score_batch_size,
         checkpoint_dir=out,
         callbacks=[recorder, *callbacks],
+        meta=meta,
     )
     return loop, recorder
 
 
-def start_from_anchors(cfg: RunConfig, setup: Setup, loop: Curriculum) -> None:
+def start_from_anchors(
+    cfg: RunConfig, setup: Setup, loop: Curriculum, reporter: Reporter | None = None
+) -> None:
     """Choose the anchor set and put it in the pool as step 0."""
     ds = setup.ds
-    features = _anchor_features(cfg, ds, setup.comps.anchors, setup.device)
-    anchors = setup.comps.anchors.select(ds.train.labels, ds.num_classes, cfg.seed, features)
+    features = _anchor_features(cfg, ds, setup.comps.anchors, setup.device, reporter)
+    comps = setup.comps
+    anchors = select_anchors(comps.anchors, ds.train.labels, ds.num_classes, cfg.seed, features)
     loop.start(anchors)
 
 
@@ -382,7 +556,11 @@ def write_reports(
 
 
 def _anchor_features(
-    cfg: RunConfig, ds: LTDataset, anchors: Anchors, device: torch.device
+    cfg: RunConfig,
+    ds: LTDataset,
+    anchors: Anchors,
+    device: torch.device,
+    reporter: Reporter | None = None,
 ) -> np.ndarray | None:
     if not getattr(anchors, "needs_features", False):
         return None
@@ -392,13 +570,16 @@ def _anchor_features(
         cfg.anchor_features,
         ds,
         lambda: make_model(cfg, ds),
-        **_ssl_options(cfg, ds, device),
+        **_ssl_options(cfg, ds, device, reporter),
         pretrained=cfg.pretrained,
     )
 
 
-def _ssl_options(cfg: RunConfig, ds: LTDataset, device: torch.device) -> dict[str, Any]:
+def _ssl_options(
+    cfg: RunConfig, ds: LTDataset, device: torch.device, reporter: Reporter | None = None
+) -> dict[str, Any]:
     return {
+        "progress": reporter,
         "image_size": ds.image_size,
         "seed": cfg.seed,
         "cache_dir": cfg.cache_dir,
@@ -410,22 +591,40 @@ def _ssl_options(cfg: RunConfig, ds: LTDataset, device: torch.device) -> dict[st
     }
 
 
-def _restore(loop: Curriculum, out: Path) -> None:
-    path = out / out_files.CHECKPOINT
-    try:
-        state = load_checkpoint(path)
-    except FlexsampleError:
-        state = load_checkpoint(prev_path(path))
-    loop.load_state_dict(state)
-
-
 def read_run_config(run_dir: Path) -> RunConfig:
+    """The config a run folder was made with (one-line errors for a missing folder or file)."""
     from .config import resolve_config
 
-    path = run_dir / out_files.CONFIG
-    if not path.is_file():
-        raise FlexsampleError(f"{run_dir} is not a run folder (no {out_files.CONFIG})")
-    return resolve_config(path, {})
+    rundir.read_config_document(run_dir)
+    return resolve_config(run_dir / out_files.CONFIG, {})
+
+
+def resume_config(out: Path, config_file: Path | None, flags: dict[str, Any]) -> RunConfig:
+    """The saved config of the run in `out`, for `--resume` with the flags given again.
+
+    Flags (or a --config file) that repeat the saved values are accepted, so the original
+    command with `--resume` appended continues the run; any that differ are refused, listed as
+    `--flag: saved -> given`. `--device` may change (a run may continue on another machine).
+    """
+    from .config import read_config_file, resolve_config
+
+    saved = read_run_config(out)
+    given = {k for k, v in flags.items() if v is not None and v != []}
+    if config_file is not None:
+        given |= set(read_config_file(config_file))
+    given.discard("device")
+    if given:
+        asked = resolve_config(config_file, flags).model_dump()
+        diff = rundir.flag_differences(saved.model_dump(), {k: asked[k] for k in given})
+        if diff:
+            raise FlexsampleError(
+                f"--resume continues a run with its own config; these flags differ from the "
+                f"saved config of {out} (flag: saved -> given): {'; '.join(diff)}; drop them to "
+                "continue the run, or start a new run with another --out"
+            )
+    if flags.get("device") is not None:
+        saved.device = flags["device"]
+    return saved
 
 
 def reevaluate(run_dir: Path, device_name: str | None) -> dict[str, Any]:

@@ -1,0 +1,100 @@
+"""Ctrl-C and SIGTERM at any moment: no traceback, exit 130 / 143, the resume command printed,
+a checkpoint that resumes. Subprocesses (a real signal), kept few."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flexsample.engine import faults
+
+from .conftest import TINY
+
+
+@pytest.fixture(autouse=True)
+def _fresh_faults(monkeypatch):
+    monkeypatch.setattr(faults, "_hits", {})
+    monkeypatch.delenv(faults.ENV, raising=False)
+
+
+def _start(out: Path, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != faults.ENV}
+    return subprocess.Popen(
+        [sys.executable, "-m", "flexsample", "run", *TINY, "--out", str(out), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=out.parent,
+    )
+
+
+def test_importing_the_package_and_the_cli_package_does_not_import_torch():
+    code = (
+        "import sys, flexsample, flexsample.cli; "
+        "print('torch' in sys.modules, flexsample.__version__ != '')"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.split() == ["False", "True"], res.stdout + res.stderr
+
+
+def test_lazy_public_names_still_work():
+    import flexsample
+
+    assert flexsample.Pool.__name__ == "Pool"
+    assert "register_estimator" in dir(flexsample)
+    with pytest.raises(AttributeError):
+        flexsample.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_start_up(tmp_path, sig, code):
+    out = tmp_path / "run"
+    proc = _start(out)
+    time.sleep(0.6)  # python is up; the imports of typer, torch and the app take seconds
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and ("interrupted" in lines[0] or "terminated" in lines[0]), stderr
+    assert not out.exists()
+
+
+def test_sigterm_mid_run_checkpoints_and_prints_the_resume_command(cli, tmp_path):
+    out = tmp_path / "run"
+    proc = _start(out, "--epochs-per-round", "8")
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"terminated (SIGTERM); resume with: flexsample run --out {out} --resume"
+    )
+    assert not (out / "results.json").exists()
+    res = cli("run", "--out", out, "--resume", "--quiet")
+    assert res.exit_code == 0, res.output
+    rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rounds] == [0, 1, 2]
+    assert sum(r["epochs"] for r in rounds) == 24
+
+
+def test_ctrl_c_mid_run_exits_130_with_the_resume_command(cli, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv(faults.ENV, "train-epoch:interrupt@3")
+    res = cli("run", *TINY, "--out", out)
+    assert res.exit_code == 130, res.output
+    assert res.stderr.strip() == f"interrupted; resume with: flexsample run --out {out} --resume"
+    assert (out / "checkpoint.pt").exists()
