@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from flexsample.workflows.bench import (
     finished,
     plan_cells,
     run_grid,
+    unkeyed_runs,
     write_summary,
 )
 from flexsample.workflows.config import RunConfig
@@ -50,10 +52,21 @@ def bench(
     """Benchmark a grid of estimators x policies x datasets x ratios x seeds and baselines.
 
     Any other `flexsample run` flag (e.g. --rounds 4 --allocation difficulty) applies to every
-    cell. Finished cells are skipped, so an interrupted bench resumes where it stopped.
-    Writes bench.csv, summary.md and summary.png under --out.
+    cell. Each cell is keyed on a hash of its resolved configuration and the flexsample
+    version, kept in its folder name (seed0-<hash>) and its cell.json: a finished cell is
+    reused only when that hash matches, so an interrupted bench resumes where it stopped, while
+    the same grid with other flags (say --rounds 2 after --rounds 5) runs into new folders and
+    never reports the old cells as the new ones. A cell counts as finished only once cell.json
+    says so (written last): a killed or failed cell is rerun.
+
+    Writes bench.csv, summary.md and summary.png under --out. They cover every finished cell
+    under --out, this grid's and those earlier grids left there (in_grid = no, marked with †):
+    bench.csv has one row per cell with its config_hash and, as columns, the flags that differ
+    between cells of one method; the summary groups by method plus those flags. Ctrl-C stops
+    the grid (running cells are rerun next time, finished ones are kept), exit code 130;
+    with --jobs N the worker processes also stop when the bench process dies.
     """
-    from .app import console, user_errors
+    from .app import console, err_console, user_errors
 
     with user_errors(debug):
         import sys
@@ -84,21 +97,56 @@ def bench(
             f"{len(cells)} cells, {len(cells) - len(todo)} already finished, {len(todo)} to run "
             f"({jobs} job{'s' if jobs > 1 else ''})"
         )
-        progress = progress_bars(console, "cell {task.completed}/{task.total}")
-        with progress:
-            task = progress.add_task("bench", total=len(todo), info="")
-            run_grid(
-                todo,
-                jobs,
-                on_start=lambda c: progress.update(task, info=f"{c.method} seed {c.config.seed}"),
-                on_done=lambda c: progress.update(
-                    task, advance=1, info=f"done {c.method} seed {c.config.seed}"
-                ),
+        try:
+            progress = progress_bars(console, "cell {task.completed}/{task.total}")
+            with progress:
+                task = progress.add_task("bench", total=len(todo), info="")
+                run_grid(
+                    todo,
+                    jobs,
+                    on_start=lambda c: progress.update(
+                        task, info=f"{c.method} seed {c.config.seed}"
+                    ),
+                    on_done=lambda c: progress.update(
+                        task, advance=1, info=f"done {c.method} seed {c.config.seed}"
+                    ),
+                )
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+            from flexsample.cli import Terminated, interrupt_exit_code
+
+            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            done = sum(finished(c) is not None for c in cells)
+            err_console.print(
+                f"[bold red]{what}:[/bold red] {done} of {len(cells)} cells finished and kept "
+                f"in {out}; rerun the same command to run the rest",
+                highlight=False,
+                soft_wrap=True,
             )
-        write_summary(out, cells, "flexsample " + " ".join(sys.argv[1:]))
+            raise typer.Exit(interrupt_exit_code(exc)) from None
+        except BrokenProcessPool:
+            err_console.print(
+                "[bold red]error:[/bold red] a bench worker process died (killed by a signal "
+                "or the out-of-memory killer); finished cells are kept, the interrupted ones "
+                "will rerun: rerun the same command, with fewer --jobs if memory ran out",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+        info = write_summary(out, cells, "flexsample " + " ".join(sys.argv[1:]))
         from rich.markdown import Markdown
 
         console.print(Markdown((out / "summary.md").read_text()))
+        if info.other_cells:
+            console.print(
+                f"{info.other_cells} finished cell(s) of other configurations under {out} are "
+                "listed too (in_grid = no, † in summary.md)"
+            )
+        stale = unkeyed_runs(out)
+        if stale:
+            console.print(
+                f"{len(stale)} run folder(s) under {out} have no finished cell.json (an older "
+                f"flexsample or a cell that did not finish, e.g. {stale[0]}): not reported"
+            )
         console.print(f"bench outputs in [bold]{out}[/bold]: bench.csv, summary.md, summary.png")
 
 
