@@ -16,6 +16,15 @@ SHARED = REPO.parent / "shared"
 TINY = ["--rounds", "3", "--epochs-per-round", "2", "--quiet", "--device", "cpu"]
 
 
+def one_error_line(res) -> str:
+    """A CLI result that failed with exit 2 and exactly one stderr line (no traceback)."""
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 2, res.output
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.output
+    return lines[0]
+
+
 class Cli:
     def __init__(self) -> None:
         self.runner = CliRunner()
@@ -27,6 +36,17 @@ class Cli:
 @pytest.fixture
 def cli() -> Cli:
     return Cli()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny bench cells run fastest on one thread (and do not fight other processes for cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -8,16 +8,7 @@ import pytest
 
 from flexsample.workflows.bench import CSV_COLUMNS, summarise
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny cells run fastest on one thread (and do not fight other processes for cores)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 GRID = [

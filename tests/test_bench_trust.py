@@ -31,15 +31,7 @@ from flexsample.workflows.config import RunConfig
 TINY_CELL = ["--epochs-per-round", "1", "--device", "cpu", "--estimator", "random"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny cells run fastest on one thread (and do not fight other processes for cores)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def bench(cli, out: Path, *args: str, rounds: int = 2):

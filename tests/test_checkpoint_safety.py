@@ -286,7 +286,7 @@ def crafted_copy(tiny_run: Path, tmp_path: Path, marker: Path, *names: str) -> P
 
 
 def test_eval_refuses_a_crafted_best_pt(cli, tiny_run: Path, tmp_path: Path) -> None:
-    from .test_cli import one_error_line
+    from .conftest import one_error_line
 
     marker = tmp_path / "marker.txt"
     run = crafted_copy(tiny_run, tmp_path, marker, "best.pt")
@@ -296,7 +296,7 @@ def test_eval_refuses_a_crafted_best_pt(cli, tiny_run: Path, tmp_path: Path) -> 
 
 
 def test_resume_refuses_crafted_checkpoints(cli, tiny_run: Path, tmp_path: Path) -> None:
-    from .test_cli import one_error_line
+    from .conftest import one_error_line
 
     marker = tmp_path / "marker.txt"
     run = crafted_copy(tiny_run, tmp_path, marker, "checkpoint.pt", "checkpoint.prev.pt")

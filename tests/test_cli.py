@@ -10,15 +10,7 @@ import pytest
 
 from flexsample import __version__
 
-from .conftest import TINY
-
-
-def one_error_line(res) -> str:
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert res.exit_code == 2, res.output
-    assert len(lines) == 1, res.stderr
-    assert "Traceback" not in res.output
-    return lines[0]
+from .conftest import TINY, one_error_line
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,7 @@ from pydantic import ValidationError
 
 from flexsample.workflows.config import NUMERIC_FIELDS, RunConfig, field_range
 
-
-def one_error_line(res) -> str:
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert res.exit_code == 2, res.output
-    assert len(lines) == 1, res.stderr
-    assert "Traceback" not in res.output
-    return lines[0]
+from .conftest import one_error_line
 
 
 @pytest.mark.parametrize(

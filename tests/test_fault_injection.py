@@ -224,7 +224,7 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path: Path) -> None:
 
 
 def test_scoring_oom_on_the_command_line_is_one_line(cli, tmp_path: Path, fault) -> None:
-    from .test_cli import one_error_line
+    from .conftest import one_error_line
 
     fault("scoring:oom@1,scoring:oom@2")
     line = one_error_line(cli("run", *TINY, "--score-batch-size", "64", "--out", tmp_path / "r"))

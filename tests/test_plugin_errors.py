@@ -31,8 +31,7 @@ from flexsample.engine.validation import (
     select_anchors,
 )
 
-from .conftest import TINY
-from .test_cli import one_error_line
+from .conftest import TINY, one_error_line
 
 HEADER = """\
 import numpy as np

@@ -14,8 +14,7 @@ import pytest
 from flexsample.engine import faults
 from flexsample.workflows import rundir
 
-from .conftest import TINY
-from .test_cli import one_error_line
+from .conftest import TINY, one_error_line
 
 
 @pytest.fixture(autouse=True)

@@ -16,19 +16,12 @@ from flexsample.datasets.safe_load import load_label_dict, load_name_array
 from flexsample.datasets.splits import make_splits, train_counts, write_splits
 from flexsample.engine.errors import FlexsampleError
 
+from .conftest import one_error_line
 from .test_splits_generator import COLUMNS, write_csv
 
 
 def invoke(*args: str | Path):
     return CliRunner().invoke(app, ["splits", *map(str, args)])
-
-
-def one_error_line(res) -> str:
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert res.exit_code == 2, res.output
-    assert len(lines) == 1, res.stderr
-    assert "Traceback" not in res.output
-    return lines[0]
 
 
 def labels_per_class(per_class: int) -> dict[str, int]:
