@@ -394,6 +394,20 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _try_load(path: Path, problems: list[str] | None) -> Any:
+    """The checkpoint at `path`, or None (adding why to `problems` when given)."""
+    if not path.exists():
+        if problems is not None:
+            problems.append(f"{path.name} is missing")
+        return None
+    try:
+        return load_checkpoint(path)
+    except FlexsampleError as exc:
+        if problems is not None:
+            problems.append(f"{path.name} is damaged ({_reason(exc)})")
+        return None
+
+
 def recover_checkpoint(path: str | os.PathLike) -> tuple[Any, str]:
     """The newest usable state among `path`, complete temp files and `<name>.prev.pt`.
 
@@ -407,30 +421,12 @@ def recover_checkpoint(path: str | os.PathLike) -> tuple[Any, str]:
     problems: list[str] = []
     state: Any = None
     used: Path | None = None
-    if path.exists():
-        try:
-            state, used = load_checkpoint(path), path
-        except FlexsampleError as exc:
-            problems.append(f"{path.name} is damaged ({_reason(exc)})")
-    else:
-        problems.append(f"{path.name} is missing")
     temps = temp_paths(path) if path.parent.is_dir() else []
-    if used is None:
-        for tmp in temps:
-            try:
-                state, used = load_checkpoint(tmp), tmp
-                break
-            except FlexsampleError:
-                continue
-    if used is None:
-        prev = prev_path(path)
-        if prev.exists():
-            try:
-                state, used = load_checkpoint(prev), prev
-            except FlexsampleError as exc:
-                problems.append(f"{prev.name} is damaged ({_reason(exc)})")
-        else:
-            problems.append(f"{prev.name} is missing")
+    for candidate, say in [(path, True), *((t, False) for t in temps), (prev_path(path), True)]:
+        loaded = _try_load(candidate, problems if say else None)
+        if loaded is not None:
+            state, used = loaded, candidate
+            break
     if used is None:
         raise FlexsampleError(
             f"no usable checkpoint in {path.parent}: {'; '.join(problems)}; pass --overwrite "

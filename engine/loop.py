@@ -114,7 +114,9 @@ class Curriculum:
             raise FlexsampleError(f"--rounds must be >= 1, got {rounds}")
         if epochs_per_round < 1:
             raise FlexsampleError(f"--epochs-per-round must be >= 1, got {epochs_per_round}")
-        schedule.validate(rounds, epochs_per_round)
+        from .validation import plugin_call  # a plugin's exception names the plugin
+
+        plugin_call("policy", schedule, "validate", rounds, epochs_per_round)
         self.pool = pool
         self.schedule = schedule
         self.allocation = allocation
@@ -326,6 +328,22 @@ class Curriculum:
             save_atomic(self.checkpoint_dir / "best.pt", payload)
 
     # -- checkpoints ---------------------------------------------------------------------------
+    def _components(self) -> list[tuple[str, str, Any]]:
+        """(checkpoint key, plugin kind, object) of the pluggable components with state."""
+        return [
+            ("schedule", "policy", self.schedule),
+            ("allocation", "allocation", self.allocation),
+            ("estimator", "estimator", self.estimator),
+        ]
+
+    def _component_states(self) -> dict[str, Any]:
+        from .validation import plugin_call  # a plugin's exception names the plugin
+
+        return {
+            key: plugin_call(kind, component, "state_dict")
+            for key, kind, component in self._components()
+        }
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
@@ -335,9 +353,7 @@ class Curriculum:
             "epochs_per_round": self.epochs_per_round,
             "seed": self.seed,
             "pool": self.pool.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "allocation": self.allocation.state_dict(),
-            "estimator": self.estimator.state_dict(),
+            **self._component_states(),
             "learner": self.learner.state_dict(),
             "history": [asdict(v) for v in self.history],
             "records": [r.to_json() for r in self.records],
@@ -372,9 +388,10 @@ class Curriculum:
         self.step = int(state["step"])
         self.anchor_size = int(state["anchor_size"])
         self.pool.load_state_dict(state["pool"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.allocation.load_state_dict(state["allocation"])
-        self.estimator.load_state_dict(state["estimator"])
+        from .validation import plugin_call
+
+        for key, kind, component in self._components():
+            plugin_call(kind, component, "load_state_dict", state[key])
         self.learner.load_state_dict(state["learner"])
         self.history = [
             ValRecord(h["epoch"], h["balanced_accuracy"], tuple(h["per_class_recall"]))

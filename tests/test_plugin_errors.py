@@ -156,6 +156,18 @@ RAISING = {
         ["--policy", "{name}"],
         "policy '{name}' raised AttributeError: no attribute 'rounds' in validate()",
     ),
+    "policy-state-dict": (
+        """
+        from flexsample.engine.registries import get_policy
+
+        @register_policy("{name}")
+        class Boom(type(get_policy("linear"))):
+            def state_dict(self):
+                raise RuntimeError("no state")
+        """,
+        ["--policy", "{name}"],
+        "policy '{name}' raised RuntimeError: no state in state_dict()",
+    ),
     "allocation-quotas": (
         """
         @register_allocation("{name}")
@@ -553,3 +565,29 @@ def test_an_entry_point_cannot_take_a_builtin_name(cli, write_plugin, monkeypatc
         f"error: plugin entry point 'ep-clash = {module}' in group flexsample.estimators "
         "registers estimator 'margin', which is a built-in name; choose another name"
     )
+
+
+def test_an_exception_in_a_plugins_load_state_dict_names_it(write_plugin):
+    """Resume restores a plugin's state through the same guard as its other methods."""
+    from flexsample.engine.registries import get_estimator
+
+    from .test_loop import make_loop
+
+    module = write_plugin(
+        """
+        @register_estimator("pe-no-restore")
+        class Boom(Estimator):
+            needs = frozenset({"probs"})
+            def score(self, ctx, candidates):
+                return np.zeros(len(candidates))
+            def load_state_dict(self, state):
+                raise ValueError("cannot restore")
+        """
+    )
+    import_plugin(module)
+    loop, _ = make_loop()
+    state = loop.state_dict()
+    loop.estimator = get_estimator("pe-no-restore")
+    with pytest.raises(PluginError, match=r"estimator 'pe-no-restore' raised ValueError: "
+                       r"cannot restore in load_state_dict\(\)"):
+        loop.load_state_dict(state)
