@@ -270,7 +270,7 @@ def save_atomic(path: str | os.PathLike, obj: Any, rotate: bool = False) -> None
     payload = _wrap(obj)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = temp_beside(path, ".tmp")
     except OSError as exc:
         raise _write_error(path, exc) from exc
     try:
@@ -278,7 +278,6 @@ def save_atomic(path: str | os.PathLike, obj: Any, rotate: bool = False) -> None
             torch.save(payload, _FaultWriter(fh))
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; honour the umask like open()
         fault_point("checkpoint-rename")
         if rotate and path.exists():
             os.replace(path, prev_path(path))
@@ -290,6 +289,19 @@ def save_atomic(path: str | os.PathLike, obj: Any, rotate: bool = False) -> None
         if os_error is not None:
             raise _write_error(path, os_error) from os_error
         raise
+
+
+def temp_beside(path: Path, suffix: str = "") -> tuple[int, str]:
+    """A temporary file `.<name>.<random><suffix>` next to `path`, with the mode a plain new
+    file would get (mkstemp makes 0600; every output of a run honours the umask instead)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, tmp
 
 
 def _os_error(exc: BaseException) -> OSError | None:

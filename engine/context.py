@@ -18,6 +18,7 @@ Fault point (`engine.faults`): `scoring`, once per context, after its first comp
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -387,8 +388,6 @@ def _available_ram() -> int:
     except (OSError, ValueError, IndexError):
         pass
     try:
-        import os
-
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, OSError, ValueError):
         return 4 << 30  # unknown: assume 4 GiB available

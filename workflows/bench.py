@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import ctypes
-import hashlib
 import json
 import math
 import os
@@ -43,7 +42,7 @@ from flexsample._version import __version__
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.faults import fault_point
 
-from .config import RunConfig, validate_config
+from .config import RunConfig, stable_hash, validate_config
 from .outputs import RESULTS, ROUNDS, write_json
 
 BASELINES: dict[str, dict[str, Any]] = {
@@ -111,10 +110,7 @@ SUMMARY_KEYS = (
 def config_hash(config: RunConfig | dict[str, Any], version: str = __version__) -> str:
     """A cell's key: sha256 of its resolved configuration (sorted JSON) and flexsample version."""
     values = config.model_dump(mode="json") if isinstance(config, RunConfig) else config
-    doc = json.dumps(
-        {"config": values, "flexsample_version": version}, sort_keys=True, separators=(",", ":")
-    )
-    return hashlib.sha256(doc.encode("utf-8")).hexdigest()
+    return stable_hash({"config": values, "flexsample_version": version})
 
 
 @dataclass

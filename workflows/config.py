@@ -8,6 +8,7 @@ boolean is never read as a number (`seed = true` is a type error, not seed 1).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -207,6 +208,12 @@ class RunConfig(BaseModel):
 
 
 FIELD_NAMES = tuple(RunConfig.model_fields)
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of `obj` as sorted, compact JSON: the same config gives the same key anywhere."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 # field -> int or float, for the numeric fields (their optional forms included)
 NUMERIC_FIELDS: dict[str, type] = {
     name: kind

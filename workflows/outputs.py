@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from flexsample.engine.checkpoint import temp_beside
 from flexsample.engine.loop import Callback, QueryResult, StepRecord
 from flexsample.engine.pool import Pool
 
@@ -23,48 +24,22 @@ CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 
 
-def current_umask() -> int:
-    """The process umask, read without changing it where Linux allows (else set and restored)."""
+def _write_atomic(path: Path, write: Callable[[BinaryIO], object], suffix: str = "") -> None:
+    """Write through a temporary file beside `path`, then rename it into place."""
+    fd, tmp = temp_beside(path, suffix)
     try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def file_mode() -> int:
-    """The mode `open()` would give a new file: 0o666 less the umask (mkstemp gives 0o600)."""
-    return 0o666 & ~current_umask()
-
-
-def _mkstemp(path: Path, suffix: str = "") -> tuple[int, str]:
-    """A temporary file beside `path` with the permissions a plain new file would get."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    try:
-        os.fchmod(fd, file_mode())
-    except BaseException:
-        os.close(fd)
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return fd, tmp
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write (temporary file + rename), honouring the umask."""
-    fd, tmp = _mkstemp(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, default=_jsonable)
-            fh.write("\n")
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write, honouring the umask."""
+    text = json.dumps(obj, indent=2, default=_jsonable) + "\n"
+    _write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -76,15 +51,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Atomic .npz write (temporary file + rename), honouring the umask."""
-    fd, tmp = _mkstemp(path, suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic .npz write, honouring the umask."""
+    _write_atomic(path, lambda fh: np.savez(fh, **arrays), ".npz")
 
 
 class RunRecorder(Callback):

@@ -43,7 +43,7 @@ from flexsample.training.trainer import TrainConfig, Trainer
 
 from . import outputs as out_files
 from . import rundir
-from .config import RunConfig
+from .config import RunConfig, stable_hash
 from .plots import plot_curves
 from .progress import Reporter
 
@@ -247,7 +247,7 @@ def _meta(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "run_id": doc["run_id"],
         "config": doc["config"],
-        "config_hash": rundir.config_hash(doc["config"]),
+        "config_hash": stable_hash(doc["config"]),
     }
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shlex
@@ -25,6 +24,7 @@ from typing import Any
 from flexsample.engine.errors import FlexsampleError
 
 from . import outputs as out_files
+from .config import stable_hash
 
 MARKER = ".flexsample-run"
 LOCK = ".flexsample.lock"
@@ -66,12 +66,6 @@ ENVIRONMENT_ERRNOS = frozenset(
 def resume_command(out: Path) -> str:
     """The exact command that continues the run in `out`."""
     return f"flexsample run --out {shlex.quote(str(out))} --resume"
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """A stable hash of a run's config dict (stored in every checkpoint's meta)."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _is_own_file(name: str) -> bool:
@@ -336,7 +330,7 @@ def check_checkpoint_meta(out: Path, doc: dict[str, Any], meta: dict[str, Any] |
             f"the checkpoint in {out} belongs to another run (run id {meta['run_id']}, this "
             f"folder's config.json says {run_id}){detail}; resume only a run's own checkpoint"
         )
-    if meta.get("config_hash") and meta["config_hash"] != config_hash(saved):
+    if meta.get("config_hash") and meta["config_hash"] != stable_hash(saved):
         shown = "; ".join(diff) if diff else "(formatting only)"
         raise FlexsampleError(
             f"{out / out_files.CONFIG} was edited after the run started (checkpoint -> "
