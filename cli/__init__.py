@@ -44,15 +44,19 @@ def interrupt_exit_code(exc: BaseException) -> int:
     return EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
 
 
+def interrupt_name(exc: BaseException) -> str:
+    """How an interrupt is named in its one line."""
+    return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+
+
 @contextlib.contextmanager
 def startup_guard() -> Iterator[None]:
     """An interrupt during start-up: one line and the signal's exit code, never a traceback."""
     try:
         yield
     except KeyboardInterrupt as exc:
-        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         with contextlib.suppress(Exception):
-            sys.stderr.write(f"{what} during start-up; nothing was written\n")
+            sys.stderr.write(f"{interrupt_name(exc)} during start-up; nothing was written\n")
         raise SystemExit(interrupt_exit_code(exc)) from None
 
 

@@ -2,49 +2,40 @@
 
 Every failure ends as one line on stderr: bad input and file-system errors exit 2, usage
 errors (click's) too, bugs exit 1 ("internal error"), Ctrl-C 130 and SIGTERM 143, at any
-moment, start-up included (the imports below run under `startup_guard`).
+moment, start-up included (the console script, `flexsample.cli:main`, imports this module
+under `startup_guard`).
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
+import inspect
+import json
 import sys
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
 
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from flexsample._version import __version__
 from flexsample.cli import (
-    Terminated,
     install_signal_handlers,
     interrupt_exit_code,
+    interrupt_name,
     sigterm_received,
-    startup_guard,
 )
+from flexsample.engine.errors import FlexsampleError
+from flexsample.workflows.config import RunConfig
 
-if os.path.basename(sys.argv[0]) == "flexsample" or sys.argv[0].endswith("__main__.py") and (
-    os.path.basename(os.path.dirname(sys.argv[0])) == "flexsample"
-):
-    install_signal_handlers()  # the command line: SIGTERM from the start of the imports
-
-with startup_guard():
-    import contextlib
-    import inspect
-    import json
-    import time
-    import traceback
-    from collections.abc import Iterator
-    from pathlib import Path
-    from typing import Any, Literal, get_args, get_origin
-
-    import typer
-    from rich.console import Console
-    from typer.core import TyperGroup
-
-    from flexsample._version import __version__
-    from flexsample.engine.errors import FlexsampleError
-    from flexsample.workflows.config import RunConfig
-
-    try:  # typer >= 0.29 carries its own copy of click
-        from typer._click import exceptions as click_errors
-    except ImportError:  # pragma: no cover - older typer on the click package
-        from click import exceptions as click_errors
+try:  # typer >= 0.29 carries its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer on the click package
+    from click import exceptions as click_errors
 
 
 class OneLineErrors(TyperGroup):
@@ -136,7 +127,7 @@ def user_errors(debug: bool) -> Iterator[None]:
     except KeyboardInterrupt as exc:
         if debug:
             traceback.print_exc()
-        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        what = interrupt_name(exc)
         out = getattr(exc, "resume_out", None)
         tail = f"; resume with: {resume_command(out)}" if out is not None else ""
         err_console.print(f"{what}{tail}", highlight=False, soft_wrap=True, markup=False)

@@ -112,9 +112,9 @@ def bench(
                     ),
                 )
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
-            from flexsample.cli import Terminated, interrupt_exit_code
+            from flexsample.cli import interrupt_exit_code, interrupt_name
 
-            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            what = interrupt_name(exc)
             done = sum(finished(c) is not None for c in cells)
             err_console.print(
                 f"[bold red]{what}:[/bold red] {done} of {len(cells)} cells finished and kept "
