@@ -25,7 +25,12 @@ import torch
 
 from flexsample._version import __version__
 from flexsample.datasets.base import LTDataset, build_dataset
-from flexsample.engine.checkpoint import load_checkpoint, recover_checkpoint
+from flexsample.engine.checkpoint import (
+    load_checkpoint,
+    prev_path,
+    recover_checkpoint,
+    temp_paths,
+)
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.faults import fault_point
 from flexsample.engine.interfaces import Allocation, Anchors, Estimator, Schedule, ValRecord
@@ -278,11 +283,13 @@ def _annotated(exc: BaseException, out: Path, watch: _CheckpointWatch) -> BaseEx
     return exc
 
 
-def _has_checkpoint(out: Path) -> bool:
-    """Whether `out` holds a checkpoint file (the watch may lag the file by a callback)."""
-    return any(
-        (out / name).is_file() for name in (out_files.CHECKPOINT, "checkpoint.prev.pt")
-    )
+def _has_checkpoint(out: Path, temps: bool = False) -> bool:
+    """Whether `out` holds a checkpoint file (the watch may lag the file by a callback);
+    with `temps`, a complete temporary one left by a crash counts too."""
+    path = out / out_files.CHECKPOINT
+    if path.is_file() or prev_path(path).is_file():
+        return True
+    return temps and out.is_dir() and bool(temp_paths(path))
 
 
 def _train_and_report(
@@ -319,7 +326,7 @@ def _resume(
     """Continue the run in `out` from its checkpoint, under the run folder's lock."""
     t_start = time.perf_counter()
     doc = rundir.read_config_document(out)
-    if not any(out.glob("checkpoint*.pt")) and not any(out.glob(".checkpoint.pt.*.tmp")):
+    if not _has_checkpoint(out, temps=True):
         raise FlexsampleError(
             f"{out} has no checkpoint to resume from (the run stopped before its first epoch "
             "ended); start it again with --overwrite"
