@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from flexsample.engine.errors import FlexsampleError
-from flexsample.workflows.bench import (
-    BASELINES,
-    finished,
-    plan_cells,
-    run_grid,
-    unkeyed_runs,
-    write_summary,
-)
+from flexsample.workflows.bench import BASELINES
 from flexsample.workflows.config import RunConfig
+from flexsample.workflows.launchers import LAUNCHERS
 
 
 def split_list(value: str | None, flag: str, cast: type = str) -> list[Any] | None:
@@ -34,6 +27,19 @@ def split_list(value: str | None, flag: str, cast: type = str) -> list[Any] | No
         ) from None
 
 
+LAUNCHER_FLAGS = {  # flag -> the launchers it applies to
+    "--cells-per-gpu": ("local",),
+    "--address": ("ray",),
+    "--partition": ("slurm",),
+    "--time": ("slurm",),
+    "--slurm-array-parallelism": ("slurm",),
+    "--slurm-extra": ("slurm",),
+    "--no-wait": ("slurm",),
+    "--gpus-per-cell": ("ray", "slurm"),
+}
+LAUNCH = "Launching"
+
+
 def bench(
     ctx: typer.Context,
     estimators: str = typer.Option(None, help="comma-separated estimators to sweep"),
@@ -44,110 +50,275 @@ def bench(
     baselines: str = typer.Option(
         None, help=f"comma-separated baseline recipes: {', '.join(BASELINES)}"
     ),
-    out: Path = typer.Option(Path("bench"), help="folder for the cells and the summary"),
-    jobs: int = typer.Option(1, min=1, help="cells run in parallel (CPU processes)"),
+    out: Path = typer.Option(
+        Path("bench"),
+        help="folder for the cells and the summary; with ray or slurm it must be on a "
+        "filesystem every worker sees (checked: a cell that cannot see it fails saying so)",
+    ),
     config: Path = typer.Option(None, help="base run config (TOML, YAML or JSON)"),
+    launcher: str = typer.Option(
+        "local",
+        help="where cells run: local (this machine), ray (a Ray cluster, or a local Ray "
+        "runtime when none is running) or slurm (one submitit job array)",
+        rich_help_panel=LAUNCH,
+    ),
+    jobs: int = typer.Option(
+        1,
+        help="local: cells at once; with G GPUs each cell gets its own GPU (jobs <= G x "
+        "--cells-per-gpu), and the cores are split between the cells",
+        rich_help_panel=LAUNCH,
+    ),
+    cells_per_gpu: int = typer.Option(
+        1, help="local: cells sharing one GPU", rich_help_panel=LAUNCH
+    ),
+    cpus_per_cell: int = typer.Option(
+        None,
+        help="threads (CPU cores) per cell [default: local: cores / jobs; ray, slurm: 1]; "
+        "CPU results depend on it, so keep it fixed to compare launchers",
+        rich_help_panel=LAUNCH,
+    ),
+    gpus_per_cell: float = typer.Option(
+        None,
+        help="ray: GPUs per cell, a fraction such as 0.5 shares one, 0 (default) = the cell "
+        "sees no GPU; slurm: whole GPUs per cell",
+        rich_help_panel=LAUNCH,
+    ),
+    retries: int = typer.Option(
+        1, help="times a failed cell is retried before it counts as failed",
+        rich_help_panel=LAUNCH,
+    ),
+    address: str = typer.Option(
+        None,
+        help="ray: the cluster, auto or ray://HOST:PORT [default: RAY_ADDRESS, else a new "
+        "local runtime]",
+        rich_help_panel=LAUNCH,
+    ),
+    partition: str = typer.Option(None, help="slurm: the partition", rich_help_panel=LAUNCH),
+    time_limit: str = typer.Option(
+        None, "--time",
+        help="slurm (required there): time limit per cell, HH:MM:SS or D-HH:MM:SS",
+        rich_help_panel=LAUNCH,
+    ),
+    slurm_array_parallelism: int = typer.Option(
+        None, help="slurm: at most this many array tasks at once", rich_help_panel=LAUNCH
+    ),
+    slurm_extra: list[str] = typer.Option(
+        None, help="slurm: extra sbatch parameter KEY=VALUE (repeatable)",
+        rich_help_panel=LAUNCH,
+    ),
+    wait: bool = typer.Option(
+        True, "--wait/--no-wait",
+        help="slurm: wait for the array; --no-wait returns after submitting, and the same "
+        "command later collects and summarises",
+        rich_help_panel=LAUNCH,
+    ),
+    log_to: str = typer.Option(
+        None,
+        help="experiment trackers for every cell: tensorboard, mlflow, wandb, csv (any subset, "
+        "comma-separated); cells are grouped by the --out folder's name (MLflow experiment, "
+        "W&B group, a sub-folder of --log-dir)",
+    ),
+    log_dir: Path = typer.Option(
+        None, help="TensorBoard / CSV logs [default: inside each cell's folder]"
+    ),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Benchmark a grid of estimators x policies x datasets x ratios x seeds and baselines.
 
-    Any other `flexsample run` flag (e.g. --rounds 4 --allocation difficulty) applies to every
-    cell. Each cell is keyed on a hash of its resolved configuration and the flexsample
-    version, kept in its folder name (seed0-<hash>) and its cell.json: a finished cell is
-    reused only when that hash matches, so an interrupted bench resumes where it stopped, while
-    the same grid with other flags (say --rounds 2 after --rounds 5) runs into new folders and
-    never reports the old cells as the new ones. A cell counts as finished only once cell.json
-    says so (written last): a killed or failed cell is rerun.
+    Any other `flexsample run` flag (e.g. --rounds 4 --allocation difficulty) applies to every cell. Each cell is keyed on a hash of its resolved configuration and the flexsample version, kept in its folder name (seed0-<hash>) and its cell.json: a finished cell is reused only when that hash matches, so an interrupted bench resumes where it stopped, while the same grid with other flags runs into new folders and never reports the old cells as the new ones.
 
-    Writes bench.csv, summary.md and summary.png under --out. They cover every finished cell
-    under --out, this grid's and those earlier grids left there (in_grid = no, marked with †):
-    bench.csv has one row per cell with its config_hash and, as columns, the flags that differ
-    between cells of one method; the summary groups by method plus those flags. Ctrl-C stops
-    the grid (running cells are rerun next time, finished ones are kept), exit code 130;
-    with --jobs N the worker processes also stop when the bench process dies.
-    """
+    Cells run on this machine (--launcher local, --jobs N: one GPU per cell when there are GPUs), on a Ray cluster (--launcher ray) or as a Slurm job array (--launcher slurm); the same grid gives the same results whatever the launcher at the same --cpus-per-cell. A failed cell is recorded (bench.csv status failed, with its error), retried up to --retries times, and the rest of the grid goes on; the exit code is then 1 (2 when every failure was bad input, such as a plugin that raised).
+
+    Writes bench.csv, summary.md and summary.png under --out, over every finished cell there (this grid's and earlier grids', marked in_grid = no and †). Ctrl-C cancels the running cells (rerun next time; finished ones are kept), exit code 130.
+    """  # noqa: E501 (typer keeps line breaks: one line per paragraph)
     from .app import console, err_console, user_errors
 
     with user_errors(debug):
         import sys
 
+        from flexsample.workflows.bench import run_bench
         from flexsample.workflows.config import resolve_config
-        from flexsample.workflows.run import build_components, load_plugins
 
-        from .console import progress_bars
-
+        given = {
+            "--cells-per-gpu": cells_per_gpu != 1,
+            "--address": address is not None,
+            "--partition": partition is not None,
+            "--time": time_limit is not None,
+            "--slurm-array-parallelism": slurm_array_parallelism is not None,
+            "--slurm-extra": bool(slurm_extra),
+            "--no-wait": not wait,
+            "--gpus-per-cell": gpus_per_cell is not None,
+        }
+        if launcher not in LAUNCHERS:
+            raise FlexsampleError(
+                f"unknown --launcher '{launcher}'; accepted: {', '.join(LAUNCHERS)}"
+            )
+        for flag, used in given.items():
+            if used and launcher not in LAUNCHER_FLAGS[flag]:
+                raise FlexsampleError(
+                    f"{flag} applies to --launcher {' or '.join(LAUNCHER_FLAGS[flag])}, "
+                    f"not {launcher}"
+                )
+        if jobs != 1 and launcher != "local":
+            raise FlexsampleError(
+                f"--jobs applies to --launcher local; with {launcher}, the cluster runs as "
+                "many cells at once as its resources allow"
+            )
+        options: dict[str, Any] = {}
+        if launcher == "ray":
+            options = {"address": address, "gpus_per_cell": gpus_per_cell or 0.0}
+        elif launcher == "slurm":
+            options = {
+                "partition": partition,
+                "gpus_per_cell": gpus_per_cell or 0.0,
+                "time": time_limit,
+                "array_parallelism": slurm_array_parallelism,
+                "extra": parse_key_values(slurm_extra or [], "--slurm-extra"),
+                "wait": wait,
+            }
         flags = _passthrough_flags(ctx)
         base = resolve_config(config, flags)
-        cells = plan_cells(
-            base,
-            out,
-            split_list(estimators, "--estimators"),
-            split_list(policies, "--policies"),
-            split_list(datasets, "--datasets"),
-            split_list(imbalance_ratios, "--imbalance-ratios", float),
-            split_list(seeds, "--seeds", int),
-            split_list(baselines, "--baselines"),
-        )
-        load_plugins(base.plugin)
-        for cell in cells:  # every name checked before the first cell runs
-            build_components(cell.config)
-        out.mkdir(parents=True, exist_ok=True)
-        todo = [c for c in cells if finished(c) is None]
-        console.print(
-            f"{len(cells)} cells, {len(cells) - len(todo)} already finished, {len(todo)} to run "
-            f"({jobs} job{'s' if jobs > 1 else ''})"
-        )
+        bars = _GridBars(console)
+        planned: list[Any] = []
+
+        def on_plan(cells: list[Any], todo: list[Any], lau: Any) -> None:
+            planned.extend(cells)
+            where = f"{jobs} job{'s' if jobs > 1 else ''}" if launcher == "local" else launcher
+            console.print(
+                f"{len(cells)} cells, {len(cells) - len(todo)} already finished, "
+                f"{len(todo)} to run ({where})"
+            )
+            note = getattr(lau, "note", "")
+            if note:
+                console.print(note, highlight=False, markup=False)
+            bars.start(len(todo))
+
         try:
-            progress = progress_bars(console, "cell {task.completed}/{task.total}")
-            with progress:
-                task = progress.add_task("bench", total=len(todo), info="")
-                run_grid(
-                    todo,
-                    jobs,
-                    on_start=lambda c: progress.update(
-                        task, info=f"{c.method} seed {c.config.seed}"
-                    ),
-                    on_done=lambda c: progress.update(
-                        task, advance=1, info=f"done {c.method} seed {c.config.seed}"
-                    ),
+            with bars:
+                result = run_bench(
+                    base,
+                    out,
+                    estimators=split_list(estimators, "--estimators"),
+                    policies=split_list(policies, "--policies"),
+                    datasets=split_list(datasets, "--datasets"),
+                    imbalance_ratios=split_list(imbalance_ratios, "--imbalance-ratios", float),
+                    seeds=split_list(seeds, "--seeds", int),
+                    baselines=split_list(baselines, "--baselines"),
+                    launcher=launcher,
+                    jobs=jobs,
+                    cells_per_gpu=cells_per_gpu,
+                    cpus_per_cell=cpus_per_cell,
+                    retries=retries,
+                    launcher_options=options,
+                    on_progress=bars.update,
+                    on_plan=on_plan,
+                    command="flexsample " + " ".join(sys.argv[1:]),
+                    log_to=_trackers(log_to),
+                    log_dir=log_dir,
                 )
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
             from flexsample.cli import interrupt_exit_code, interrupt_name
+            from flexsample.workflows.bench import finished
 
             what = interrupt_name(exc)
-            done = sum(finished(c) is not None for c in cells)
+            done = sum(finished(c) is not None for c in planned)
             err_console.print(
-                f"[bold red]{what}:[/bold red] {done} of {len(cells)} cells finished and kept "
-                f"in {out}; rerun the same command to run the rest",
+                f"[bold red]{what}:[/bold red] running cells cancelled; {done} of "
+                f"{len(planned)} cells finished and kept in {out}; rerun the same command to "
+                "run the rest",
                 highlight=False,
                 soft_wrap=True,
             )
             raise typer.Exit(interrupt_exit_code(exc)) from None
-        except BrokenProcessPool:
-            err_console.print(
-                "[bold red]error:[/bold red] a bench worker process died (killed by a signal "
-                "or the out-of-memory killer); finished cells are kept, the interrupted ones "
-                "will rerun: rerun the same command, with fewer --jobs if memory ran out",
-                highlight=False,
-                soft_wrap=True,
-            )
-            raise typer.Exit(1) from None
-        info = write_summary(out, cells, "flexsample " + " ".join(sys.argv[1:]))
-        from rich.markdown import Markdown
+        _print_outcome(console, err_console, result)
 
-        console.print(Markdown((out / "summary.md").read_text()))
-        if info.other_cells:
-            console.print(
-                f"{info.other_cells} finished cell(s) of other configurations under {out} are "
-                "listed too (in_grid = no, † in summary.md)"
-            )
-        stale = unkeyed_runs(out)
-        if stale:
-            console.print(
-                f"{len(stale)} run folder(s) under {out} have no finished cell.json (an older "
-                f"flexsample or a cell that did not finish, e.g. {stale[0]}): not reported"
-            )
-        console.print(f"bench outputs in [bold]{out}[/bold]: bench.csv, summary.md, summary.png")
+
+def _print_outcome(console: Any, err_console: Any, result: Any) -> None:
+    from rich.markdown import Markdown
+
+    from flexsample.workflows.bench import unkeyed_runs
+
+    out, info, report = result.out, result.summary, result.report
+    console.print(Markdown((out / "summary.md").read_text()))
+    if info.other_cells:
+        console.print(
+            f"{info.other_cells} finished cell(s) of other configurations under {out} are "
+            "listed too (in_grid = no, † in summary.md)"
+        )
+    stale = unkeyed_runs(out)
+    if stale:
+        console.print(
+            f"{len(stale)} run folder(s) under {out} have no finished cell.json (an older "
+            f"flexsample or a cell that did not finish, e.g. {stale[0]}): not reported"
+        )
+    console.print(f"bench outputs in [bold]{out}[/bold]: bench.csv, summary.md, summary.png")
+    if report.pending:
+        console.print(
+            f"{len(report.pending)} cells submitted and not finished yet (--no-wait); rerun "
+            "the same command to wait for them and summarise",
+            highlight=False,
+        )
+    if report.failed:
+        cell, outcome = report.failed[0]
+        more = len(report.failed) - 1
+        others = f" (and {more} more)" if more else ""
+        err_console.print(
+            f"[bold red]error:[/bold red] {len(report.failed)} of {len(result.cells)} cells "
+            f"failed after every retry: cell {cell.label}: {outcome.error}{others}; bench.csv "
+            "has each error (status failed) and each cell's cell.json its traceback; rerun "
+            "the same command to retry them",
+            highlight=False,
+            soft_wrap=True,
+        )
+        user = all(o.user_error for _, o in report.failed)
+        raise typer.Exit(2 if user else 1)
+
+
+def _trackers(text: str | None) -> list[str]:
+    if text is None:
+        return []
+    from flexsample.integrations.trackers import parse_log_to
+
+    return parse_log_to(text)
+
+
+def parse_key_values(items: list[str], flag: str) -> dict[str, str]:
+    """['mem=32G', 'qos=high'] -> {'mem': '32G', 'qos': 'high'}; a malformed item is one line."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise FlexsampleError(f"{flag} '{item}' must be KEY=VALUE, e.g. {flag} mem=32G")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+class _GridBars:
+    """The bench's progress: cells done of the grid, running, failed and retried, with ETA."""
+
+    def __init__(self, console: Any) -> None:
+        from .console import progress_bars
+
+        self.progress = progress_bars(console, "cells {task.completed}/{task.total}")
+        self.task: Any = None
+
+    def __enter__(self) -> _GridBars:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def start(self, total: int) -> None:
+        self.task = self.progress.add_task("bench", total=total, info="")
+
+    def update(self, p: Any) -> None:
+        if self.task is None:
+            return
+        cell = p.cell
+        what = f"{p.event} {cell.method} seed {cell.config.seed}" if cell is not None else p.event
+        info = f"running {p.running} · failed {p.failed} · retried {p.retries} · {what}"
+        self.progress.update(self.task, completed=p.done + p.failed, info=info)
 
 
 def _passthrough_flags(ctx: typer.Context) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from flexsample.workflows.bench import CSV_COLUMNS, summarise
+from flexsample.workflows.bench_summary import CSV_COLUMNS, summarise
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -17,15 +17,8 @@ from pathlib import Path
 import pytest
 
 from flexsample.engine import faults
-from flexsample.workflows.bench import (
-    CELL_FILE,
-    CellRecord,
-    config_hash,
-    error_bars,
-    read_cell,
-    summarise,
-    varying_flags,
-)
+from flexsample.workflows.bench import CELL_FILE, CellRecord, config_hash, read_cell
+from flexsample.workflows.bench_summary import error_bars, summarise, varying_flags
 from flexsample.workflows.config import RunConfig
 
 TINY_CELL = ["--epochs-per-round", "1", "--device", "cpu", "--estimator", "random"]
@@ -168,20 +161,36 @@ def test_killed_cell_is_rerun_not_reported(cli, tmp_path):
     assert len(rows(out)) == 2
 
 
-def test_failed_cell_is_one_line_and_rerun(cli, tmp_path, monkeypatch):
+def test_failed_cell_is_one_line_recorded_and_rerun(cli, tmp_path, monkeypatch):
     out = tmp_path / "b"
     monkeypatch.setattr(faults, "_hits", {})
     monkeypatch.setenv(faults.ENV, "bench-cell:disk-full")
-    res = bench(cli, out)
+    res = bench(cli, out, "--retries", "0")
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.exit_code == 2, res.output
     assert len(lines) == 1 and "Traceback" not in res.output, res.stderr
+    assert "1 of 1 cells failed" in lines[0]
     assert "cell random/linear seed 0" in lines[0] and "No space left" in lines[0]
-    assert not (out / "bench.csv").exists()
+    (row,) = rows(out)
+    assert row["status"] == "failed" and "No space left" in row["error"]
+    assert row["test_balanced_accuracy"] == ""
     monkeypatch.delenv(faults.ENV)
     res = bench(cli, out)
     assert res.exit_code == 0, res.output
     assert "1 cells, 0 already finished, 1 to run" in res.stdout
+    (row,) = rows(out)
+    assert row["status"] == "finished"
+
+
+def test_a_transient_failure_is_retried(cli, tmp_path, monkeypatch):
+    """The fault fires once: the default single retry finishes the cell, exit 0."""
+    out = tmp_path / "b"
+    monkeypatch.setattr(faults, "_hits", {})
+    monkeypatch.setenv(faults.ENV, "bench-cell:disk-full")
+    res = bench(cli, out)
+    assert res.exit_code == 0, res.output
+    assert "retried 1" in res.stdout
+    assert [r["status"] for r in rows(out)] == ["finished"]
 
 
 def test_interrupt_keeps_finished_cells_exit_130(cli, tmp_path, monkeypatch):
@@ -285,7 +294,7 @@ def test_watchdog_exits_a_worker_whose_parent_died(tmp_path):
         f"""
         import os, sys, time
         sys.platform = "portable-test"  # skip prctl: test the watch thread alone
-        from flexsample.workflows.bench import die_with_parent
+        from flexsample.workflows.launchers.local import die_with_parent
         die_with_parent(os.getppid(), 0.05)
         open({str(ready)!r}, "w").close()
         time.sleep(60)

@@ -17,33 +17,26 @@ What makes the numbers trustworthy:
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import ctypes
 import json
 import math
 import os
-import signal
-import sys
-import threading
+import socket
 import time
-from collections import defaultdict
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from flexsample._version import __version__
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.faults import fault_point
 
 from .config import RunConfig, stable_hash, validate_config
-from .outputs import RESULTS, ROUNDS, write_json
+from .launchers import CellTask, Launcher, Outcome, get_launcher
+from .outputs import RESULTS, write_json
 
 BASELINES: dict[str, dict[str, Any]] = {
     "ce": {"loss": "ce"},
@@ -69,43 +62,6 @@ BASELINE_BASE = {
 CELL_FILE = "cell.json"  # written last: a cell is finished once it says so
 CELL_FORMAT = 1
 HASH_CHARS = 10  # of the config hash in a cell's folder name
-
-# the CSV's fixed columns; the flags that vary between cells of one method come after `seed`
-META_COLUMNS = [
-    "method",
-    "dataset",
-    "imbalance_ratio",
-    "estimator",
-    "policy",
-    "allocation",
-    "loss",
-    "sampler",
-    "mixup",
-    "logit_adjust",
-    "seed",
-]
-METRIC_COLUMNS = [
-    "test_balanced_accuracy",
-    "test_accuracy",
-    "test_macro_f1",
-    "head",
-    "medium",
-    "tail",
-    "best_val_balanced_accuracy",
-    "subset_size_at_best",
-    "wall_s",
-]
-CSV_COLUMNS = [*META_COLUMNS, "config_hash", *METRIC_COLUMNS, "in_grid", "cell"]
-# always shown (section or column) and never a reason to tell configurations apart
-_NOT_FLAGS = ("dataset", "imbalance_ratio", "seed")
-SUMMARY_KEYS = (
-    "test_balanced_accuracy",
-    "head",
-    "medium",
-    "tail",
-    "best_val_balanced_accuracy",
-)
-
 
 def config_hash(config: RunConfig | dict[str, Any], version: str = __version__) -> str:
     """A cell's key: sha256 of its resolved configuration (sorted JSON) and flexsample version."""
@@ -198,11 +154,14 @@ def run_cell(
     threads: int,
     method: str = "",
     baseline: bool = False,
+    info: dict[str, Any] | None = None,
+    trackers: Callable[[RunConfig, Path], Sequence[Any]] | None = None,
 ) -> dict[str, Any]:
     """One cell in this process (or a worker process): returns results.json plus wall time.
+    `trackers(cfg, folder)` gives the experiment-tracker callbacks of the cell, if any.
 
-    cell.json (config, its hash, version, wall time) is written last, once results.json is
-    complete: a cell killed or failed before it is never taken for a result.
+    cell.json (config, its hash, version, wall time, where it ran) is written last, once
+    results.json is complete: a cell killed or failed before it is never taken for a result.
     """
     import torch
 
@@ -219,22 +178,97 @@ def run_cell(
         "flexsample_version": __version__,
         "config": cfg.model_dump(mode="json"),
     }
-    (path / CELL_FILE).unlink(missing_ok=True)  # a stale or damaged record of ours
+    (path / CELL_FILE).unlink(missing_ok=True)  # a stale or damaged record, or a failure
     t0 = time.perf_counter()
-    results = _run_into(cfg, path)
+    results = _run_into(cfg, path, trackers(cfg, path) if trackers else ())
     fault_point("bench-cell")
     wall = time.perf_counter() - t0
-    write_json(path / CELL_FILE, {**doc, "wall_s": wall, "pid": os.getpid()})
+    ran = {"pid": os.getpid(), "threads": torch.get_num_threads(), **(info or {})}
+    write_json(path / CELL_FILE, {**doc, "wall_s": wall, **ran})
     return {**results, "wall_s": wall}
 
 
-def _run_into(cfg: RunConfig, path: Path) -> dict[str, Any]:
+def cell_entry(task: CellTask) -> Outcome:
+    """One attempt at one cell, wherever a launcher put it (this process, a worker process, a
+    Ray task, a Slurm array task). Every error becomes an Outcome with one line; only an
+    interrupt (KeyboardInterrupt, SystemExit) propagates."""
+    os.environ.update(task.env)  # before CUDA starts: the cell's GPU
+    where = socket.gethostname()
+    gpu = task.env.get("CUDA_VISIBLE_DEVICES") or os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpu:
+        where += f" GPU {gpu}"
+    try:
+        if task.check_file:
+            _check_shared(task)
+        info = {"host": socket.gethostname(), "gpu": gpu or None, "attempt": task.attempt}
+        args = (task.config, task.out, task.threads, task.method, task.baseline, info)
+        return Outcome(True, run_cell(*args, trackers=_cell_trackers(task)), where=where)
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded, the grid goes on
+        line = _error_line(exc)
+        detail = "".join(traceback.format_exception(exc))[-20_000:]
+        user = isinstance(exc, FlexsampleError) or _is_environment(exc)
+        return Outcome(False, error=line, user_error=user, where=where, detail=detail)
+
+
+def _is_environment(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno is not None
+
+
+def _error_line(exc: BaseException) -> str:
+    """One line for a failure record: the message of a FlexsampleError, else type: message."""
+    if isinstance(exc, FlexsampleError):
+        text = str(exc)
+    elif _is_environment(exc):
+        cause = exc.strerror or str(exc)  # type: ignore[attr-defined]
+        name = getattr(exc, "filename", None)
+        text = f"{cause} ({name})" if name else cause
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return " ".join(text.split())[:500]
+
+
+def _check_shared(task: CellTask) -> None:
+    """--out must be one folder that the driver and every worker see (a shared filesystem)."""
+    try:
+        token = Path(task.check_file).read_text(encoding="utf-8").strip()
+    except OSError:
+        token = ""
+    if token != task.check_token:
+        raise FlexsampleError(
+            f"--out {Path(task.check_file).parent} is not the bench folder the driver wrote "
+            f"(not visible from worker {socket.gethostname()}); --out must be on a filesystem "
+            "shared by the driver and every worker"
+        )
+
+
+def _run_into(cfg: RunConfig, path: Path, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """The run itself, the one place the bench calls the run pipeline. A half cell left in
     `path` by a killed attempt is a flexsample run folder: --overwrite's rules replace it."""
     from .run import execute, prepare_out
 
     prepare_out(path, overwrite=True)
-    return execute(cfg, path, overwrite=True).results
+    return execute(cfg, path, overwrite=True, callbacks=callbacks).results
+
+
+def _cell_trackers(task: CellTask) -> Callable[[RunConfig, Path], Sequence[Any]] | None:
+    """The cell's experiment trackers: grouped by the bench (MLflow experiment, W&B group,
+    a TensorBoard / CSV sub-folder of --log-dir), one tracker run per cell."""
+    if not task.log_to:
+        return None
+
+    def make(cfg: RunConfig, folder: Path) -> Sequence[Any]:
+        from flexsample.integrations.trackers import make_trackers
+
+        return make_trackers(
+            list(task.log_to),
+            run_dir=folder,
+            log_dir=Path(task.log_dir) if task.log_dir else None,
+            config=cfg.model_dump(mode="json"),
+            run_name=f"{task.method.replace('/', '-')}-seed{cfg.seed}-{task.key[:HASH_CHARS]}",
+            group=task.group or None,
+        )
+
+    return make
 
 
 def read_cell(path: Path) -> CellRecord | None:
@@ -256,6 +290,74 @@ def read_cell(path: Path) -> CellRecord | None:
     return CellRecord(method, bool(doc.get("baseline")), config, key, version, results, path)
 
 
+@dataclass
+class FailedRecord:
+    """A cell whose last attempt failed, as recorded in its folder's cell.json."""
+
+    method: str
+    baseline: bool
+    config: dict[str, Any]
+    key: str
+    version: str
+    error: str
+    attempts: int
+    out: Path
+    user_error: bool = False
+    where: str = ""
+
+
+def write_failure(cell: Cell, outcome: Outcome, attempts: int) -> None:
+    """Record a failed attempt in the cell's folder (cell.json, status failed): bench.csv
+    reports it, and the next bench reruns it (only `finished` cells are skipped)."""
+    cell.out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        cell.out / CELL_FILE,
+        {
+            "format": CELL_FORMAT,
+            "status": "failed",
+            "method": cell.method,
+            "baseline": cell.baseline,
+            "config_hash": cell.key,
+            "flexsample_version": __version__,
+            "config": cell.config.model_dump(mode="json"),
+            "error": outcome.error,
+            "user_error": outcome.user_error,
+            "attempts": attempts,
+            "where": outcome.where,
+            "traceback": outcome.detail,
+        },
+    )
+
+
+def read_failure(path: Path) -> FailedRecord | None:
+    """The failure recorded in `path`, or None (no cell.json, a finished cell, damaged)."""
+    try:
+        doc = json.loads((path / CELL_FILE).read_text(encoding="utf-8"))
+        if doc.get("status") != "failed":
+            return None
+        config, version, key = doc["config"], doc["flexsample_version"], doc["config_hash"]
+        return FailedRecord(
+            str(doc.get("method") or ""),
+            bool(doc.get("baseline")),
+            config,
+            key,
+            version,
+            str(doc.get("error") or "unknown error"),
+            int(doc.get("attempts") or 1),
+            path,
+            bool(doc.get("user_error")),
+            str(doc.get("where") or ""),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def collect_failed(out: Path) -> list[FailedRecord]:
+    """Every cell under `out` whose last attempt failed."""
+    records = (read_failure(p.parent) for p in sorted(out.rglob(CELL_FILE)))
+    return [r for r in records if r is not None]
+
+
 def finished(cell: Cell) -> dict[str, Any] | None:
     """The cell's results if it finished with exactly this configuration, else None."""
     record = read_cell(cell.out)
@@ -274,433 +376,236 @@ def unkeyed_runs(out: Path) -> list[Path]:
     return [p.parent for p in sorted(out.rglob(RESULTS)) if read_cell(p.parent) is None]
 
 
-# --- worker processes ------------------------------------------------------------------------
+# --- the grid driver -------------------------------------------------------------------------
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def die_with_parent(parent: int, interval: float = 0.5) -> None:
-    """Make this process exit when process `parent` dies, so no orphan keeps running cells.
-
-    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG). Everywhere:
-    a daemon thread exits the process once os.getppid() is no longer `parent`.
-    """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent:  # died before the line above took effect
-        os._exit(1)
-    threading.Thread(
-        target=_watch_parent, args=(parent, interval), name="flexsample-watch-parent", daemon=True
-    ).start()
-
-
-def _watch_parent(parent: int, interval: float) -> None:
-    while os.getppid() == parent:
-        time.sleep(interval)
-    os._exit(1)
-
-
-def _worker_init(parent: int) -> None:
-    """Process-pool initializer. Ctrl-C reaches the whole process group: the bench process
-    decides what stops, so workers ignore SIGINT; SIGTERM keeps its default (exit)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    die_with_parent(parent)
-
-
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Terminate the pool's workers now (their running cells stay unfinished, to be rerun)."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    for p in procs:
-        with contextlib.suppress(Exception):
-            p.terminate()
-    for p in procs:
-        with contextlib.suppress(Exception):
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-
-
-def _cell_args(cell: Cell, threads: int) -> tuple[Any, ...]:
-    return (cell.config.model_dump(), str(cell.out), threads, cell.method, cell.baseline)
-
-
-def _name_cell(cell: Cell, exc: BaseException) -> BaseException:
-    """A cell's bad-input or file-system error as one line naming the cell (others unchanged)."""
-    if isinstance(exc, FlexsampleError):
-        return FlexsampleError(f"cell {cell.label}: {exc}")
-    if isinstance(exc, OSError) and exc.errno is not None:
-        cause = exc.strerror or str(exc)
-        where = f" ({exc.filename})" if exc.filename else ""
-        return FlexsampleError(f"cell {cell.label}: {cause}{where}; rerun to continue the grid")
-    return exc
-
-
-def run_grid(
-    todo: list[Cell],
-    jobs: int,
-    on_start: Callable[[Cell], None] = lambda cell: None,
-    on_done: Callable[[Cell], None] = lambda cell: None,
-) -> None:
-    """Run the cells, one at a time or in `jobs` spawned processes sharing the cores.
-
-    A failing cell cancels the cells not yet handed to a worker; those running (or already
-    queued to one) finish and are kept, then its error is raised. Ctrl-C (KeyboardInterrupt,
-    SIGTERM too) or a dead worker stops every worker at once. Workers die with this process.
-    """
-    if jobs == 1:
-        for cell in todo:
-            on_start(cell)
-            try:
-                run_cell(*_cell_args(cell, 0))
-            except (FlexsampleError, OSError) as exc:
-                raise _name_cell(cell, exc) from exc
-            on_done(cell)
-        return
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    pool = ProcessPoolExecutor(
-        jobs,
-        mp_context=get_context("spawn"),
-        initializer=_worker_init,
-        initargs=(os.getpid(),),
-    )
-    futures: dict[Future[dict[str, Any]], Cell] = {}
-    error: BaseException | None = None
-    try:
-        for cell in todo:
-            futures[pool.submit(run_cell, *_cell_args(cell, threads))] = cell
-        for fut in as_completed(futures):
-            if fut.cancelled():
-                continue
-            exc = fut.exception()
-            if exc is None:
-                on_done(futures[fut])
-                continue
-            if isinstance(exc, BrokenProcessPool) or not isinstance(exc, Exception):
-                raise exc
-            if error is None:
-                error = _name_cell(futures[fut], exc)
-                for other in futures:
-                    other.cancel()
-    except BaseException:
-        _stop_workers(pool)
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    if error is not None:
-        raise error
-
-
-# --- bench.csv, summary.md, summary.png -------------------------------------------------------
-
-
-def varying_flags(records: list[CellRecord]) -> list[str]:
-    """The flags (config fields, and the flexsample version) whose values differ between cells
-    of one method: what tells two configurations with the same method name apart."""
-    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        by_method[r.method].append(r.flags())
-    names = [*RunConfig.model_fields, "flexsample_version"]
-    names += sorted({k for r in records for k in r.config} - set(names))
-    varying = set()
-    for flags in by_method.values():
-        for name in names:
-            if name in _NOT_FLAGS:
-                continue
-            if len({json.dumps(f.get(name), sort_keys=True) for f in flags}) > 1:
-                varying.add(name)
-    return [n for n in names if n in varying]
-
-
-def csv_columns(flags: list[str]) -> list[str]:
-    """CSV_COLUMNS with the varying flags that are not fixed columns after `seed`."""
-    extra = [f for f in flags if f not in META_COLUMNS]
-    i = CSV_COLUMNS.index("seed") + 1
-    return [*CSV_COLUMNS[:i], *extra, *CSV_COLUMNS[i:]]
-
-
-def csv_row(record: CellRecord, flags: list[str], in_grid: bool, root: Path) -> dict[str, Any]:
-    """One CSV row; `_dir` (not a column) keeps the cell's folder for the plots."""
-    c, res = record.flags(), record.results
-    t = res["test"]
-    g = t.get("group_recall") or {}
-    row: dict[str, Any] = {
-        "method": record.method,
-        "dataset": c.get("dataset"),
-        "imbalance_ratio": c.get("imbalance_ratio"),
-        "estimator": "-" if record.baseline else c.get("estimator"),
-        "policy": c.get("policy"),
-        "allocation": "-" if record.baseline else c.get("allocation"),
-        "loss": c.get("loss"),
-        "sampler": c.get("sampler"),
-        "mixup": c.get("mixup"),
-        "logit_adjust": c.get("logit_adjust"),
-        "seed": c.get("seed"),
-    }
-    for f in flags:
-        row.setdefault(f, c.get(f))
-    row.update(
-        {
-            "config_hash": record.key,
-            "test_balanced_accuracy": t["balanced_accuracy"],
-            "test_accuracy": t.get("accuracy"),
-            "test_macro_f1": t.get("macro_f1"),
-            "head": g.get("head"),
-            "medium": g.get("medium"),
-            "tail": g.get("tail"),
-            "best_val_balanced_accuracy": res.get("best_val_balanced_accuracy"),
-            "subset_size_at_best": res.get("subset_size_at_best"),
-            "wall_s": res.get("wall_s"),
-            "in_grid": "yes" if in_grid else "no",
-            "cell": _relative(record.out, root),
-            "_dir": record.out,
-        }
-    )
-    return row
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] = CSV_COLUMNS) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _fmt(v) for k, v in row.items()})
-
-
-def _fmt(v: Any) -> Any:
-    if isinstance(v, list):
-        return ";".join(str(x) for x in v)
-    return f"{v:.6f}" if isinstance(v, float) else ("" if v is None else v)
-
-
-def _show(v: Any) -> str:
-    """A flag's value in a table or a label: 0.003, 2, a;b, -."""
-    if v is None or v == []:
-        return "-"
-    if isinstance(v, list):
-        return ";".join(str(x) for x in v)
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def summarise(rows: list[dict[str, Any]], flags: list[str] | tuple[str, ...] = ()) -> list[dict]:
-    """Mean and std per (dataset, ratio, method, varying flags), ranked by mean test balanced
-    accuracy. The std is None below two values: one seed has no spread to show."""
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        key = tuple(json.dumps(r.get(f), sort_keys=True) for f in flags)
-        groups[(r["dataset"], r["imbalance_ratio"], r["method"], key)].append(r)
-    out = []
-    for (ds, ratio, method, _), rs in groups.items():
-        entry: dict[str, Any] = {
-            "dataset": ds,
-            "imbalance_ratio": ratio,
-            "method": method,
-            "flags": {f: rs[0].get(f) for f in flags},
-            "n": len(rs),
-            "in_grid": any(r.get("in_grid", "yes") == "yes" for r in rs),
-            "dirs": [r["_dir"] for r in rs if "_dir" in r],
-        }
-        for key in SUMMARY_KEYS:
-            vals = np.array([r[key] for r in rs if r.get(key) is not None], dtype=np.float64)
-            entry[key] = (
-                float(vals.mean()) if len(vals) else float("nan"),
-                float(vals.std(ddof=1)) if len(vals) > 1 else None,
-            )
-        out.append(entry)
-    out.sort(
-        key=lambda e: (
-            e["dataset"],
-            e["imbalance_ratio"],
-            -e["test_balanced_accuracy"][0],
-            label(e),
-        )
-    )
-    return out
-
-
-def label(entry: dict[str, Any]) -> str:
-    """The method plus its varying flags: 'entropy/linear [rounds=2, lr=0.003]'."""
-    flags = entry.get("flags") or {}
-    if not flags:
-        return str(entry["method"])
-    return f"{entry['method']} [" + ", ".join(f"{k}={_show(v)}" for k, v in flags.items()) + "]"
-
-
-def write_summary_md(
-    path: Path,
-    summary: list[dict[str, Any]],
-    command: str,
-    flags: list[str] | tuple[str, ...] = (),
-) -> None:
-    others = sum(not e["in_grid"] for e in summary)
-    lines = ["# flexsample bench summary", "", f"Command: `{command}`", ""]
-    lines += [
-        "Every finished cell under this folder is listed (bench.csv has one row per cell). "
-        "A configuration is a method plus every flag; cells are keyed on a hash of their "
-        "resolved configuration and the flexsample version, so a configuration is never "
-        "reported under another's name."
-        + (
-            " Flags that differ between configurations of one method: "
-            + ", ".join(f"`{f}`" for f in flags)
-            + "."
-            if flags
-            else ""
-        ),
-        "",
-    ]
-    if others:
-        lines += [
-            f"† {others} configuration{'s' if others > 1 else ''} not in this command's grid "
-            "(left here by an earlier bench).",
-            "",
-        ]
-    by_group: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for e in summary:
-        by_group[(e["dataset"], e["imbalance_ratio"])].append(e)
-    flag_head = "".join(f" {f} |" for f in flags)
-    for (ds, ratio), entries in by_group.items():
-        baselines = [e for e in entries if e["method"].startswith("baseline:")]
-        best_base = (
-            max(baselines, key=lambda e: e["test_balanced_accuracy"][0]) if baselines else None
-        )
-        lines += [
-            f"## {ds}, r = {ratio:g}",
-            "",
-            "Ranked by mean test balanced accuracy (best-validation checkpoint); "
-            "mean ± std over seeds (percent; a single seed shows its value alone). "
-            "★ = strongest baseline.",
-            "",
-            f"| rank | method |{flag_head} seeds | test bal-acc | head | medium | tail "
-            "| best val bal-acc |",
-            "|---:|---|" + "---|" * len(flags) + "---:|---:|---:|---:|---:|---:|",
-        ]
-        for rank, e in enumerate(entries, 1):
-            mark = (" ★" if e is best_base else "") + ("" if e["in_grid"] else " †")
-            values = "".join(f" {_show(e['flags'].get(f))} |" for f in flags)
-            cells = " | ".join(_pm(e[k]) for k in SUMMARY_KEYS)
-            lines.append(f"| {rank} | {e['method']}{mark} |{values} {e['n']} | {cells} |")
-        lines.append("")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _pm(v: tuple[float, float | None]) -> str:
-    m, s = v
-    if np.isnan(m):
-        return "-"
-    return f"{100 * m:.1f}" if s is None else f"{100 * m:.1f} ± {100 * s:.1f}"
-
-
-def error_bars(entries: list[dict[str, Any]]) -> list[tuple[int, float]]:
-    """(bar index, std in percent) for the bars with a spread: a single seed gets none."""
-    return [
-        (i, 100 * e["test_balanced_accuracy"][1])
-        for i, e in enumerate(entries)
-        if e["test_balanced_accuracy"][1] is not None
-    ]
-
-
-def plot_summary(path: Path, summary: list[dict[str, Any]]) -> None:
-    """Bars of test balanced accuracy per configuration (whiskers only over several seeds) and
-    validation curves against subset size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = sorted({(e["dataset"], e["imbalance_ratio"]) for e in summary})
-    if not groups:
-        return
-    fig, axes = plt.subplots(len(groups), 2, figsize=(14, 4.8 * max(1, len(groups))), squeeze=False)
-    for row, (ds, ratio) in enumerate(groups):
-        entries = [e for e in summary if (e["dataset"], e["imbalance_ratio"]) == (ds, ratio)]
-        ax = axes[row, 0]
-        names = [label(e) + ("" if e["in_grid"] else " †") for e in entries]
-        means = [100 * e["test_balanced_accuracy"][0] for e in entries]
-        bars = error_bars(entries)
-        colors = [
-            "tab:gray" if e["method"].startswith("baseline:") else "tab:blue" for e in entries
-        ]
-        ax.barh(range(len(names)), means, color=colors)
-        if bars:
-            ax.errorbar(
-                [means[i] for i, _ in bars],
-                [i for i, _ in bars],
-                xerr=[s for _, s in bars],
-                fmt="none",
-                ecolor="black",
-                capsize=3,
-            )
-        spread = max([s for _, s in bars] + [0.0])
-        finite = [m for m in means if not math.isnan(m)] or [0.0]
-        ax.set_xlim(max(0.0, min(finite) - spread - 5), min(100.0, max(finite) + spread + 3))
-        ax.set_yticks(range(len(names)), names, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel("test balanced accuracy (%)")
-        if not bars:
-            spread_note = "one seed each: no error bars"
-        elif len(bars) < len(entries):
-            spread_note = "mean ± std over seeds (no bar: one seed)"
-        else:
-            spread_note = "mean ± std over seeds"
-        ax.set_title(f"{ds}, r={ratio:g}: {spread_note} (grey = baselines)")
-        ax.grid(axis="x", alpha=0.3)
-        ax2 = axes[row, 1]
-        for e in entries:
-            if e["method"].startswith("baseline:"):
-                continue
-            curves = [cv for cv in (_curve(d) for d in e["dirs"]) if cv]
-            if not curves:
-                continue
-            n = min(len(cv) for cv in curves)
-            size = np.mean([[p[0] for p in cv[:n]] for cv in curves], axis=0)
-            acc = np.mean([[p[1] for p in cv[:n]] for cv in curves], axis=0)
-            ax2.plot(size, 100 * acc, "o-", label=label(e))
-        ax2.set_xlabel("subset size")
-        ax2.set_ylabel("val balanced accuracy (%) at end of step")
-        ax2.set_title("Validation balanced accuracy vs subset size (mean over seeds)")
-        ax2.grid(alpha=0.3)
-        if ax2.lines:
-            ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _curve(run_dir: Path) -> list[tuple[int, float]]:
-    path = run_dir / ROUNDS
-    if not path.is_file():
-        return []
-    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return [(r["subset_size"], r["val_balanced_accuracy"]) for r in recs]
+SHARED_CHECK = ".flexsample-bench"  # a token the driver writes and every cell reads back
 
 
 @dataclass
-class SummaryInfo:
-    """What write_summary covered: cells of this grid and finished cells of other grids."""
+class GridProgress:
+    """What the grid is doing, after each event: for progress bars and notebooks."""
 
-    grid_cells: int
-    other_cells: int
-    flags: list[str]
+    total: int
+    done: int = 0
+    running: int = 0
+    failed: int = 0
+    retries: int = 0
+    event: str = ""  # 'start', 'done', 'retry', 'failed', 'submitted'
+    cell: Cell | None = None
+    error: str = ""
 
 
-def write_summary(out: Path, cells: list[Cell], command: str) -> SummaryInfo:
-    """bench.csv, summary.md and summary.png over every finished cell under `out`."""
-    records = collect_finished(out)
-    wanted = {(c.out.resolve(), c.key) for c in cells}
-    flags = varying_flags(records)
-    rows = [csv_row(r, flags, (r.out.resolve(), r.key) in wanted, out) for r in records]
-    write_csv(out / "bench.csv", rows, csv_columns(flags))
-    summary = summarise(rows, flags)
-    write_summary_md(out / "summary.md", summary, command, flags)
-    plot_summary(out / "summary.png", summary)
-    grid = sum(r["in_grid"] == "yes" for r in rows)
-    return SummaryInfo(grid, len(rows) - grid, flags)
+@dataclass
+class GridReport:
+    """How a grid ended: cells finished, cells failed after every retry (with their last
+    outcome), and cells left running on the cluster (Slurm --no-wait)."""
+
+    finished: list[Cell] = field(default_factory=list)
+    failed: list[tuple[Cell, Outcome]] = field(default_factory=list)
+    pending: list[Cell] = field(default_factory=list)
+
+
+def make_task(cell: Cell, attempt: int = 1, **extra: Any) -> CellTask:
+    return CellTask(
+        config=cell.config.model_dump(mode="json"),
+        out=str(cell.out.resolve()),
+        method=cell.method,
+        baseline=cell.baseline,
+        key=cell.key,
+        label=cell.label,
+        attempt=attempt,
+        **extra,
+    )
+
+
+def run_grid(
+    todo: Sequence[Cell],
+    launcher: Launcher,
+    retries: int = 1,
+    on_progress: Callable[[GridProgress], None] = lambda p: None,
+    poll_interval: float = 0.2,
+    shared_root: Path | None = None,
+    task_options: dict[str, Any] | None = None,
+) -> GridReport:
+    """Run `todo` through `launcher`: at most `launcher.slots` at once, each failed cell
+    recorded (cell.json, status failed) and retried up to `retries` more times, the rest of
+    the grid going on. Ctrl-C (or SIGTERM) cancels the running cells, whose folders stay
+    unfinished and rerun next time, and propagates.
+
+    `shared_root` (the bench folder) gets a token file every cell must read back: a worker
+    that does not see the driver's folder fails with a line saying --out must be shared.
+    """
+    extra = dict(task_options or {})
+    if shared_root is not None:
+        check = shared_root / SHARED_CHECK
+        try:  # kept across drivers: cells an earlier driver submitted still carry it
+            token = check.read_text(encoding="utf-8").strip()
+        except OSError:
+            token = ""
+        if len(token) != 32:
+            token = uuid.uuid4().hex
+            check.write_text(token + "\n", encoding="utf-8")
+        extra.update(check_file=str(check.resolve()), check_token=token)
+    progress = GridProgress(total=len(todo))
+    report = GridReport()
+    pending: deque[tuple[Cell, int]] = deque((c, 1) for c in todo)
+    running: dict[int, tuple[Any, Cell, int]] = {}  # id -> (job, cell, attempt)
+
+    def emit(event: str, cell: Cell | None, error: str = "") -> None:
+        progress.event, progress.cell, progress.error = event, cell, error
+        progress.running = len(running)
+        on_progress(progress)
+
+    try:
+        launcher.start([make_task(c, **extra) for c in todo])
+        alive = launcher.attach([make_task(c, **extra) for c in todo])
+        reattached = {id(c) for c, job in zip(todo, alive, strict=True) if job is not None}
+        if reattached:
+            pending = deque((c, a) for c, a in pending if id(c) not in reattached)
+            for cell, job in zip(todo, alive, strict=True):
+                if job is not None:
+                    running[id(cell)] = (job, cell, 1)
+                    emit("start", cell)
+        while pending or running:
+            free = len(pending) if launcher.slots is None else launcher.slots - len(running)
+            batch = [pending.popleft() for _ in range(min(free, len(pending)))]
+            if batch:
+                jobs = launcher.submit([make_task(c, a, **extra) for c, a in batch])
+                for job, (cell, attempt) in zip(jobs, batch, strict=True):
+                    running[id(cell)] = (job, cell, attempt)
+                    emit("start", cell)
+            if not launcher.waits:
+                report.pending = [cell for _, cell, _ in running.values()]
+                running.clear()
+                emit("submitted", None)
+                break
+            changed = False
+            for key, (job, cell, attempt) in list(running.items()):
+                outcome = launcher.poll(job)
+                if outcome is None:
+                    continue
+                changed = True
+                del running[key]
+                if outcome.ok and finished(cell) is not None:
+                    progress.done += 1
+                    report.finished.append(cell)
+                    emit("done", cell)
+                    continue
+                if outcome.ok:  # ran, but its folder does not hold the finished cell
+                    outcome = Outcome(
+                        False, error=f"cell finished but {cell.out / CELL_FILE} is missing",
+                        where=outcome.where,
+                    )
+                write_failure(cell, outcome, attempt)
+                if attempt <= retries:
+                    progress.retries += 1
+                    pending.append((cell, attempt + 1))
+                    emit("retry", cell, outcome.error)
+                else:
+                    progress.failed += 1
+                    report.failed.append((cell, outcome))
+                    emit("failed", cell, outcome.error)
+            if not changed and not batch:
+                time.sleep(poll_interval)
+    except BaseException:
+        launcher.cancel([job for job, _, _ in running.values()])
+        raise
+    finally:
+        launcher.close()
+    return report
+
+
+@dataclass
+class BenchResult:
+    """A finished `run_bench`: its cells, how the grid went, and the summary files."""
+
+    out: Path
+    cells: list[Cell]
+    skipped: list[Cell]  # finished before this call
+    report: GridReport
+    summary: Any = None  # bench_summary.SummaryInfo
+
+    @property
+    def failed(self) -> list[tuple[Cell, Outcome]]:
+        return self.report.failed
+
+
+def run_bench(
+    base: RunConfig,
+    out: Path,
+    *,
+    estimators: list[str] | None = None,
+    policies: list[str] | None = None,
+    datasets: list[str] | None = None,
+    imbalance_ratios: list[float] | None = None,
+    seeds: list[int] | None = None,
+    baselines: list[str] | None = None,
+    launcher: str | Launcher = "local",
+    jobs: int = 1,
+    cells_per_gpu: int = 1,
+    cpus_per_cell: int | None = None,
+    retries: int = 1,
+    launcher_options: dict[str, Any] | None = None,
+    on_progress: Callable[[GridProgress], None] = lambda p: None,
+    on_plan: Callable[[list[Cell], list[Cell], Launcher], None] = lambda c, t, lau: None,
+    command: str = "",
+    log_to: Sequence[str] = (),
+    log_dir: Path | None = None,
+) -> BenchResult:
+    """Plan the grid, run its unfinished cells, write bench.csv / summary.md / summary.png.
+
+    The library form of `flexsample bench` (the CLI only parses and prints): every name is
+    checked before the first cell runs, a bad value raises FlexsampleError with the CLI's
+    line. `on_plan(cells, todo, launcher)` is called once the grid is known.
+    """
+    from .bench_summary import write_summary
+    from .run import build_components, load_plugins
+
+    if log_to:
+        from flexsample.integrations.trackers import parse_log_to
+
+        log_to = parse_log_to(",".join(log_to))  # names and packages checked before any cell
+    if retries < 0 or retries > 100:
+        raise FlexsampleError(f"--retries {retries} is out of range; accepted: 0 <= x <= 100")
+    out = Path(out)
+    cells = plan_cells(
+        base, out, estimators, policies, datasets, imbalance_ratios, seeds, baselines
+    )
+    load_plugins(base.plugin)
+    for cell in cells:  # every name checked before the first cell runs
+        build_components(cell.config)
+    if isinstance(launcher, str):
+        options = dict(launcher_options or {})
+        if launcher == "local":
+            options.update(
+                jobs=jobs,
+                cells_per_gpu=cells_per_gpu,
+                cpus_per_cell=cpus_per_cell,
+                device=base.device,
+            )
+        else:
+            options.setdefault("cpus_per_cell", cpus_per_cell)
+            options.setdefault("out", out)
+        launcher = get_launcher(launcher, **options)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in cells if finished(c) is None]
+    skipped = [c for c in cells if c not in todo]
+    on_plan(cells, todo, launcher)
+    extra: dict[str, Any] = {}
+    if log_to:
+        extra.update(
+            log_to=tuple(log_to),
+            log_dir=str(log_dir.resolve()) if log_dir else "",
+            group=out.resolve().name,
+        )
+    report = run_grid(
+        todo,
+        launcher,
+        retries,
+        on_progress,
+        shared_root=out if launcher.name != "local" else None,
+        task_options=extra,
+    )
+    result = BenchResult(out, cells, skipped, report)
+    result.summary = write_summary(out, cells, command or "flexsample.workflows.bench.run_bench")
+    return result

@@ -1,0 +1,616 @@
+"""bench.csv, summary.md and summary.png over every cell under a bench folder: the finished ones
+(with paired statistics against the strongest baseline, `bench_stats`) and the failed ones
+(listed with their error, never in a mean or a test)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import bench_stats
+from .bench import Cell, CellRecord, FailedRecord, collect_failed, collect_finished
+from .config import RunConfig
+from .outputs import ROUNDS
+
+# the CSV's fixed columns; the flags that vary between cells of one method come after `seed`
+META_COLUMNS = [
+    "method",
+    "dataset",
+    "imbalance_ratio",
+    "estimator",
+    "policy",
+    "allocation",
+    "loss",
+    "sampler",
+    "mixup",
+    "logit_adjust",
+    "seed",
+]
+METRIC_COLUMNS = [
+    "test_balanced_accuracy",
+    "test_accuracy",
+    "test_macro_f1",
+    "test_macro_auc",
+    "test_ece",
+    "head",
+    "medium",
+    "tail",
+    "best_val_balanced_accuracy",
+    "subset_size_at_best",
+    "wall_s",
+]
+# status: finished | failed; a failed cell has empty metrics and its one-line error
+CSV_COLUMNS = [*META_COLUMNS, "config_hash", "status", *METRIC_COLUMNS, "error", "in_grid", "cell"]
+FINISHED, FAILED = "finished", "failed"
+# always shown (section or column) and never a reason to tell configurations apart
+_NOT_FLAGS = ("dataset", "imbalance_ratio", "seed")
+SUMMARY_KEYS = (
+    "test_balanced_accuracy",
+    "head",
+    "medium",
+    "tail",
+    "best_val_balanced_accuracy",
+)
+STAT_KEY = "test_balanced_accuracy"  # the metric the paired statistics compare
+ERROR_CHARS = 200  # of a failed cell's error in summary.md (bench.csv keeps it whole)
+
+
+# --- bench.csv, summary.md, summary.png -------------------------------------------------------
+
+
+def _flags(record: CellRecord | FailedRecord) -> dict[str, Any]:
+    return {**record.config, "flexsample_version": record.version}
+
+
+def varying_flags(records: Sequence[CellRecord | FailedRecord]) -> list[str]:
+    """The flags (config fields, and the flexsample version) whose values differ between cells
+    of one method: what tells two configurations with the same method name apart."""
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_method[r.method].append(_flags(r))
+    names = [*RunConfig.model_fields, "flexsample_version"]
+    names += sorted({k for r in records for k in r.config} - set(names))
+    varying = set()
+    for flags in by_method.values():
+        for name in names:
+            if name in _NOT_FLAGS:
+                continue
+            if len({json.dumps(f.get(name), sort_keys=True) for f in flags}) > 1:
+                varying.add(name)
+    return [n for n in names if n in varying]
+
+
+def csv_columns(flags: list[str]) -> list[str]:
+    """CSV_COLUMNS with the varying flags that are not fixed columns after `seed`."""
+    extra = [f for f in flags if f not in META_COLUMNS]
+    i = CSV_COLUMNS.index("seed") + 1
+    return [*CSV_COLUMNS[:i], *extra, *CSV_COLUMNS[i:]]
+
+
+def _meta(record: CellRecord | FailedRecord, flags: list[str]) -> dict[str, Any]:
+    c = _flags(record)
+    row: dict[str, Any] = {
+        "method": record.method,
+        "dataset": c.get("dataset"),
+        "imbalance_ratio": c.get("imbalance_ratio"),
+        "estimator": "-" if record.baseline else c.get("estimator"),
+        "policy": c.get("policy"),
+        "allocation": "-" if record.baseline else c.get("allocation"),
+        "loss": c.get("loss"),
+        "sampler": c.get("sampler"),
+        "mixup": c.get("mixup"),
+        "logit_adjust": c.get("logit_adjust"),
+        "seed": c.get("seed"),
+    }
+    for f in flags:
+        row.setdefault(f, c.get(f))
+    return row
+
+
+def csv_row(record: CellRecord, flags: list[str], in_grid: bool, root: Path) -> dict[str, Any]:
+    """One CSV row; `_dir` (not a column) keeps the cell's folder for the plots."""
+    res = record.results
+    t = res["test"]
+    g = t.get("group_recall") or {}
+    row = _meta(record, flags)
+    row.update(
+        {
+            "config_hash": record.key,
+            "status": FINISHED,
+            "test_balanced_accuracy": t["balanced_accuracy"],
+            "test_accuracy": t.get("accuracy"),
+            "test_macro_f1": t.get("macro_f1"),
+            "test_macro_auc": t.get("macro_auc"),
+            "test_ece": t.get("ece"),
+            "head": g.get("head"),
+            "medium": g.get("medium"),
+            "tail": g.get("tail"),
+            "best_val_balanced_accuracy": res.get("best_val_balanced_accuracy"),
+            "subset_size_at_best": res.get("subset_size_at_best"),
+            "wall_s": res.get("wall_s"),
+            "error": "",
+            "in_grid": "yes" if in_grid else "no",
+            "cell": _relative(record.out, root),
+            "_dir": record.out,
+        }
+    )
+    return row
+
+
+def failed_row(record: FailedRecord, flags: list[str], in_grid: bool, root: Path) -> dict[str, Any]:
+    """The CSV row of a cell whose last attempt failed: its configuration and error, no metrics
+    (`_attempts`, not a column, is for summary.md)."""
+    row = _meta(record, flags)
+    row.update({k: None for k in METRIC_COLUMNS})
+    row.update(
+        {
+            "config_hash": record.key,
+            "status": FAILED,
+            "error": " ".join(record.error.split()),  # one line whatever it held
+            "in_grid": "yes" if in_grid else "no",
+            "cell": _relative(record.out, root),
+            "_dir": record.out,
+            "_attempts": record.attempts,
+        }
+    )
+    return row
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] = CSV_COLUMNS) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, list):
+        return ";".join(str(x) for x in v)
+    return f"{v:.6f}" if isinstance(v, float) else ("" if v is None else v)
+
+
+def _show(v: Any) -> str:
+    """A flag's value in a table or a label: 0.003, 2, a;b, -."""
+    if v is None or v == []:
+        return "-"
+    if isinstance(v, list):
+        return ";".join(str(x) for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def summarise(rows: list[dict[str, Any]], flags: list[str] | tuple[str, ...] = ()) -> list[dict]:
+    """Mean and std per (dataset, ratio, method, varying flags), ranked by mean test balanced
+    accuracy. The std is None below two values: one seed has no spread to show. Failed rows
+    (status = failed) are left out. `seed_values` maps each seed to its test balanced accuracy
+    (for the paired statistics; a seed run twice by one configuration counts by its mean) and
+    `values` lists them all (for the plot)."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r.get("status", FINISHED) != FINISHED:
+            continue
+        key = tuple(json.dumps(r.get(f), sort_keys=True) for f in flags)
+        groups[(r["dataset"], r["imbalance_ratio"], r["method"], key)].append(r)
+    out = []
+    for (ds, ratio, method, _), rs in groups.items():
+        entry: dict[str, Any] = {
+            "dataset": ds,
+            "imbalance_ratio": ratio,
+            "method": method,
+            "flags": {f: rs[0].get(f) for f in flags},
+            "n": len(rs),
+            "in_grid": any(r.get("in_grid", "yes") == "yes" for r in rs),
+            "dirs": [r["_dir"] for r in rs if "_dir" in r],
+            "values": [float(r[STAT_KEY]) for r in _by_seed(rs) if r.get(STAT_KEY) is not None],
+            "seed_values": _per_seed(rs),
+        }
+        for key in SUMMARY_KEYS:
+            vals = np.array([r[key] for r in rs if r.get(key) is not None], dtype=np.float64)
+            entry[key] = (
+                float(vals.mean()) if len(vals) else float("nan"),
+                float(vals.std(ddof=1)) if len(vals) > 1 else None,
+            )
+        out.append(entry)
+    out.sort(
+        key=lambda e: (
+            e["dataset"],
+            e["imbalance_ratio"],
+            -e["test_balanced_accuracy"][0],
+            label(e),
+        )
+    )
+    return out
+
+
+def _by_seed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows in seed order (rows without a seed last, in their order)."""
+    return sorted(rows, key=lambda r: (r.get("seed") is None, r.get("seed") or 0))
+
+
+def _per_seed(rows: list[dict[str, Any]]) -> dict[int, float]:
+    by_seed: dict[int, list[float]] = defaultdict(list)
+    for r in rows:
+        if r.get("seed") is not None and r.get(STAT_KEY) is not None:
+            by_seed[int(r["seed"])].append(float(r[STAT_KEY]))
+    return {s: float(np.mean(v)) for s, v in sorted(by_seed.items())}
+
+
+def label(entry: dict[str, Any]) -> str:
+    """The method plus its varying flags: 'entropy/linear [rounds=2, lr=0.003]'."""
+    flags = entry.get("flags") or {}
+    if not flags:
+        return str(entry["method"])
+    return f"{entry['method']} [" + ", ".join(f"{k}={_show(v)}" for k, v in flags.items()) + "]"
+
+
+@dataclass
+class GroupStats:
+    """Paired statistics of one (dataset, ratio) group, indices into its ranked entries: each
+    configuration against the reference (the strongest baseline, or the best configuration
+    where the group has no baseline) and against the best configuration (rank 1). None where a
+    configuration is the one compared against."""
+
+    reference: int
+    reference_is_baseline: bool
+    best: int
+    vs_reference: list[bench_stats.PairedComparison | None]
+    vs_best: list[bench_stats.PairedComparison | None]
+
+
+def group_statistics(
+    entries: list[dict[str, Any]], seed: int = bench_stats.BOOTSTRAP_SEED
+) -> GroupStats:
+    """The paired statistics of one group's entries (as ranked by `summarise`)."""
+    means = [e[STAT_KEY][0] for e in entries]
+    ref, is_base = bench_stats.reference_index(
+        means, [e["method"].startswith("baseline:") for e in entries]
+    )
+    best, _ = bench_stats.reference_index(means, [False] * len(entries))
+
+    def against(j: int) -> list[bench_stats.PairedComparison | None]:
+        return [
+            None
+            if i == j
+            else bench_stats.compare(e["seed_values"], entries[j]["seed_values"], seed)
+            for i, e in enumerate(entries)
+        ]
+
+    vs_ref = against(ref)
+    vs_best = vs_ref if best == ref else against(best)
+    return GroupStats(ref, is_base, best, vs_ref, vs_best)
+
+
+def best_mark(c: bench_stats.PairedComparison | None) -> str:
+    """The *vs best* cell: best, ≈ (not distinguishable from the best), below / above, or
+    n/a with fewer than two shared seeds."""
+    if c is None:
+        return "best"
+    verdict = bench_stats.not_distinguishable(c)
+    if verdict is None:
+        return "n/a (one shared seed)" if c.n == 1 else "n/a (no shared seed)"
+    if verdict:
+        return "≈"
+    return "below" if c.mean_diff < 0 else "above"
+
+
+def _pp(v: float) -> str:
+    """A difference in percentage points, always signed."""
+    return f"{100 * v:+.2f}"
+
+
+def stats_lines(entries: list[dict[str, Any]], stats: GroupStats) -> list[str]:
+    """The paired-comparison table of one group."""
+    ref = entries[stats.reference]
+    if stats.reference_is_baseline:
+        intro = f"Paired statistics against ★ {label(ref)} (the strongest baseline)."
+        head = "Δ vs ★"
+    else:
+        intro = (
+            f"No baseline in this group: paired statistics against the best configuration, "
+            f"{label(ref)}."
+        )
+        head = "Δ vs best"
+    lines = [
+        intro,
+        "",
+        f"| configuration | shared seeds | {head} (pp) | 95 % CI (pp) | p (Wilcoxon) | vs best |",
+        "|---|---:|---:|---|---|---|",
+    ]
+    for i, e in enumerate(entries):
+        star = " ★" if i == stats.reference and stats.reference_is_baseline else ""
+        mark = star + ("" if e["in_grid"] else " †")
+        c = stats.vs_reference[i]
+        if c is None:
+            cells = ["-", "reference", "-", "-"]
+        elif c.n == 0:
+            cells = ["0", "-", c.ci_note, "-"]
+        else:
+            ci = c.ci_note if c.ci is None else f"[{_pp(c.ci[0])}, {_pp(c.ci[1])}]"
+            p = c.p_note if c.p is None else ("< 0.001" if c.p < 0.001 else f"{c.p:.3f}")
+            cells = [str(c.n), _pp(c.mean_diff), ci, p]
+        cells.append(best_mark(stats.vs_best[i]))
+        lines.append(f"| {label(e)}{mark} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+STATS_NOTE = (
+    "**Statistics.** Each configuration is compared with the reference of its group — the "
+    "strongest baseline ★ (highest mean test balanced accuracy among the baselines), or the "
+    "best configuration where the group has no baseline — over the seeds both ran (a seed only "
+    "one of them ran is left out). Δ is the mean of the per-seed differences of test balanced "
+    "accuracy (configuration − reference, percentage points), with a 95 % percentile bootstrap "
+    f"confidence interval ({bench_stats.N_RESAMPLES} resamples of the per-seed differences, "
+    f"fixed seed {bench_stats.BOOTSTRAP_SEED}; one shared seed has no interval, identical "
+    "differences give the interval [Δ, Δ]). p is a two-sided Wilcoxon signed-rank test on the "
+    f"same differences (zero differences dropped), run only with at least "
+    f"{bench_stats.MIN_TEST_PAIRS} non-zero differences: with fewer an exact two-sided test "
+    'cannot reach p < 0.05 ("too few seeds", or "too few non-zero differences"). '
+    "*vs best* compares each configuration in the "
+    "same way with the best configuration of its group (rank 1): ≈ = not distinguishable from "
+    "the best, meaning at least 2 shared seeds and a 95 % interval of the paired difference "
+    f"that contains 0, or p ≥ {bench_stats.ALPHA:g}; below / above = the interval excludes 0 "
+    f"and, where the test was run, p < {bench_stats.ALPHA:g}; n/a = fewer than 2 shared seeds. "
+    "Over a handful of seeds a bootstrap interval is narrower than its nominal 95 %: read "
+    '"below" as a hint to run more seeds, not as proof.'
+)
+
+
+def write_summary_md(
+    path: Path,
+    summary: list[dict[str, Any]],
+    command: str,
+    flags: list[str] | tuple[str, ...] = (),
+    failed: Sequence[dict[str, Any]] = (),
+) -> None:
+    """summary.md: per (dataset, ratio) group the ranking and the paired statistics, then the
+    failed cells (`failed`: their bench.csv rows)."""
+    others = sum(not e["in_grid"] for e in summary)
+    lines = ["# flexsample bench summary", "", f"Command: `{command}`", ""]
+    lines += [
+        "Every finished cell under this folder is listed (bench.csv has one row per cell). "
+        "A configuration is a method plus every flag; cells are keyed on a hash of their "
+        "resolved configuration and the flexsample version, so a configuration is never "
+        "reported under another's name."
+        + (
+            " Flags that differ between configurations of one method: "
+            + ", ".join(f"`{f}`" for f in flags)
+            + "."
+            if flags
+            else ""
+        ),
+        "",
+    ]
+    if summary:
+        lines += [STATS_NOTE, ""]
+    if others:
+        lines += [
+            f"† {others} configuration{'s' if others > 1 else ''} not in this command's grid "
+            "(left here by an earlier bench).",
+            "",
+        ]
+    by_group: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for e in summary:
+        by_group[(e["dataset"], e["imbalance_ratio"])].append(e)
+    flag_head = "".join(f" {f} |" for f in flags)
+    for (ds, ratio), entries in by_group.items():
+        stats = group_statistics(entries)
+        star = stats.reference if stats.reference_is_baseline else -1
+        lines += [
+            f"## {ds}, r = {ratio:g}",
+            "",
+            "Ranked by mean test balanced accuracy (best-validation checkpoint); "
+            "mean ± std over seeds (percent; a single seed shows its value alone). "
+            "★ = strongest baseline.",
+            "",
+            f"| rank | method |{flag_head} seeds | test bal-acc | head | medium | tail "
+            "| best val bal-acc |",
+            "|---:|---|" + "---|" * len(flags) + "---:|---:|---:|---:|---:|---:|",
+        ]
+        for rank, e in enumerate(entries, 1):
+            mark = (" ★" if rank - 1 == star else "") + ("" if e["in_grid"] else " †")
+            values = "".join(f" {_show(e['flags'].get(f))} |" for f in flags)
+            cells = " | ".join(_pm(e[k]) for k in SUMMARY_KEYS)
+            lines.append(f"| {rank} | {e['method']}{mark} |{values} {e['n']} | {cells} |")
+        lines.append("")
+        lines += stats_lines(entries, stats)
+    if failed:
+        lines += failed_lines(failed)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def failed_lines(failed: Sequence[dict[str, Any]]) -> list[str]:
+    """The closing list of failed cells (their bench.csv rows): never in a table above."""
+    n = len(failed)
+    lines = [
+        "## Failed cells",
+        "",
+        f"{n} cell{'s' if n > 1 else ''} failed (not in the tables or statistics above; "
+        f"bench.csv has {'them' if n > 1 else 'it'} with status = failed and the whole error; "
+        f"the next bench with the same flags reruns {'them' if n > 1 else 'it'}):",
+        "",
+    ]
+    for r in failed:
+        error = r.get("error") or "unknown error"
+        if len(error) > ERROR_CHARS:
+            error = error[: ERROR_CHARS - 1] + "…"
+        attempts = r.get("_attempts")
+        tries = f", {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
+        ratio = r.get("imbalance_ratio")
+        where = f"{r.get('dataset')}, r = {_show(ratio)}"
+        lines.append(
+            f"- {r['method']} seed {_show(r.get('seed'))} ({where}{tries})"
+            + ("" if r.get("in_grid", "yes") == "yes" else " †")
+            + f": {error} (`{r.get('cell')}`)"
+        )
+    return [*lines, ""]
+
+
+def _pm(v: tuple[float, float | None]) -> str:
+    m, s = v
+    if np.isnan(m):
+        return "-"
+    return f"{100 * m:.1f}" if s is None else f"{100 * m:.1f} ± {100 * s:.1f}"
+
+
+def error_bars(entries: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """(bar index, std in percent) for the bars with a spread: a single seed gets none."""
+    return [
+        (i, 100 * e["test_balanced_accuracy"][1])
+        for i, e in enumerate(entries)
+        if e["test_balanced_accuracy"][1] is not None
+    ]
+
+
+def seed_points(entries: list[dict[str, Any]], width: float = 0.5) -> list[tuple[float, float]]:
+    """(value in percent, y) of every seed of every bar, spread evenly across the bar's height
+    (`width`) so that equal values stay visible, in a fixed order: the plot never changes
+    between two runs over the same cells."""
+    points = []
+    for i, e in enumerate(entries):
+        vals = e.get("values") or []
+        offsets = np.linspace(-width / 2, width / 2, len(vals)) if len(vals) > 1 else [0.0]
+        points += [(100 * v, i + float(o)) for v, o in zip(vals, offsets[: len(vals)], strict=True)]
+    return points
+
+
+def plot_summary(path: Path, summary: list[dict[str, Any]]) -> None:
+    """Bars of test balanced accuracy per configuration (whiskers only over several seeds, each
+    seed's value as a dot on its bar) and validation curves against subset size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(e["dataset"], e["imbalance_ratio"]) for e in summary})
+    if not groups:  # nothing finished: no picture, and none of an earlier bench left behind
+        path.unlink(missing_ok=True)
+        return
+    fig, axes = plt.subplots(len(groups), 2, figsize=(14, 4.8 * max(1, len(groups))), squeeze=False)
+    for row, (ds, ratio) in enumerate(groups):
+        entries = [e for e in summary if (e["dataset"], e["imbalance_ratio"]) == (ds, ratio)]
+        ax = axes[row, 0]
+        names = [label(e) + ("" if e["in_grid"] else " †") for e in entries]
+        means = [100 * e["test_balanced_accuracy"][0] for e in entries]
+        bars = error_bars(entries)
+        colors = [
+            "tab:gray" if e["method"].startswith("baseline:") else "tab:blue" for e in entries
+        ]
+        ax.barh(range(len(names)), means, color=colors)
+        if bars:
+            ax.errorbar(
+                [means[i] for i, _ in bars],
+                [i for i, _ in bars],
+                xerr=[s for _, s in bars],
+                fmt="none",
+                ecolor="black",
+                capsize=3,
+            )
+        points = seed_points(entries)
+        if points:
+            ax.scatter(
+                [x for x, _ in points],
+                [y for _, y in points],
+                s=14,
+                color="black",
+                alpha=0.7,
+                zorder=3,
+                label="one seed",
+            )
+        spread = max([s for _, s in bars] + [0.0])
+        finite = [m for m in means if not math.isnan(m)] or [0.0]
+        dots = [x for x, _ in points] or finite
+        low = min(min(finite) - spread, min(dots))
+        high = max(max(finite) + spread, max(dots))
+        ax.set_xlim(max(0.0, low - 5), min(100.0, high + 3))
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("test balanced accuracy (%)")
+        if not bars:
+            spread_note = "one seed each: no error bars"
+        elif len(bars) < len(entries):
+            spread_note = "mean ± std over seeds (no bar: one seed)"
+        else:
+            spread_note = "mean ± std over seeds"
+        ax.set_title(f"{ds}, r={ratio:g}: {spread_note}, dots = seeds (grey = baselines)")
+        ax.grid(axis="x", alpha=0.3)
+        ax2 = axes[row, 1]
+        for e in entries:
+            if e["method"].startswith("baseline:"):
+                continue
+            curves = [cv for cv in (_curve(d) for d in e["dirs"]) if cv]
+            if not curves:
+                continue
+            n = min(len(cv) for cv in curves)
+            size = np.mean([[p[0] for p in cv[:n]] for cv in curves], axis=0)
+            acc = np.mean([[p[1] for p in cv[:n]] for cv in curves], axis=0)
+            ax2.plot(size, 100 * acc, "o-", label=label(e))
+        ax2.set_xlabel("subset size")
+        ax2.set_ylabel("val balanced accuracy (%) at end of step")
+        ax2.set_title("Validation balanced accuracy vs subset size (mean over seeds)")
+        ax2.grid(alpha=0.3)
+        if ax2.lines:
+            ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _curve(run_dir: Path) -> list[tuple[int, float]]:
+    path = run_dir / ROUNDS
+    if not path.is_file():
+        return []
+    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [(r["subset_size"], r["val_balanced_accuracy"]) for r in recs]
+
+
+@dataclass
+class SummaryInfo:
+    """What write_summary covered: finished cells of this grid and of other grids, failed cells
+    (of any grid), and the flags that tell configurations of one method apart."""
+
+    grid_cells: int
+    other_cells: int
+    flags: list[str]
+    failed_cells: int = 0
+
+
+def write_summary(
+    out: Path,
+    cells: list[Cell],
+    command: str,
+    failed: list[FailedRecord] | None = None,
+) -> SummaryInfo:
+    """bench.csv, summary.md and summary.png over every cell under `out`: finished cells with
+    their metrics, failed ones (`failed`, by default every failure recorded under `out`) with
+    status = failed and their error. Only finished cells enter the means and statistics."""
+    records = collect_finished(out)
+    failures = collect_failed(out) if failed is None else failed
+    wanted = {(c.out.resolve(), c.key) for c in cells}
+    flags = varying_flags(records)  # of the summary: what tells finished configurations apart
+    csv_flags = varying_flags([*records, *failures])
+    rows = [csv_row(r, csv_flags, (r.out.resolve(), r.key) in wanted, out) for r in records]
+    failed_rows = [
+        failed_row(r, csv_flags, (r.out.resolve(), r.key) in wanted, out) for r in failures
+    ]
+    table = sorted([*rows, *failed_rows], key=lambda r: Path(r["_dir"]))
+    write_csv(out / "bench.csv", table, csv_columns(csv_flags))
+    summary = summarise(rows, flags)
+    write_summary_md(out / "summary.md", summary, command, flags, failed_rows)
+    plot_summary(out / "summary.png", summary)
+    grid = sum(r["in_grid"] == "yes" for r in rows)
+    return SummaryInfo(grid, len(rows) - grid, flags, len(failed_rows))
