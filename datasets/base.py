@@ -123,7 +123,7 @@ def exponential_profile(n_max: int, num_classes: int, ratio: float) -> np.ndarra
 
 
 DATASETS: Registry[LTDataset] = Registry(
-    "dataset", "flexsample.datasets", builtins="flexsample.datasets"
+    "dataset", "flexsample.datasets", builtins="flexsample.datasets.builtin"
 )
 
 

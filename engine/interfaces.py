@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
-import torch
-from torch import nn
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the registries and policies import without torch
+    import torch
+    from torch import nn
+
     from .context import ScoringContext
 
 NEEDS = frozenset({"features", "probs", "mc", "labels"})

@@ -1,25 +1,29 @@
 """flexsample: Flexible Sampling for long-tailed classification.
 
-The public names of the engine live here; training, datasets and the CLI are imported from
-their own subpackages (`flexsample.training`, `flexsample.datasets`, `flexsample.cli`).
-They are imported on first use (PEP 562), so `import flexsample.cli` starts without torch and
+The public names of the engine live here, with the notebook API (`run`, `bench`, `RunConfig`,
+`RunResult`); training, datasets and the CLI are imported from their own subpackages
+(`flexsample.training`, `flexsample.datasets`, `flexsample.cli`). They are imported on first
+use (PEP 562), so `import flexsample` and `import flexsample.cli` start without torch and
 Ctrl-C during start-up can be handled.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._lazy import lazy_exports
 from ._version import __version__
 
 __all__ = [
     "Allocation", "Anchors", "Curriculum", "Estimator", "FlexsampleError", "PolicyState", "Pool",
-    "Schedule", "ScoringContext", "__version__", "get_allocation", "get_anchors", "get_estimator",
-    "get_policy", "list_allocations", "list_anchors", "list_estimators", "list_policies",
-    "register_allocation", "register_anchors", "register_estimator", "register_policy",
-    "select_per_class",
+    "RunConfig", "RunResult", "Schedule", "ScoringContext", "__version__", "bench",
+    "get_allocation", "get_anchors", "get_estimator", "get_policy", "list_allocations",
+    "list_anchors", "list_estimators", "list_policies", "register_allocation",
+    "register_anchors", "register_estimator", "register_policy", "run", "select_per_class",
 ]
+
+# name -> the module it comes from, for the names that are not the engine's
+_WORKFLOWS = {".workflows.config": ("RunConfig",), ".workflows.api": ("RunResult", "bench", "run")}
 
 if TYPE_CHECKING:
     from .engine import (  # noqa: F401
@@ -46,16 +50,19 @@ if TYPE_CHECKING:
         register_policy,
         select_per_class,
     )
+    from .workflows.api import RunResult, bench, run  # noqa: F401
+    from .workflows.config import RunConfig  # noqa: F401
 
 
-def __getattr__(name: str) -> Any:
-    """The engine's public names, imported when first used."""
-    if name in __all__ and name != "__version__":
-        value = getattr(importlib.import_module(".engine", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _from_workflows(name: str) -> bool:
+    return any(name in names for names in _WORKFLOWS.values())
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".engine": [n for n in __all__ if n != "__version__" and not _from_workflows(n)],
+        **_WORKFLOWS,
+    },
+    __all__,
+)

@@ -1,0 +1,127 @@
+"""The built-in components' names and descriptions, so `flexsample list` starts without torch.
+
+Registering the built-ins means importing them, and that imports torch (estimators score
+tensors, losses are `nn.Module`s, datasets build tensors): seconds before the first line.
+`flexsample list` prints this table instead when nothing else can add a name (no `--plugin`,
+no installed entry point in any of `GROUPS`, built-ins not imported yet); otherwise it asks
+the registries themselves.
+tests/test_startup.py checks that the table equals what the registries describe; after adding
+or renaming a built-in, regenerate it with `python -m flexsample.cli.catalogue`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+# the entry-point groups of the seven registries, in `list`'s order
+GROUPS = (
+    "flexsample.estimators",
+    "flexsample.policies",
+    "flexsample.allocations",
+    "flexsample.anchors",
+    "flexsample.datasets",
+    "flexsample.losses",
+    "flexsample.samplers",
+)
+
+# (kind, name, first line of its docstring), in `list`'s order
+# --- generated: python -m flexsample.cli.catalogue ---
+BUILTINS: tuple[tuple[str, str, str], ...] = (
+    ('estimator', 'density', 'kNN density: mean cosine similarity to the k nearest training samples; typical first.'),  # noqa: E501
+    ('estimator', 'entropy', 'Predictive entropy of one deterministic pass: most uncertain first.'),
+    ('estimator', 'info-density', 'Information density: MC-dropout uncertainty x ((1 + density) / 2) ** density_beta.'),  # noqa: E501
+    ('estimator', 'least-confidence', '1 - p_max of one deterministic pass: least confident first.'),  # noqa: E501
+    ('estimator', 'margin', '1 - (p1 - p2) of one deterministic pass: smallest top-2 margin first.'),  # noqa: E501
+    ('estimator', 'mcdropout', "MC-dropout uncertainty over T draws (BALD by default, the paper's criterion)."),  # noqa: E501
+    ('estimator', 'random', 'Uniform random scores, seeded by (seed, step): the no-information baseline.'),  # noqa: E501
+    ('estimator', 'typicality', 'Cosine similarity to the class prototype over the current subset; typical first.'),  # noqa: E501
+    ('policy', 'adaptive', "The paper's rule: query when validation stops improving, then finish on the full set."),  # noqa: E501
+    ('policy', 'balanced', 'The anchors only, never grown: the under-sampling baseline.'),
+    ('policy', 'concave', 'Square-root growth, sqrt(t): most of the pool joins early, the last rounds add little.'),  # noqa: E501
+    ('policy', 'convex', 'Quadratic growth, t^2: stays near the balanced anchors longer, then fills fast.'),  # noqa: E501
+    ('policy', 'exponential', 'Geometric growth: the subset size is multiplied by the same factor every round.'),  # noqa: E501
+    ('policy', 'full', 'All training data from the first epoch: the plain long-tailed baseline.'),
+    ('policy', 'linear', 'Subset size grows linearly from the anchors (first round) to the full split (last).'),  # noqa: E501
+    ('policy', 'step', 'A few large jumps: the pool joins in `jumps` equal parts, the last one in the last round.'),  # noqa: E501
+    ('allocation', 'balanced', "Equal shares for every class with samples left; a capped class's excess goes to the rest."),  # noqa: E501
+    ('allocation', 'difficulty', "Quotas ∝ 1 − validation recall of each class (harder classes get more); the paper's."),  # noqa: E501
+    ('allocation', 'proportional', 'Quotas proportional to what each class has left: every class interpolates to full.'),  # noqa: E501
+    ('anchors', 'prototype', 'Per class, the samples nearest (cosine) to the class prototype in feature space.'),  # noqa: E501
+    ('anchors', 'random', 'Per class, a seeded random draw of the anchor count (the ablation of `prototype`).'),  # noqa: E501
+    ('dataset', 'digits-lt', 'Handwritten digits (1797 real 8x8 images), 10 classes, embedded; no download.'),  # noqa: E501
+    ('dataset', 'imagefolder', 'Any class-per-folder image tree, long-tailed train, balanced val/test per class.'),  # noqa: E501
+    ('dataset', 'isic-archive14', 'ISIC archive, 14 classes, one long-tailed split (val/test keep the imbalance).'),  # noqa: E501
+    ('dataset', 'isic2019', 'ISIC 2019, 8 classes, long-tailed train (r = 100/200/500 official), balanced val/test.'),  # noqa: E501
+    ('dataset', 'synthetic-lt', 'Generated long-tailed RGB images; counts from a profile (ISIC-like or exponential).'),  # noqa: E501
+    ('loss', 'balanced-softmax', 'Balanced softmax (Ren et al., NeurIPS 2020): cross-entropy on logits + log prior.'),  # noqa: E501
+    ('loss', 'cb-focal', 'Softmax focal loss (`focal_gamma`) weighted by the inverse effective number (`cb_beta`).'),  # noqa: E501
+    ('loss', 'cb-softmax', 'Softmax cross-entropy weighted per class by the inverse effective number (`cb_beta`).'),  # noqa: E501
+    ('loss', 'ce', 'Plain softmax cross-entropy.'),
+    ('loss', 'focal', 'Softmax focal loss (Lin et al.): down-weights easy samples by (1 − p_t)^focal_gamma.'),  # noqa: E501
+    ('loss', 'grw', 'Generalised re-weighting (Zhang et al., Distribution Alignment, CVPR 2021).'),
+    ('loss', 'ldam', 'LDAM (Cao et al., NeurIPS 2019) with deferred re-weighting (DRW).'),
+    ('sampler', 'class-balanced', 'Every class equally likely per draw (re-sampling, RS), as many draws as samples.'),  # noqa: E501
+    ('sampler', 'instance', 'Every sample once per epoch, shuffled.'),
+    ('sampler', 'sqrt', 'Classes drawn ∝ sqrt(n_c): halfway between instance and class-balanced sampling.'),  # noqa: E501
+)
+# --- end generated ---
+
+
+def registries() -> list[Any]:
+    """The seven registries, built-ins loaded (this imports torch)."""
+    from flexsample.datasets.base import DATASETS
+    from flexsample.engine.registries import ALLOCATIONS, ANCHORS, ESTIMATORS, POLICIES
+    from flexsample.training.losses import LOSSES
+    from flexsample.training.samplers import SAMPLERS
+
+    return [ESTIMATORS, POLICIES, ALLOCATIONS, ANCHORS, DATASETS, LOSSES, SAMPLERS]
+
+
+# modules whose import registers built-ins (and, through them, any plugin that loaded)
+REGISTERING = (
+    "flexsample.estimators",
+    "flexsample.policies",
+    "flexsample.datasets.builtin",
+    "flexsample.training.losses",
+    "flexsample.training.samplers",
+)
+
+
+def needs_registries() -> bool:
+    """Whether the registries themselves must answer: an installed package declares an entry
+    point in one of `GROUPS` (found as the registries find them), or the built-ins were
+    imported already in this process (a plugin may have registered next to them)."""
+    from flexsample.engine import registry
+
+    if any(module in sys.modules for module in REGISTERING):
+        return True
+    return any(registry.entry_points(group=group) for group in GROUPS)
+
+
+def render() -> str:
+    """The generated part of this file, from the registries."""
+    lines = ["BUILTINS: tuple[tuple[str, str, str], ...] = ("]
+    for reg in registries():
+        for name, doc, _origin in reg.describe():
+            line = f"    ({reg.kind!r}, {name!r}, {doc!r}),"
+            lines.append(line if len(line) <= 100 else line + "  # noqa: E501")
+    lines.append(")")
+    return "\n".join(lines)
+
+
+def regenerate(path: Path = Path(__file__)) -> None:
+    """Rewrite the BUILTINS table of this file from the registries."""
+    text = path.read_text(encoding="utf-8")
+    head, rest = text.split("# --- generated: python -m flexsample.cli.catalogue ---\n", 1)
+    _, tail = rest.split("# --- end generated ---\n", 1)
+    path.write_text(
+        f"{head}# --- generated: python -m flexsample.cli.catalogue ---\n{render()}\n"
+        f"# --- end generated ---\n{tail}",
+        encoding="utf-8",
+    )
+
+
+if __name__ == "__main__":
+    regenerate()
