@@ -294,22 +294,77 @@ def rounds_table(records: list[StepRecord], class_names: list[str]) -> Table:
     return table
 
 
+PER_CLASS = "sens / spec / AUC"
+PER_CLASS_KEY = (
+    "per class: sens = sensitivity (the class's recall), spec = specificity, "
+    "AUC = one-vs-rest ROC AUC"
+)
+
+
 def metrics_table(columns: dict[str, dict[str, Any]], class_names: list[str]) -> Table:
-    """Summary metrics side by side (e.g. best-val checkpoint vs last weights)."""
-    table = Table(title="Test metrics", title_justify="left")
+    """Summary metrics side by side (e.g. best-val checkpoint vs last weights).
+
+    Summary rows (balanced accuracy, accuracy, macro F1, macro one-vs-rest AUC, ECE, group
+    recall), then one row per class with sensitivity (its recall) / specificity / AUC; the
+    caption carries the notes that explain values (accuracy equal to balanced accuracy on a
+    class-balanced split, classes without an AUC).
+    """
+    from flexsample.training.metrics import metric_notes
+
+    metrics = list(columns.values())
+    table = Table(title="Test metrics", title_justify="left", caption_justify="left")
     table.add_column("metric")
     for name in columns:
         table.add_column(name, justify="right")
+    bins = next((m["calibration"]["n_bins"] for m in metrics if "calibration" in m), None)
+    summary = [
+        ("balanced_accuracy", "balanced_accuracy"),
+        ("accuracy", "accuracy"),
+        ("macro_f1", "macro_f1"),
+        ("macro AUC (one-vs-rest)", "macro_auc"),
+        ("ECE" if bins is None else f"ECE ({bins} bins)", "ece"),
+    ]
     rows: list[tuple[str, list[Any]]] = [
-        (k, [m.get(k) for m in columns.values()])
-        for k in ("balanced_accuracy", "accuracy", "macro_f1")
+        (label, [m.get(key) for m in metrics]) for label, key in summary
     ]
     for g in ("head", "medium", "tail"):
-        rows.append(
-            (f"{g} recall", [(m.get("group_recall") or {}).get(g) for m in columns.values()])
-        )
-    for c, cname in enumerate(class_names):
-        rows.append((f"recall {cname}", [m["per_class_recall"][c] for m in columns.values()]))
+        rows.append((f"{g} recall", [(m.get("group_recall") or {}).get(g) for m in metrics]))
     for name, values in rows:
-        table.add_row(name, *("-" if v is None else f"{v:.4f}" for v in values))
+        table.add_row(name, *(_number(v) for v in values))
+    table.add_section()
+    table.add_row(
+        Text("per class", style="dim"), *(Text(PER_CLASS, style="dim") for _ in metrics)
+    )
+    for c, cname in enumerate(class_names):
+        table.add_row(cname, *(_per_class(m, c) for m in metrics))
+    notes = _column_notes(
+        {name: metric_notes(m, class_names) for name, m in columns.items() if "ece" in m}
+    )
+    table.caption = "\n".join([PER_CLASS_KEY, *notes])
     return table
+
+
+def _number(v: Any) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _per_class(m: dict[str, Any], c: int) -> str:
+    """"sens / spec / AUC" of class `c` ("-" where undefined), recall alone in older reports."""
+    sens = m.get("per_class_sensitivity", m["per_class_recall"])[c]
+    if "per_class_specificity" not in m:
+        return _number(sens)
+    parts = (sens, m["per_class_specificity"][c], (m.get("per_class_auc") or [None] * (c + 1))[c])
+    return " / ".join("-" if v is None else f"{v:.3f}" for v in parts)
+
+
+def _column_notes(notes: dict[str, list[str]]) -> list[str]:
+    """Each column's notes, once when every column has it, else prefixed with the column."""
+    out: list[str] = []
+    for name, lines in notes.items():
+        for line in lines:
+            if all(line in other for other in notes.values()):
+                if line not in out:
+                    out.append(line)
+            else:
+                out.append(f"{name}: {line}")
+    return out

@@ -36,6 +36,11 @@ def evaluate(
     batch_size: int = 256,
     num_workers: int | None = 0,
 ) -> dict[str, Any]:
+    """Every metric of `classification_metrics` on `split`.
+
+    With `logit_adjust` the metrics (AUC and calibration included) are computed on the adjusted
+    probabilities, the ones whose argmax is the reported prediction.
+    """
     probs = predict_probs(model, SplitLoader(split, False, device, num_workers), batch_size)
     if logit_adjust and prior_counts is not None:
         probs = adjust_probs(probs, prior_counts, logit_adjust)

@@ -10,7 +10,6 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from flexsample.engine.checkpoint import temp_beside
 from flexsample.engine.loop import Callback, QueryResult, StepRecord
 from flexsample.engine.pool import Pool
 
@@ -20,12 +19,15 @@ SCORES = "scores.npz"
 RESULTS = "results.json"
 CONFIG = "config.json"
 CURVES = "curves.png"
+CALIBRATION = "calibration.png"  # the test reliability diagram (best-validation checkpoint)
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 
 
 def _write_atomic(path: Path, write: Callable[[BinaryIO], object], suffix: str = "") -> None:
     """Write through a temporary file beside `path`, then rename it into place."""
+    from flexsample.engine.checkpoint import temp_beside  # torch: imported when writing
+
     fd, tmp = temp_beside(path, suffix)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -48,6 +50,12 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def save_figure(path: Path, fig: Any) -> None:
+    """Atomic PNG write of a matplotlib figure, honouring the umask (a reader such as
+    `flexsample eval` rewriting calibration.png never leaves half a picture)."""
+    _write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=110), ".png")
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:

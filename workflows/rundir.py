@@ -37,6 +37,7 @@ OWN_FILES = frozenset(
         out_files.SCORES,
         out_files.RESULTS,
         out_files.CURVES,
+        out_files.CALIBRATION,
         out_files.CHECKPOINT,
         "checkpoint.prev.pt",
         "checkpoint.damaged.pt",  # a damaged checkpoint a resume moved aside
