@@ -34,7 +34,7 @@ from flexsample.engine.interfaces import ValRecord
 from flexsample.engine.loop import QueryResult
 from flexsample.training.anchor_features import anchor_features
 from flexsample.training.models import create_model
-from flexsample.training.ssl import ssl_weights, train_simclr
+from flexsample.training.ssl import ssl_weights, train_ssl
 from flexsample.workflows.progress import Reporter
 
 from .conftest import REPO
@@ -232,13 +232,13 @@ def _tiny_split(ds, n: int = 24) -> Split:
 def test_ssl_pretraining_reports_each_epoch(digits) -> None:
     rec = Recorder()
     model = create_model("small-cnn", digits.num_classes, 1, 0.5)
-    train_simclr(model, _tiny_split(digits), epochs=3, seed=0, device=torch.device("cpu"),
-                 batch_size=16, progress=rec)
+    train_ssl(model, _tiny_split(digits), epochs=3, seed=0, device=torch.device("cpu"),
+              batch_size=16, progress=rec)
     assert rec.tasks == [["SSL pre-training (3 epochs)", 3, 3]]
     # a plain callable still gets the images of every batch
     seen: list[int] = []
-    train_simclr(model, _tiny_split(digits), epochs=2, seed=0, device=torch.device("cpu"),
-                 batch_size=16, progress=seen.append)
+    train_ssl(model, _tiny_split(digits), epochs=2, seed=0, device=torch.device("cpu"),
+              batch_size=16, progress=seen.append)
     assert sum(seen) == 2 * 24
 
 
@@ -250,7 +250,7 @@ def test_ssl_cache_hit_says_so(digits, tmp_path: Path) -> None:
         return create_model("small-cnn", ds.num_classes, 1, 0.5)
 
     options = dict(backbone="small-cnn", seed=0, ssl_epochs=1, cache_dir=tmp_path,
-                   batch_size=16)
+                   ssl_batch_size=16)
     first = Recorder()
     ssl_weights(ds, factory, progress=first, **options)
     assert [t[0] for t in first.tasks] == ["SSL pre-training (1 epochs)"]
@@ -270,7 +270,7 @@ def test_anchor_features_report_per_batch(digits, tmp_path: Path) -> None:
     rec = Recorder()
     anchor_features(
         "ssl", ds, lambda: create_model("small-cnn", ds.num_classes, 1, 0.5),
-        ssl_epochs=2, batch_size=16, cache_dir=tmp_path, progress=rec,
+        ssl_epochs=2, batch_size=16, ssl_batch_size=16, cache_dir=tmp_path, progress=rec,
     )
     assert rec.tasks == [["SSL pre-training (2 epochs)", 2, 2],
                          ["anchor features (embedding)", 24, 24]]

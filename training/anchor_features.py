@@ -1,9 +1,10 @@
 """Feature matrices of the training split for prototype anchors (`--anchor-features`).
 
 Sources: `pixels` (flattened, standardised images: enough for tiny images), `pretrained`
-(embed() of the classifier built with the local --pretrained weights), `ssl` (embed() after
-self-supervised contrastive pre-training on the training images, labels unused, cached), and
-`auto`: pixels for images of 32 px or less, pretrained when a weights file is given, else ssl.
+(embed() of the classifier built with the --pretrained weights: a local file or timm's
+ImageNet weights), `ssl` (embed() after self-supervised pre-training on the training images,
+`--ssl-method` mocov2, simclr or byol, labels unused, cached), and `auto`: pixels for images
+of 32 px or less, pretrained when --pretrained is given, else ssl.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from flexsample.engine.context import autocast_for
 from flexsample.engine.errors import FlexsampleError
 
 from .data import iterate
-from .ssl import ModelFactory, load_ssl_weights, ssl_weights
+from .ssl import DEFAULT_SSL_METHOD, ModelFactory, load_ssl_weights, ssl_weights
 
 FEATURE_SOURCES = ("auto", "pixels", "pretrained", "ssl")
 PIXEL_MAX_SIDE = 32  # `pixels` pools larger images down to this side: bounded memory
@@ -102,15 +103,19 @@ def anchor_features(
     pretrained: str | None = None,
     backbone: str = "model",
     batch_size: int = 256,
+    ssl_method: str = DEFAULT_SSL_METHOD,
+    ssl_batch_size: int | None = None,
     num_workers: int | None = 0,
     progress: Any = None,
 ) -> np.ndarray:
     """(N_train, D) float32 features of `dataset.train` from `source` (see module docstring).
 
     `model_factory()` builds the classifier as configured (with the --pretrained weights
-    loaded when given); `pretrained` is that path, needed by `pretrained` and by `auto`.
-    SSL weights are cached under `cache_dir` (no cache when None); `backbone` is part of
-    the cache key. Labels are never used. `progress`: None (silent), a reporter (a task for
+    loaded when given); `pretrained` is that value (a path or `imagenet`), needed by
+    `pretrained` and by `auto`. `batch_size` is that of the embedding pass; `ssl_method` and
+    `ssl_batch_size` (None: fits the device) those of the pre-training. SSL weights are cached
+    under `cache_dir` (no cache when None); `backbone` is part of the cache key. Labels are
+    never used. `progress`: None (silent), a reporter (a task for
     SSL pre-training, per epoch, and one for the feature pass, per batch), or a callable
     `advance(n)` called with the images of every batch processed.
     """
@@ -122,7 +127,8 @@ def anchor_features(
     if kind == "pretrained":
         if not pretrained:
             raise FlexsampleError(
-                "--anchor-features pretrained needs --pretrained (a local weights file)"
+                "--anchor-features pretrained needs --pretrained (imagenet or a local weights "
+                "file)"
             )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -131,7 +137,8 @@ def anchor_features(
     weights = ssl_weights(
         dataset, model_factory, backbone=backbone, seed=seed, ssl_epochs=ssl_epochs,
         device=device, cache_dir=cache_dir, image_size=size, pretrained=pretrained,
-        batch_size=batch_size, num_workers=num_workers, progress=progress,
+        ssl_method=ssl_method, ssl_batch_size=ssl_batch_size, num_workers=num_workers,
+        progress=progress,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

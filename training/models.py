@@ -6,6 +6,7 @@ model), which makes head-only MC dropout exact.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -14,6 +15,8 @@ from torch import nn
 from flexsample.engine.errors import FlexsampleError
 
 SMALL_CNN = "small-cnn"
+IMAGENET = "imagenet"  # `--pretrained imagenet`: timm's weights through the Hugging Face cache
+HUB_TRUE = {"1", "ON", "YES", "TRUE"}  # what huggingface_hub reads as a true env value
 
 
 class ContractClassifier(nn.Module):
@@ -60,19 +63,40 @@ class SmallCNN(ContractClassifier):
 class TimmClassifier(ContractClassifier):
     """Any timm backbone: forward_features + forward_head(pre_logits=True), then our head."""
 
-    def __init__(self, backbone: str, num_classes: int, in_chans: int = 3, dropout: float = 0.5):
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        in_chans: int = 3,
+        dropout: float = 0.5,
+        weights_file: str | Path | None = None,
+    ):
+        """`weights_file`: timm's own pretrained weights (see `imagenet_weights_file`), loaded
+        by timm, which drops their classifier and adapts the stem to `in_chans`."""
         super().__init__()
         import timm
 
+        extra = {}
+        if weights_file is not None:
+            extra = {"pretrained_cfg_overlay": {"file": str(weights_file)}}
         try:
             self.net = timm.create_model(
                 backbone,
-                pretrained=False,
+                pretrained=weights_file is not None,
                 num_classes=num_classes,
                 in_chans=in_chans,
                 drop_rate=0.0,
+                **extra,
             )
-        except RuntimeError as exc:  # timm: "Unknown model (...)"
+        except Exception as exc:  # timm: "Unknown model (...)", or an unreadable weights file
+            if weights_file is not None and timm.is_model(backbone):
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise FlexsampleError(
+                    f"--pretrained {IMAGENET}: cannot load {weights_file} into '{backbone}': "
+                    f"{first}; delete it from the cache to download it again"
+                ) from None
+            if not isinstance(exc, RuntimeError):
+                raise
             raise FlexsampleError(
                 f"unknown --backbone '{backbone}': {exc}; use '{SMALL_CNN}' or a timm model "
                 "name (see timm.list_models())"
@@ -114,9 +138,22 @@ def create_model(
     dropout: float = 0.5,
     pretrained: str | None = None,
 ) -> ContractClassifier:
-    """The classifier for `--backbone` (small-cnn or a timm name), weights from a local file."""
+    """The classifier for `--backbone` (small-cnn or a timm name).
+
+    `pretrained`: a local weights file, or `imagenet` for timm's pretrained weights of the
+    backbone, read from the Hugging Face hub cache (downloaded into it when missing and the
+    hub is not offline)."""
     if not 0.0 <= dropout < 1.0:
         raise FlexsampleError(f"dropout must be in [0, 1), got {dropout}")
+    if pretrained == IMAGENET:
+        if backbone == SMALL_CNN:
+            raise FlexsampleError(
+                f"--pretrained {IMAGENET}: the {SMALL_CNN} backbone (also what --backbone auto "
+                "picks for images of 32 px or less) has no ImageNet weights; pick a timm "
+                "--backbone such as resnet18, or pass --pretrained PATH (a local weights file)"
+            )
+        weights = imagenet_weights_file(backbone)
+        return TimmClassifier(backbone, num_classes, in_chans, dropout, weights_file=weights)
     if backbone == SMALL_CNN:
         model: ContractClassifier = SmallCNN(num_classes, in_chans=in_chans, dropout=dropout)
     else:
@@ -126,13 +163,118 @@ def create_model(
     return model
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it, but read now (the hub reads it at import)."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.upper() in HUB_TRUE
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache folder the environment names now (HF_HUB_CACHE, HF_HOME...).
+
+    Same precedence as huggingface_hub, evaluated per call so a changed environment (a test,
+    a notebook) is honoured after the hub was imported."""
+    env = os.environ
+    home = env.get("HF_HOME") or os.path.join(
+        env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "huggingface",
+    )
+    hub = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
+    return Path(os.path.expandvars(os.path.expanduser(hub)))
+
+
+def imagenet_weights_file(backbone: str) -> Path:
+    """The local file of timm's pretrained weights for `backbone` (a timm name, tag allowed).
+
+    Looks in the hub cache first (no network); downloads into it only when the file is
+    missing and HF_HUB_OFFLINE is not set. Any failure is one FlexsampleError line saying how
+    to fill the cache or what to pass instead."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(backbone)
+    except RuntimeError:
+        cfg = None
+    if cfg is None and not timm.is_model(backbone.split(".")[0]):
+        raise FlexsampleError(
+            f"unknown --backbone '{backbone}'; use '{SMALL_CNN}' or a timm model name "
+            "(see timm.list_models(pretrained=True))"
+        )
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if not hub_id:
+        raise FlexsampleError(
+            f"--pretrained {IMAGENET}: timm has no Hugging Face hub weights for '{backbone}' "
+            "(see timm.list_models(pretrained=True)); pass --pretrained PATH (a local weights "
+            "file) instead"
+        )
+    repo, _, revision = hub_id.partition("@")
+    names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else [
+        "model.safetensors", "pytorch_model.bin"
+    ]
+    cache = hub_cache_dir()
+    found = _cached_hub_file(repo, revision or None, names, cache)
+    if found is not None:
+        return found
+    fill = (
+        f"fill the cache on a machine with network (python -c \"import timm; "
+        f"timm.create_model('{repo.split('/')[-1]}', pretrained=True)\") and copy "
+        f"{cache} here (or point HF_HUB_CACHE / HF_HOME at a copy), or pass --pretrained PATH "
+        "(a local weights file)"
+    )
+    if hub_offline():
+        raise FlexsampleError(
+            f"--pretrained {IMAGENET}: the weights of '{backbone}' ({repo}) are not in the "
+            f"Hugging Face cache {cache} and HF_HUB_OFFLINE is set; {fill}"
+        )
+    return _download_hub_file(repo, revision or None, names, cache, backbone, fill)
+
+
+def _cached_hub_file(
+    repo: str, revision: str | None, names: list[str], cache: Path
+) -> Path | None:
+    """The first of `names` already in the hub cache for `repo` (no network), else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in names:
+        path = try_to_load_from_cache(repo, name, cache_dir=cache, revision=revision)
+        if isinstance(path, str) and Path(path).is_file():
+            return Path(path)
+    return None
+
+
+def _download_hub_file(
+    repo: str, revision: str | None, names: list[str], cache: Path, backbone: str, fill: str
+) -> Path:
+    """Download the first of `names` the repository has into the hub cache."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    reason = "no weights file in the repository"
+    for name in names:
+        try:
+            return Path(hf_hub_download(repo, name, revision=revision, cache_dir=cache))
+        except LocalEntryNotFoundError as exc:  # offline, no network, or the hub unreachable
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            break
+        except EntryNotFoundError:
+            continue  # not this file name: try the next one
+        except Exception as exc:  # network, HTTP and disk errors of the download
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            break
+    raise FlexsampleError(
+        f"--pretrained {IMAGENET}: cannot download the weights of '{backbone}' ({repo}) into "
+        f"{cache}: {reason}; {fill}"
+    )
+
+
 def load_pretrained(model: ContractClassifier, path: str) -> None:
     """Load backbone weights from a local file; the classifier head keeps its fresh init."""
     p = Path(path)
     if not p.is_file():
         raise FlexsampleError(
-            f"--pretrained {path}: no such file (weights load from a local file only; "
-            "nothing is downloaded)"
+            f"--pretrained {path}: no such file (a local weights file, or {IMAGENET} for "
+            "timm's ImageNet weights)"
         )
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)

@@ -1,24 +1,33 @@
-"""Self-supervised contrastive pre-training (SimCLR-style NT-Xent) on the training images.
+"""Self-supervised pre-training on the training images: MoCo v2 (the paper's), SimCLR or BYOL.
 
 Labels are never read: features learnt this way are not biased by the long-tailed label
-distribution, which is what prototype anchors need (DESIGN.md, step 1). The trained backbone
-weights are cached (keyed by dataset, split, image size, backbone, seed, epochs and initial
-weights) so anchors and `--init ssl` share one pre-training.
+distribution, which is what prototype anchors need (DESIGN.md, step 1). The losses, projection
+heads, memory bank and momentum updates come from the `lightly` library (the `ssl` extra,
+imported only when pre-training runs). The trained backbone weights are cached (keyed by
+dataset, split, image size, backbone, seed, epochs, method, batch size and initial weights) so
+anchors and `--init ssl` share one pre-training.
 
 Two views per image: file-backed splits draw them from the split's own train-time
 torchvision v2 augmentation (two independent passes of `iterate`); in-memory tensors (tiny
 images) get cheap batched tensor ops instead: small random shifts, a mild zoom, brightness /
 contrast jitter, Gaussian noise, and horizontal flips for RGB.
+
+Memory: a training step holds the activations of every image it back-propagates through
+(SimCLR and BYOL: both views, 2B images; MoCo v2: the query view, B images, plus the key view
+without gradients), so the batch size B bounds the peak. `default_ssl_batch_size` picks one
+that fits the device and the method.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -26,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from flexsample._optional import require
 from flexsample.datasets.base import LTDataset, Split
 from flexsample.datasets.images import progress_task
 from flexsample.engine.context import autocast_for
@@ -33,18 +43,39 @@ from flexsample.engine.errors import FlexsampleError
 
 from .data import iterate
 
-SSL_CACHE_VERSION = 2  # 2: file-backed views seeded per image (worker-independent)
+SSL_CACHE_VERSION = 3  # 3: the method and the batch size are part of the key
+SSL_METHODS = ("mocov2", "simclr", "byol")
+DEFAULT_SSL_METHOD = "mocov2"
+# Images back-propagated per step at 224 px: on a CPU, 32 keep a ResNet-18 pre-training under
+# 4 GB resident (about 47 MB per such image, measured); on a GPU, 256 (MoCo v2's batch).
+# MoCo v2 back-propagates one view (batch size = budget), SimCLR and BYOL both (half that).
+# Smaller images get proportionally larger batches (same pixels per step), within
+# [SSL_BATCH_MIN, SSL_BATCH_MAX].
+SSL_GRAD_IMAGES_AT_224 = {"cpu": 32, "cuda": 256}
+GRAD_VIEWS = {"mocov2": 1, "simclr": 2, "byol": 2}
+SSL_BATCH_MIN, SSL_BATCH_MAX = 8, 256
+MOCO_QUEUE_MAX = 4096  # negatives kept by MoCo's memory bank (fewer on small data sets)
 ModelFactory = Callable[[], nn.Module]
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    """NT-Xent: each view must pick its partner among the other 2B − 1 embeddings (cosine)."""
-    b = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    sim = z @ z.t() / temperature
-    sim.fill_diagonal_(float("-inf"))
-    partner = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
-    return F.cross_entropy(sim, partner)
+def default_ssl_batch_size(
+    device: str | torch.device, image_size: int, method: str = DEFAULT_SSL_METHOD
+) -> int:
+    """The SSL batch size that fits `device` at `image_size` px for `method`: the images it
+    back-propagates per step stay within SSL_GRAD_IMAGES_AT_224 (scaled by pixel count)."""
+    kind = "cuda" if torch.device(device).type == "cuda" else "cpu"
+    budget = SSL_GRAD_IMAGES_AT_224[kind] / GRAD_VIEWS[check_method(method)]
+    scaled = budget * (224 * 224) / max(1, int(image_size)) ** 2
+    return int(min(SSL_BATCH_MAX, max(SSL_BATCH_MIN, math.floor(scaled))))
+
+
+def check_method(method: str) -> str:
+    """`method` if it is one of SSL_METHODS, else one FlexsampleError line listing them."""
+    if method not in SSL_METHODS:
+        raise FlexsampleError(
+            f"unknown --ssl-method '{method}'; available: {', '.join(SSL_METHODS)}"
+        )
+    return method
 
 
 def tensor_view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -74,17 +105,6 @@ def tensor_view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return v * contrast + brightness + noise
 
 
-class _Projector(nn.Module):
-    """The SimCLR projection MLP; thrown away after pre-training."""
-
-    def __init__(self, dim: int, out: int = 128) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.net(f)
-
-
 def _view_pairs(
     split: Split,
     order: np.ndarray,
@@ -109,64 +129,202 @@ def _view_pairs(
         yield x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
 
 
-def train_simclr(
+def _lightly(method: str) -> ModuleType:
+    """The lightly package with the submodules pre-training uses (the `ssl` extra)."""
+    lightly = require("lightly", "ssl", f"--ssl-method {method}")
+    for sub in ("loss", "models.modules.heads", "models.utils", "utils.scheduler"):
+        require(f"lightly.{sub}", "ssl", f"--ssl-method {method}")
+    return lightly
+
+
+class _Objective(nn.Module):
+    """One SSL method around `model.embed`: its heads, its loss per view pair, its momentum.
+
+    `trainable()` lists the method's own parameters that the optimiser updates with the
+    backbone; `after_step` runs after each optimiser step (momentum encoders)."""
+
+    def __init__(self, model: nn.Module, dim: int, lightly: ModuleType, batch_size: int,
+                 n_images: int) -> None:
+        super().__init__()
+        self.model = model
+        self.lightly = lightly
+
+    def loss(self, v1: torch.Tensor, v2: torch.Tensor, device: torch.device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def trainable(self) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    def after_step(self, step: int, total: int) -> None:
+        """Nothing by default (SimCLR has no momentum encoder)."""
+
+
+class _SimCLR(_Objective):
+    """SimCLR: a 2-layer MLP projection, NT-Xent over the 2B views of a batch (temperature
+    0.5). Both views pass the backbone as one batch, as flexsample's SimCLR always did."""
+
+    temperature = 0.5
+
+    def __init__(self, model, dim, lightly, batch_size, n_images) -> None:
+        super().__init__(model, dim, lightly, batch_size, n_images)
+        heads = lightly.models.modules.heads
+        self.projector = heads.SimCLRProjectionHead(dim, dim, 128, batch_norm=False)
+        self.criterion = lightly.loss.NTXentLoss(temperature=self.temperature)
+
+    def loss(self, v1, v2, device):
+        with autocast_for(device):
+            z = self.projector(self.model.embed(torch.cat([v1, v2])))
+        z = z.float()
+        return self.criterion(z[: len(v1)], z[len(v1) :])
+
+    def trainable(self):
+        return list(self.projector.parameters())
+
+
+class _Momentum(_Objective):
+    """A method with a momentum (EMA) copy of the backbone and its projection head."""
+
+    momentum = (0.99, 1.0)  # cosine schedule of the EMA factor over the whole pre-training
+
+    def _make_momentum(self) -> None:
+        deactivate = self.lightly.models.utils.deactivate_requires_grad
+        self.model_m = copy.deepcopy(self.model)
+        self.projector_m = copy.deepcopy(self.projector)
+        deactivate(self.model_m)
+        deactivate(self.projector_m)
+
+    def after_step(self, step, total):
+        m = self.lightly.utils.scheduler.cosine_schedule(step, total, *self.momentum)
+        update = self.lightly.models.utils.update_momentum
+        update(self.model, self.model_m, m)
+        update(self.projector, self.projector_m, m)
+
+    @torch.no_grad()
+    def _keys(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        with autocast_for(device):
+            return self.projector_m(self.model_m.embed(x)).float()
+
+
+class _MoCoV2(_Momentum):
+    """MoCo v2: queries from `model`, keys from its momentum copy, InfoNCE against a memory
+    bank of past keys (temperature 0.2, 2-layer MLP projection). One loss per pair, as in the
+    paper: only the query view is back-propagated, half of SimCLR's activations."""
+
+    temperature = 0.2
+
+    def __init__(self, model, dim, lightly, batch_size, n_images) -> None:
+        super().__init__(model, dim, lightly, batch_size, n_images)
+        self.projector = lightly.models.modules.heads.MoCoProjectionHead(dim, dim, 128)
+        # fewer queued keys than images, so a batch's own images are rarely among them
+        queue = int(min(MOCO_QUEUE_MAX, max(batch_size, n_images - batch_size)))
+        self.criterion = lightly.loss.NTXentLoss(
+            temperature=self.temperature, memory_bank_size=(queue, 128)
+        )
+        self._make_momentum()
+
+    def loss(self, v1, v2, device):
+        with autocast_for(device):
+            q = self.projector(self.model.embed(v1)).float()
+        return self.criterion(q, self._keys(v2, device))
+
+    def trainable(self):
+        return list(self.projector.parameters())
+
+
+class _BYOL(_Momentum):
+    """BYOL: online projection + prediction heads, a momentum target, negative cosine
+    similarity, symmetrised over the two views (no negatives, so no memory bank)."""
+
+    def __init__(self, model, dim, lightly, batch_size, n_images) -> None:
+        super().__init__(model, dim, lightly, batch_size, n_images)
+        heads = lightly.models.modules.heads
+        hidden = min(4096, 4 * dim)
+        self.projector = heads.BYOLProjectionHead(dim, hidden, 256)
+        self.predictor = heads.BYOLPredictionHead(256, hidden, 256)
+        self.criterion = lightly.loss.NegativeCosineSimilarity()
+        self._make_momentum()
+
+    def loss(self, v1, v2, device):
+        b = len(v1)
+        both = torch.cat([v1, v2])
+        with autocast_for(device):
+            p = self.predictor(self.projector(self.model.embed(both))).float()
+        t = self._keys(both, device)
+        return 0.5 * (self.criterion(p[:b], t[b:]) + self.criterion(p[b:], t[:b]))
+
+    def trainable(self):
+        return [*self.projector.parameters(), *self.predictor.parameters()]
+
+
+OBJECTIVES: dict[str, type[_Objective]] = {"mocov2": _MoCoV2, "simclr": _SimCLR, "byol": _BYOL}
+
+
+def train_ssl(
     model: nn.Module,
     split: Split,
     *,
     epochs: int,
     seed: int,
     device: torch.device,
+    method: str = DEFAULT_SSL_METHOD,
     batch_size: int = 256,
     lr: float = 1e-3,
-    temperature: float = 0.5,
     num_workers: int | None = 0,
     progress: Any = None,
+    losses: list[float] | None = None,
 ) -> nn.Module:
-    """Contrastive pre-training of `model.embed` in place (its head is untouched); returns it.
+    """Self-supervised pre-training of `model.embed` in place (its head is untouched).
 
+    AdamW (`lr`, cosine decay over all steps) updates the backbone and the method's heads.
     `progress`: None (silent), a reporter (`task("SSL pre-training", epochs)`, advanced once
     per epoch: a bar on a terminal, a line per epoch in a job log), or a callable advanced by
-    the number of images of each batch (the total is `epochs * len(split)`).
+    the number of images of each batch (the total is `epochs * len(split)`). `losses`, when
+    given, receives the loss of every step. Returns `model`.
     """
+    check_method(method)
     if epochs < 1:
         raise FlexsampleError(f"--ssl-epochs must be >= 1, got {epochs}")
+    if batch_size < 2:
+        raise FlexsampleError(f"--ssl-batch-size must be >= 2, got {batch_size}")
     n = len(split)
     if n < 2:
         raise FlexsampleError("self-supervised pre-training needs at least 2 training images")
+    lightly = _lightly(method)
     model = model.to(device)
     with torch.no_grad():
         model.eval()
         probe = next(iterate(split, np.arange(min(2, n)), 2, False, device))[0].to(device)
         dim = int(model.embed(probe).shape[1])
-    projector = _Projector(dim).to(device)
+    bs = min(batch_size, n)
+    objective = OBJECTIVES[method](model, dim, lightly, bs, n).to(device)
     head = getattr(model, "head", None)
     head_ids = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
     params = [p for p in model.parameters() if id(p) not in head_ids]
-    params += list(projector.parameters())
+    params += objective.trainable()
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    steps_per_epoch = max(1, math.ceil(n / batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    steps_per_epoch = max(1, math.ceil(n / bs))
+    total = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     gen = torch.Generator().manual_seed(seed)
-    bs = min(batch_size, n)
     per_batch = progress if callable(progress) and not hasattr(progress, "task") else None
     per_epoch = None if per_batch is not None else progress
+    step = 0
     with progress_task(per_epoch, f"SSL pre-training ({epochs} epochs)", epochs) as advance:
         for epoch in range(epochs):
-            model.train()
-            projector.train()
+            objective.train()
             order = torch.randperm(n, generator=gen).numpy()
-            for v1, v2 in _view_pairs(
-                split, order, bs, device, gen, num_workers, (seed, epoch)
-            ):
+            for v1, v2 in _view_pairs(split, order, bs, device, gen, num_workers, (seed, epoch)):
                 if len(v1) < 2:
                     continue  # one image has no negatives and breaks batch norm
-                with autocast_for(device):
-                    z = projector(model.embed(torch.cat([v1, v2])))
-                loss = nt_xent(z[: len(v1)], z[len(v1) :], temperature)
+                loss = objective.loss(v1, v2, device)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
+                objective.after_step(step, total)
+                step += 1
+                if losses is not None:
+                    losses.append(float(loss.detach()))
                 if per_batch is not None:
                     per_batch(len(v1))
             advance(1)
@@ -185,6 +343,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80] or "x"
 
 
+def _init_key(pretrained: str | None) -> str:
+    """The initial weights in a cache name: scratch, imagenet, or a digest of the file."""
+    if not pretrained:
+        return "scratch"
+    if pretrained == "imagenet":
+        return "imagenet"
+    p = Path(pretrained)
+    size = p.stat().st_size if p.is_file() else -1
+    return hashlib.sha256(f"{p.resolve()}|{size}".encode()).hexdigest()[:10]
+
+
 def ssl_cache_path(
     cache_dir: str | Path,
     dataset_name: str,
@@ -194,16 +363,15 @@ def ssl_cache_path(
     seed: int,
     epochs: int,
     pretrained: str | None = None,
+    method: str = DEFAULT_SSL_METHOD,
+    batch_size: int = 256,
 ) -> Path:
-    """Where the SSL weights for this (dataset, split, size, backbone, seed, epochs, init) live."""
-    init = "scratch"
-    if pretrained:
-        p = Path(pretrained)
-        size = p.stat().st_size if p.is_file() else -1
-        init = hashlib.sha256(f"{p.resolve()}|{size}".encode()).hexdigest()[:10]
+    """Where the SSL weights for this (dataset, split, size, backbone, seed, epochs, method,
+    batch size, init) live."""
     name = (
         f"{_slug(dataset_name)}-{split_hash}-{int(image_size)}px-{_slug(backbone)}"
-        f"-seed{int(seed)}-e{int(epochs)}-{init}-v{SSL_CACHE_VERSION}.pt"
+        f"-seed{int(seed)}-e{int(epochs)}-{_slug(method)}-b{int(batch_size)}"
+        f"-{_init_key(pretrained)}-v{SSL_CACHE_VERSION}.pt"
     )
     return Path(cache_dir) / "ssl" / name
 
@@ -219,23 +387,27 @@ def ssl_weights(
     cache_dir: str | Path | None = None,
     image_size: int | None = None,
     pretrained: str | None = None,
-    batch_size: int = 256,
+    ssl_method: str = DEFAULT_SSL_METHOD,
+    ssl_batch_size: int | None = None,
     num_workers: int | None = 0,
     progress: Any = None,
 ) -> dict[str, torch.Tensor]:
-    """Backbone weights (head excluded) after SimCLR pre-training; read from the cache if there.
+    """Backbone weights (head excluded) after SSL pre-training; read from the cache if there.
 
     `model_factory()` builds the classifier as the run configures it (it is built under a
-    fork of the RNG seeded by `seed`, so the initial weights are reproducible). `progress`
-    follows the pre-training (see `train_simclr`); a cache hit reports a message only.
+    fork of the RNG seeded by `seed`, so the initial weights are reproducible).
+    `ssl_batch_size` None picks `default_ssl_batch_size` for the device and image size.
+    `progress` follows the pre-training (see `train_ssl`); a cache hit reports a message only.
     """
+    method = check_method(ssl_method)
     device = torch.device(device)
     size = int(image_size or dataset.image_size)
+    bs = int(ssl_batch_size or default_ssl_batch_size(device, size, method))
     path = None
     if cache_dir is not None:
         path = ssl_cache_path(
             cache_dir, dataset.name, dataset.split_hash(), size, backbone, seed, ssl_epochs,
-            pretrained,
+            pretrained, method, bs,
         )
         if path.is_file():
             try:
@@ -246,12 +418,16 @@ def ssl_weights(
                 if hasattr(progress, "message"):
                     progress.message(f"SSL pre-training: cached weights {path}")
                 return weights
+    if hasattr(progress, "message"):
+        progress.message(
+            f"SSL pre-training: {method}, batch size {bs}, {ssl_epochs} epochs on {device}"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_factory()
-        train_simclr(
-            model, dataset.train, epochs=ssl_epochs, seed=seed, device=device,
-            batch_size=batch_size, num_workers=num_workers, progress=progress,
+        train_ssl(
+            model, dataset.train, epochs=ssl_epochs, seed=seed, device=device, method=method,
+            batch_size=bs, num_workers=num_workers, progress=progress,
         )
     skip = head_keys(model)
     weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in skip}
@@ -289,10 +465,10 @@ def init_from_ssl(
     model: nn.Module,
     dataset: LTDataset,
     model_factory: ModelFactory,
-    **options,
+    **options: Any,
 ) -> nn.Module:
     """`--init ssl`: load (training first if not cached) the SSL backbone into `model`.
 
-    `options` are those of `ssl_weights` (backbone, seed, ssl_epochs, device, cache_dir, ...).
+    `options` are those of `ssl_weights` (backbone, seed, ssl_epochs, ssl_method, ...).
     """
     return load_ssl_weights(model, ssl_weights(dataset, model_factory, **options))

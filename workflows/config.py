@@ -103,6 +103,19 @@ class RunConfig(BaseModel):
         20, "epochs of self-supervised pre-training (ssl features)", CURRICULUM, ge=1,
         le=EPOCHS_MAX,
     )
+    ssl_method: Literal["mocov2", "simclr", "byol"] = _f(
+        "mocov2", "self-supervised method (ssl features, --init ssl): mocov2, simclr or byol",
+        CURRICULUM,
+    )
+    ssl_batch_size: int | None = _f(
+        None,
+        "self-supervised pre-training batch size (default: fits the device; at 224 px on a "
+        "CPU 32 for mocov2, 16 for simclr and byol; on a GPU 256 and 128; larger for "
+        "smaller images, up to 256)",
+        CURRICULUM,
+        ge=2,
+        le=BATCH_MAX,
+    )
     rounds: int = _f(
         5, "rounds; the epoch budget is rounds x epochs-per-round", CURRICULUM, ge=1,
         le=EPOCHS_MAX,
@@ -152,7 +165,10 @@ class RunConfig(BaseModel):
         MODEL,
     )
     pretrained: str | None = _f(
-        None, "local weights file for the backbone (never downloaded)", MODEL
+        None,
+        "backbone weights: imagenet (timm's, from the Hugging Face cache, downloaded once if "
+        "missing unless HF_HUB_OFFLINE is set) or a local weights file",
+        MODEL,
     )
     init: Literal["random", "ssl"] = _f(
         "random", "classifier initialisation: random or ssl (self-supervised weights)", MODEL
