@@ -228,6 +228,19 @@ def run(
     ),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars or tables"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+    log_to: str = typer.Option(
+        None,
+        "--log-to",
+        help="experiment trackers, any of tensorboard,mlflow,wandb,csv (comma-separated) "
+        "\\[default: none]; MLflow uses MLFLOW_TRACKING_URI, else ./mlruns; W&B runs offline "
+        "unless you are logged in (WANDB_MODE is respected)",
+    ),
+    log_dir: Path = typer.Option(
+        None,
+        "--log-dir",
+        help="TensorBoard, CSV and W&B files go to LOG_DIR/<run folder name> \\[default: in "
+        "the run folder: tensorboard/, logs/, wandb/; WANDB_DIR wins for W&B]",
+    ),
     **flags: Any,
 ) -> None:
     """Train with Flexible Sampling and write a run folder.
@@ -253,6 +266,11 @@ def run(
             raise FlexsampleError(
                 "--resume continues the run in --out and --overwrite replaces it; pass one"
             )
+        from flexsample.integrations.trackers import make_trackers, parse_log_to
+
+        trackers = parse_log_to(log_to)  # a missing tracker package fails before any work
+        if log_dir is not None and not trackers:
+            raise FlexsampleError("--log-dir is for --log-to tensorboard, csv or wandb; add one")
         if resume:
             if out is None:
                 raise FlexsampleError("--resume needs --out RUN_DIR (the run to continue)")
@@ -270,12 +288,19 @@ def run(
         start = time.perf_counter()
         budget = cfg.rounds * cfg.epochs_per_round
         display = [] if quiet else [ProgressDisplay(console, budget, start)]
+        logs = make_trackers(
+            trackers,
+            run_dir=target,
+            log_dir=log_dir,
+            config=cfg.model_dump(),
+            run_name=target.resolve().name,
+        )
         outcome = execute(
             cfg,
             target,
             resume=resume,
             overwrite=overwrite,
-            callbacks=display,
+            callbacks=[*display, *logs],
             reporter=_reporter(quiet, start),
         )
         if outcome.already_finished:
@@ -353,18 +378,20 @@ def list_cmd(
 ) -> None:
     """Every registered estimator, policy, allocation, anchor strategy, dataset, loss, sampler."""
     with user_errors(debug):
-        from flexsample.datasets.base import DATASETS
-        from flexsample.engine.registries import ALLOCATIONS, ANCHORS, ESTIMATORS, POLICIES
-        from flexsample.training.losses import LOSSES
-        from flexsample.training.samplers import SAMPLERS
-        from flexsample.workflows.run import load_plugins
+        from . import catalogue
 
-        load_plugins(plugin or [])
-        rows = [
-            (reg.kind, name, doc, origin)
-            for reg in (ESTIMATORS, POLICIES, ALLOCATIONS, ANCHORS, DATASETS, LOSSES, SAMPLERS)
-            for name, doc, origin in reg.describe()
-        ]
+        if plugin or catalogue.needs_registries():
+            from flexsample.engine.registry import import_plugin
+
+            for module in plugin or []:
+                import_plugin(module)
+            rows = [
+                (reg.kind, name, doc, origin)
+                for reg in catalogue.registries()
+                for name, doc, origin in reg.describe()
+            ]
+        else:  # only built-ins: their names without importing them (and torch)
+            rows = [(kind, name, doc, catalogue.__name__) for kind, name, doc in catalogue.BUILTINS]
         width = max(len(r[1]) for r in rows)
         for kind, name, doc, origin in rows:
             builtin = origin.startswith("flexsample.")

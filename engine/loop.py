@@ -11,19 +11,26 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from .checkpoint import save_atomic
-from .context import InputFn, ScoringContext
 from .errors import FlexsampleError
 from .faults import fault_point
-from .interfaces import Allocation, Estimator, Learner, PolicyState, Schedule, ValRecord
+from .interfaces import (
+    Allocation,
+    EpochResult,
+    Estimator,
+    Learner,
+    PolicyState,
+    Schedule,
+    ValRecord,
+)
 from .pool import Pool
-from .scoring import score_candidates
 from .selection import select_segments
+
+if TYPE_CHECKING:  # torch is imported where it is used: callbacks and records import without it
+    from .context import InputFn
 
 
 @dataclass
@@ -75,6 +82,8 @@ class Callback:
     def on_scoring_advance(self, n: int) -> None: ...
     def on_query(self, result: QueryResult) -> None: ...
     def on_epoch_start(self, epoch: int, subset_size: int) -> None: ...
+    # the learner's report (EpochResult.extra: e.g. the learning rate), before on_epoch_end
+    def on_epoch_result(self, epoch: int, result: EpochResult) -> None: ...
     def on_epoch_end(self, epoch: int, loss: float, val: ValRecord, improved: bool) -> None: ...
     def on_step_end(self, record: StepRecord) -> None: ...
     def on_checkpoint(self, epoch: int) -> None: ...
@@ -219,6 +228,9 @@ class Curriculum:
 
     def _score(self, step: int, candidates: np.ndarray) -> np.ndarray:
         """The estimator's scores; on out-of-memory, once more at half the batch size."""
+        from .context import ScoringContext
+        from .scoring import score_candidates
+
         tried = []
         while True:
             self._emit("on_scoring_start", step, len(candidates))
@@ -234,7 +246,7 @@ class Curriculum:
             )
             try:
                 return score_candidates(self.estimator, ctx, candidates)
-            except (torch.OutOfMemoryError, RuntimeError) as exc:
+            except RuntimeError as exc:  # torch.OutOfMemoryError is one
                 if not _is_out_of_memory(exc):
                     raise
                 tried.append(self.score_batch_size)
@@ -255,38 +267,51 @@ class Curriculum:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> LoopResult:
+        while self.epoch < self.epoch_budget:
+            subset = self.begin_epoch()
+            res = self.learner.train_epoch(subset, self.epoch)
+            fault_point("train-epoch")
+            self.end_epoch(res, *self.learner.validate())
+        return self.finish()
+
+    # The three steps of `run`, public for drivers that own the training loop (Lightning's
+    # FlexSampling callback): begin_epoch, train and validate the subset, end_epoch; finish.
+    def begin_epoch(self) -> np.ndarray:
+        """Before epoch `self.epoch`: query if the schedule says so, start a learner round when
+        one begins; returns the subset to train on."""
         if self.current is None:
             raise FlexsampleError("call start(anchors) (or load a checkpoint) before run()")
         from .validation import ask_budget, ask_should_query  # checked, naming the plugin
 
-        while self.epoch < self.epoch_budget:
-            state = self.policy_state()
-            queried = False
-            if not self.pool.is_full and ask_should_query(self.schedule, state):
-                budget = ask_budget(self.schedule, state)
-                if budget > 0:
-                    if self.current.epochs > 0:
-                        self._close_record()
-                    result = self.query(budget, state)
-                    queried = True
-                    if self.current is None or self.current.epochs > 0 or self.epoch > 0:
-                        self.current = self._open_record(result.seconds)
-                    else:  # the query before the first epoch joins step 0
-                        self.current = self._open_record(self.current.score_s + result.seconds)
-            if state.at_round_start or queried:
-                left = self.epochs_per_round - self.epoch % self.epochs_per_round
-                self.learner.start_round(state.round, left)
-            self._train_one_epoch()
+        state = self.policy_state()
+        queried = False
+        if not self.pool.is_full and ask_should_query(self.schedule, state):
+            budget = ask_budget(self.schedule, state)
+            if budget > 0:
+                if self.current.epochs > 0:
+                    self._close_record()
+                result = self.query(budget, state)
+                queried = True
+                if self.current is None or self.current.epochs > 0 or self.epoch > 0:
+                    self.current = self._open_record(result.seconds)
+                else:  # the query before the first epoch joins step 0
+                    self.current = self._open_record(self.current.score_s + result.seconds)
+        if state.at_round_start or queried:
+            left = self.epochs_per_round - self.epoch % self.epochs_per_round
+            self.learner.start_round(state.round, left)
+        subset = self.pool.subset_indices()
+        self._emit("on_epoch_start", self.epoch, len(subset))
+        return subset
+
+    def finish(self) -> LoopResult:
+        """Close the last step's record (once the epoch budget is spent) and sum up."""
         if self.current is not None and self.current.epochs > 0:
             self._close_record()
         return LoopResult(self.best_val, self.best_epoch, self.subset_size_at_best, self.records)
 
-    def _train_one_epoch(self) -> None:
-        subset = self.pool.subset_indices()
-        self._emit("on_epoch_start", self.epoch, len(subset))
-        res = self.learner.train_epoch(subset, self.epoch)
-        fault_point("train-epoch")
-        bal, recall = self.learner.validate()
+    def end_epoch(self, res: EpochResult, bal: float, recall: Sequence[float]) -> None:
+        """After epoch `self.epoch` trained (`res`) and validated (balanced accuracy, per-class
+        recall): record it, keep the best weights, count the epoch, checkpoint."""
         val = ValRecord(self.epoch, float(bal), tuple(float(r) for r in recall))
         self.history.append(val)
         rec = self.current
@@ -301,11 +326,14 @@ class Curriculum:
         if improved:
             self.best_val = val.balanced_accuracy
             self.best_epoch = self.epoch
-            self.subset_size_at_best = len(subset)
+            self.subset_size_at_best = self.pool.size
             self._save_best(val)
+        self._emit("on_epoch_result", self.epoch, res)
         self._emit("on_epoch_end", self.epoch, float(res.loss), val, improved)
         self.epoch += 1
         if self.checkpoint_dir is not None:
+            from .checkpoint import save_atomic
+
             save_atomic(self.checkpoint_dir / "checkpoint.pt", self.state_dict(), rotate=True)
             self._emit("on_checkpoint", self.epoch)
 
@@ -325,6 +353,8 @@ class Curriculum:
         if self.checkpoint_dir is None:
             self.best_state = payload
         else:
+            from .checkpoint import save_atomic
+
             save_atomic(self.checkpoint_dir / "best.pt", payload)
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -409,6 +439,8 @@ class Curriculum:
 
 def _is_out_of_memory(exc: BaseException) -> bool:
     """torch.OutOfMemoryError, or a CUDA library's allocation failure raised as RuntimeError."""
+    import torch
+
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     text = str(exc)
@@ -418,6 +450,8 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 def _free_device_memory() -> None:
     """Return cached CUDA blocks after an out-of-memory error, before retrying smaller."""
     import gc
+
+    import torch
 
     gc.collect()
     if torch.cuda.is_available():

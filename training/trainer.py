@@ -91,6 +91,7 @@ class Trainer:
         if self.optimizer is None:
             self.start_round(0, self.cfg.epochs_per_round)
         t0 = time.perf_counter()
+        lr = float(self.optimizer.param_groups[0]["lr"])  # this epoch's (cosine) rate
         indices = np.asarray(indices, dtype=np.int64)
         labels = self.train_split.labels[indices]
         counts = np.bincount(labels, minlength=self.num_classes)
@@ -117,7 +118,9 @@ class Trainer:
             if self.progress is not None:
                 self.progress(len(y))
         self.scheduler.step()
-        return EpochResult(loss=total / max(seen, 1), seconds=time.perf_counter() - t0)
+        return EpochResult(
+            loss=total / max(seen, 1), seconds=time.perf_counter() - t0, extra={"lr": lr}
+        )
 
     def _step_loss(
         self, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss, rng: np.random.Generator

@@ -49,7 +49,7 @@ from flexsample.training.trainer import TrainConfig, Trainer
 from . import outputs as out_files
 from . import rundir
 from .config import RunConfig, stable_hash
-from .plots import plot_curves
+from .plots import plot_curves, plot_reliability
 from .progress import Reporter
 
 TINY_IMAGE = 32  # images at most this size default to the small CNN
@@ -317,6 +317,9 @@ def _train_and_report(
     results["timings"]["eval_s"] = time.perf_counter() - t_eval
     with rundir.os_errors(out):
         write_reports(cfg, setup, out, loop, result, results)
+    for cb in callbacks:  # trackers log the test metrics and the finished folder's files
+        if callable(getattr(cb, "on_run_end", None)):
+            cb.on_run_end(results, out)  # type: ignore[attr-defined]
     return RunOutcome(results, result.records, setup.ds.class_names, out)
 
 
@@ -550,15 +553,21 @@ def write_reports(
     result: LoopResult,
     results: dict[str, Any],
 ) -> None:
-    """results.json and curves.png."""
+    """results.json, curves.png and calibration.png (the test split, best-val checkpoint)."""
     ds = setup.ds
     out_files.write_json(out / out_files.RESULTS, results)
+    title = f"{ds.name}  estimator={cfg.estimator}  policy={cfg.policy}  seed={cfg.seed}"
     plot_curves(
         out / out_files.CURVES,
         [r.to_json() for r in result.records],
         val_curve(loop.history, result.records),
         ds.class_names,
-        f"{ds.name}  estimator={cfg.estimator}  policy={cfg.policy}  seed={cfg.seed}",
+        title,
+    )
+    test = results["test"]
+    plot_reliability(
+        out / out_files.CALIBRATION, test["calibration"], test["ece"],
+        f"{title}\ntest split, best-validation checkpoint",
     )
 
 
@@ -579,6 +588,7 @@ def _anchor_features(
         lambda: make_model(cfg, ds),
         **_ssl_options(cfg, ds, device, reporter),
         pretrained=cfg.pretrained,
+        batch_size=cfg.score_batch_size,
     )
 
 
@@ -593,7 +603,8 @@ def _ssl_options(
         "ssl_epochs": cfg.ssl_epochs,
         "device": device,
         "backbone": resolved_backbone(cfg, ds),
-        "batch_size": cfg.score_batch_size,
+        "ssl_method": cfg.ssl_method,
+        "ssl_batch_size": cfg.ssl_batch_size,
         "num_workers": cfg.workers,
     }
 
@@ -635,7 +646,8 @@ def resume_config(out: Path, config_file: Path | None, flags: dict[str, Any]) ->
 
 
 def reevaluate(run_dir: Path, device_name: str | None) -> dict[str, Any]:
-    """`flexsample eval`: the run's best.pt on its val and test splits."""
+    """`flexsample eval`: the run's best.pt on its val and test splits; (re)writes the run's
+    calibration.png from the test split where the folder is writable."""
     cfg = read_run_config(run_dir)
     if not (run_dir / out_files.BEST).is_file():
         raise FlexsampleError(f"{run_dir} has no {out_files.BEST} (did the run finish an epoch?)")
@@ -665,4 +677,12 @@ def reevaluate(run_dir: Path, device_name: str | None) -> dict[str, Any]:
         )
         for name, split in (("val", ds.val), ("test", ds.test))
     }
+    # the picture a finished run has (older runs lack it); a read-only run folder (a shared
+    # drive) still gets its metrics, without the picture: res then has no "calibration_png"
+    with contextlib.suppress(OSError):
+        plot_reliability(
+            run_dir / out_files.CALIBRATION, res["test"]["calibration"], res["test"]["ece"],
+            f"{ds.name}  test split, best-validation checkpoint (flexsample eval)",
+        )
+        res["calibration_png"] = str(run_dir / out_files.CALIBRATION)
     return res
