@@ -1,6 +1,7 @@
 """Wall time of one small bench grid under each launcher, and what each launcher costs per cell.
 
     python benchmarks/bench_launchers.py [--seeds 0,1,2] [--launchers local1,local2,ray]
+        [--rounds 5 --epochs-per-round 20]
 
 Runs `flexsample bench` as a user would (a subprocess each, fresh output folder) with
 `--launcher local --jobs 1`, `--launcher local --jobs 2` and `--launcher ray` (a local Ray
@@ -30,7 +31,7 @@ from pathlib import Path
 
 GRID = [
     "--estimators", "random,entropy", "--policies", "linear", "--baselines", "ce",
-    "--rounds", "3", "--epochs-per-round", "2", "--device", "cpu", "--cpus-per-cell", "1",
+    "--device", "cpu", "--cpus-per-cell", "1",
 ]
 MODES = {
     "local1": ["--launcher", "local", "--jobs", "1"],
@@ -39,10 +40,10 @@ MODES = {
 }
 
 
-def run(mode: str, seeds: str, root: Path) -> dict:
+def run(mode: str, seeds: str, root: Path, size: list[str]) -> dict:
     out = root / mode
     cmd = [sys.executable, "-m", "flexsample", "bench", "--out", str(out), "--seeds", seeds,
-           *GRID, *MODES[mode]]
+           *GRID, *size, *MODES[mode]]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -68,17 +69,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--launchers", default="local1,local2,ray")
+    ap.add_argument("--rounds", default="3")
+    ap.add_argument("--epochs-per-round", default="2")
     ap.add_argument("--keep", type=Path, help="keep the bench folders here")
     args = ap.parse_args()
+    size = ["--rounds", args.rounds, "--epochs-per-round", args.epochs_per_round]
     root = Path(tempfile.mkdtemp(prefix="fs-launchers-"))
     try:
-        results = [run(m, args.seeds, root) for m in args.launchers.split(",")]
+        results = [run(m, args.seeds, root, size) for m in args.launchers.split(",")]
     finally:
         if args.keep:
             shutil.copytree(root, args.keep, dirs_exist_ok=True)
         shutil.rmtree(root, ignore_errors=True)
     load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else "?"
-    print(f"cores: {os.cpu_count()}, load average after: {' '.join(load)}")
+    print(f"cores: {os.cpu_count()}, load average after: {' '.join(load)}; grid: {' '.join(GRID)} "
+          f"{' '.join(size)} --seeds {args.seeds}")
     print("| launcher | cells | grid wall (s) | sum of cell wall_s (s) | overhead per cell (s) |")
     print("|---|---:|---:|---:|---:|")
     for r in results:
