@@ -163,3 +163,24 @@ def test_import_flexsample_stays_torch_free():
         cwd=Path(__file__).parent,
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_run_and_bench_log_to_trackers(tmp_path):
+    import csv as csv_module
+
+    import flexsample
+
+    res = flexsample.run(
+        out=tmp_path / "r", rounds=2, epochs_per_round=1, device="cpu", log_to="csv"
+    )
+    with open(res.run_dir / "logs" / "test.csv", encoding="utf-8") as fh:
+        assert list(csv_module.DictReader(fh))
+    grid = flexsample.bench(
+        {"rounds": 2, "epochs_per_round": 1, "device": "cpu", "estimator": "random"},
+        out=tmp_path / "b", log_to=["csv"], log_dir=tmp_path / "logs",
+    )
+    assert not grid.failed
+    assert len(list((tmp_path / "logs" / "b").glob("*/test.csv"))) == 1
+    with pytest.raises(flexsample.FlexsampleError, match="unknown tracker 'excel'"):
+        flexsample.run(out=tmp_path / "x", log_to="excel")
+    assert not (tmp_path / "x").exists()

@@ -115,6 +115,8 @@ def run(
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
     progress: bool = False,
+    log_to: Sequence[str] | str | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
     **overrides: Any,
 ) -> RunResult:
     """Train one configuration into a run folder, like `flexsample run`, and return its results.
@@ -123,9 +125,12 @@ def run(
     (`run(rounds=4, estimator="entropy")`). `out` defaults to the CLI's
     `runs/<timestamp>-<estimator>-<policy>`. `resume=True` continues the run in `out` from its
     last checkpoint (values given must repeat the saved ones, `device` excepted).
-    `callbacks`: engine `Callback`s, told of every query, epoch and step.
+    `callbacks`: engine `Callback`s, told of every query, epoch and step. `log_to`: experiment
+    trackers as for `--log-to` ("tensorboard,csv" or a list), logging into `log_dir` if given.
     """
     from .run import build_components, default_out, execute, load_plugins, prepare_out
+
+    trackers = _tracker_names(log_to)  # names and packages checked before anything else
 
     if resume and overwrite:
         raise FlexsampleError(
@@ -145,12 +150,25 @@ def run(
     notes: list[str] = []
     reporter = _PlainReporter(notes) if progress else _QuietReporter(notes)
     shown = [_PlainProgress(cfg.rounds * cfg.epochs_per_round)] if progress else []
+    logs: list[Callback] = []
+    if trackers:
+        from flexsample.integrations.trackers import make_trackers
+
+        logs = list(
+            make_trackers(
+                trackers,
+                run_dir=target,
+                log_dir=Path(log_dir) if log_dir is not None else None,
+                config=cfg.model_dump(),
+                run_name=target.resolve().name,
+            )
+        )
     outcome = execute(
         cfg,
         target,
         resume=resume,
         overwrite=overwrite,
-        callbacks=[*shown, *callbacks],
+        callbacks=[*shown, *callbacks, *logs],
         reporter=reporter,
     )
     if progress and outcome.already_finished:
@@ -212,6 +230,8 @@ def bench(
     launcher_options: dict[str, Any] | None = None,
     on_progress: Callable[[GridProgress], None] | None = None,
     progress: bool = False,
+    log_to: Sequence[str] | str | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
     **overrides: Any,
 ) -> BenchResult:
     """Run a benchmark grid, like `flexsample bench`, and return its `BenchResult`.
@@ -253,7 +273,17 @@ def bench(
         launcher_options=launcher_options,
         on_progress=report,
         command="flexsample.bench()",
+        log_to=_tracker_names(log_to),
+        log_dir=Path(log_dir) if log_dir is not None else None,
     )
+
+
+def _tracker_names(log_to: Sequence[str] | str | None) -> list[str]:
+    if not log_to:
+        return []
+    from flexsample.integrations.trackers import parse_log_to
+
+    return parse_log_to(log_to if isinstance(log_to, str) else ",".join(log_to))
 
 
 def _as_list(value: Any) -> list[Any] | None:
