@@ -6,6 +6,7 @@ model), which makes head-only MC dropout exact.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -251,17 +252,23 @@ def _download_hub_file(
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     reason = "no weights file in the repository"
-    for name in names:
-        try:
-            return Path(hf_hub_download(repo, name, revision=revision, cache_dir=cache))
-        except LocalEntryNotFoundError as exc:  # offline, no network, or the hub unreachable
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            break
-        except EntryNotFoundError:
-            continue  # not this file name: try the next one
-        except Exception as exc:  # network, HTTP and disk errors of the download
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            break
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would add lines to our one-line error
+    try:
+        for name in names:
+            try:
+                return Path(hf_hub_download(repo, name, revision=revision, cache_dir=cache))
+            except LocalEntryNotFoundError as exc:  # offline, no network, hub unreachable
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                break
+            except EntryNotFoundError:
+                continue  # not this file name: try the next one
+            except Exception as exc:  # network, HTTP and disk errors of the download
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                break
+    finally:
+        hub_log.setLevel(level)
     raise FlexsampleError(
         f"--pretrained {IMAGENET}: cannot download the weights of '{backbone}' ({repo}) into "
         f"{cache}: {reason}; {fill}"
