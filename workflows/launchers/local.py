@@ -129,32 +129,28 @@ class LocalLauncher(Launcher):
 
     # -- in this process (--jobs 1) --
     def _inline(self, task: CellTask) -> Outcome:
+        """The cell in this process, on the device `--device` picks: no CUDA_VISIBLE_DEVICES
+        (it would pin this process, a notebook's say, to one GPU for good)."""
         import torch
 
         from flexsample.workflows.bench import cell_entry
 
         before = torch.get_num_threads()
-        saved = {k: os.environ.get(k) for k in task.env}
         try:
             return cell_entry(task)
         finally:
             torch.set_num_threads(before)
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def submit(self, tasks: Sequence[CellTask]) -> list[Any]:
         jobs = []
         for task in tasks:
             slot = next(s for s in self.plan if self._busy[s.index] is None)
-            placed = replace(task, threads=slot.threads, env={**task.env, **slot.env})
             if len(self.plan) == 1:
                 fut: Future[Outcome] = Future()
                 fut.set_running_or_notify_cancel()
-                fut.task = placed  # type: ignore[attr-defined]  # run when polled
+                fut.task = replace(task, threads=slot.threads)  # type: ignore[attr-defined]
             else:
+                placed = replace(task, threads=slot.threads, env={**task.env, **slot.env})
                 fut = self._pool(slot).submit(_run_in_worker, placed)
             self._busy[slot.index] = fut
             jobs.append((slot, fut))
