@@ -47,6 +47,8 @@ class StepRecord:
     train_s: float = 0.0
     epochs: int = 0
     best_val_balanced_accuracy: float | None = None
+    # images the step's scoring pushed through the backbone (ScoringContext.stats)
+    score_samples: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +62,7 @@ class QueryResult:
     scores: np.ndarray
     chosen: np.ndarray
     seconds: float
+    score_samples: int = 0  # backbone passes the scoring computed (failed OOM tries too)
 
 
 @dataclass
@@ -150,6 +153,7 @@ class Curriculum:
         self.best_epoch = -1
         self.subset_size_at_best = 0
         self.best_state: dict[str, Any] | None = None  # kept in memory without checkpoint_dir
+        self._score_items = 0  # backbone passes of the current query's scoring
 
     @property
     def epoch_budget(self) -> int:
@@ -183,13 +187,14 @@ class Curriculum:
         self.anchor_size = self.pool.size
         self.current = self._open_record(score_s=0.0)
 
-    def _open_record(self, score_s: float) -> StepRecord:
+    def _open_record(self, score_s: float, score_samples: int = 0) -> StepRecord:
         return StepRecord(
             step=self.step,
             epoch=self.epoch,
             subset_size=self.pool.size,
             class_counts=self.pool.subset_counts().tolist(),
             score_s=score_s,
+            score_samples=score_samples,
         )
 
     # -- one query ---------------------------------------------------------------------------
@@ -210,6 +215,7 @@ class Curriculum:
         groups = [self.pool.remaining_indices(int(c)) for c in partial]
         candidates = np.concatenate(groups) if groups else np.zeros(0, np.int64)
         scores = np.zeros(0)
+        self._score_items = 0
         if len(candidates):
             scores = self._score(step, candidates)
             sizes = np.zeros(len(quotas), np.int64)
@@ -221,7 +227,10 @@ class Curriculum:
         chosen_idx = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
         self.pool.add(chosen_idx, step)
         self.step = step
-        result = QueryResult(step, quotas, candidates, scores, chosen_idx, time.perf_counter() - t0)
+        result = QueryResult(
+            step, quotas, candidates, scores, chosen_idx, time.perf_counter() - t0,
+            self._score_items,
+        )
         self._emit("on_query", result)
         fault_point("query")
         return result
@@ -250,6 +259,8 @@ class Curriculum:
                 if not _is_out_of_memory(exc):
                     raise
                 tried.append(self.score_batch_size)
+            finally:
+                self._score_items += int(ctx.stats["backbone_items"])
             del ctx
             _free_device_memory()
             if len(tried) > 1 or self.score_batch_size < 2:
@@ -293,9 +304,12 @@ class Curriculum:
                 result = self.query(budget, state)
                 queried = True
                 if self.current is None or self.current.epochs > 0 or self.epoch > 0:
-                    self.current = self._open_record(result.seconds)
+                    self.current = self._open_record(result.seconds, result.score_samples)
                 else:  # the query before the first epoch joins step 0
-                    self.current = self._open_record(self.current.score_s + result.seconds)
+                    self.current = self._open_record(
+                        self.current.score_s + result.seconds,
+                        self.current.score_samples + result.score_samples,
+                    )
         if state.at_round_start or queried:
             left = self.epochs_per_round - self.epoch % self.epochs_per_round
             self.learner.start_round(state.round, left)

@@ -332,6 +332,18 @@ def train_ssl(
     return model
 
 
+def ssl_samples(n_images: int, epochs: int, batch_size: int) -> int:
+    """Augmented views `train_ssl` forwards: 2 per image per epoch, as `train_ssl` iterates
+    (a lone trailing image is skipped there, so here too). Momentum-encoder passes of the
+    same views are not counted again: the figure compares methods, not FLOPs."""
+    n = int(n_images)
+    if n < 2 or epochs < 1:
+        return 0
+    bs = min(int(batch_size), n)
+    per_epoch = n - (1 if n % bs == 1 else 0)
+    return 2 * per_epoch * int(epochs)
+
+
 def head_keys(model: nn.Module) -> set[str]:
     """State-dict keys of the classifier head (under every name it is registered by)."""
     head = getattr(model, "head", None)

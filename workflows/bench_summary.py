@@ -34,6 +34,8 @@ META_COLUMNS = [
     "logit_adjust",
     "seed",
 ]
+# from results.json `compute` (what a run cost); empty for cells run before it was recorded
+COMPUTE_COLUMNS = ["train_samples", "score_samples", "pretrain_samples", "train_s", "score_s"]
 METRIC_COLUMNS = [
     "test_balanced_accuracy",
     "test_accuracy",
@@ -46,6 +48,7 @@ METRIC_COLUMNS = [
     "best_val_balanced_accuracy",
     "subset_size_at_best",
     "wall_s",
+    *COMPUTE_COLUMNS,
 ]
 # status: finished | failed; a failed cell has empty metrics and its one-line error
 CSV_COLUMNS = [*META_COLUMNS, "config_hash", "status", *METRIC_COLUMNS, "error", "in_grid", "cell"]
@@ -136,6 +139,7 @@ def csv_row(record: CellRecord, flags: list[str], in_grid: bool, root: Path) -> 
             "best_val_balanced_accuracy": res.get("best_val_balanced_accuracy"),
             "subset_size_at_best": res.get("subset_size_at_best"),
             "wall_s": res.get("wall_s"),
+            **{k: (res.get("compute") or {}).get(k) for k in COMPUTE_COLUMNS},
             "error": "",
             "in_grid": "yes" if in_grid else "no",
             "cell": _relative(record.out, root),
@@ -218,6 +222,12 @@ def summarise(rows: list[dict[str, Any]], flags: list[str] | tuple[str, ...] = (
             "dirs": [r["_dir"] for r in rs if "_dir" in r],
             "values": [float(r[STAT_KEY]) for r in _by_seed(rs) if r.get(STAT_KEY) is not None],
             "seed_values": _per_seed(rs),
+            "train_samples": _mean_of(rs, "train_samples"),
+            "pareto": [
+                (float(r["train_samples"]), float(r[STAT_KEY]))
+                for r in _by_seed(rs)
+                if r.get("train_samples") is not None and r.get(STAT_KEY) is not None
+            ],
         }
         for key in SUMMARY_KEYS:
             vals = np.array([r[key] for r in rs if r.get(key) is not None], dtype=np.float64)
@@ -235,6 +245,12 @@ def summarise(rows: list[dict[str, Any]], flags: list[str] | tuple[str, ...] = (
         )
     )
     return out
+
+
+def _mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of `key` over the rows that have it (None when none does: older cells)."""
+    vals = [float(r[key]) for r in rows if r.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
 
 
 def _by_seed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -415,16 +431,19 @@ def write_summary_md(
             "",
             "Ranked by mean test balanced accuracy (best-validation checkpoint); "
             "mean ± std over seeds (percent; a single seed shows its value alone). "
-            "★ = strongest baseline.",
+            "★ = strongest baseline. Train samples: images through the training forward "
+            "pass, mean over seeds (results.json `compute`; - for cells without it).",
             "",
             f"| rank | method |{flag_head} seeds | test bal-acc | head | medium | tail "
-            "| best val bal-acc |",
-            "|---:|---|" + "---|" * len(flags) + "---:|---:|---:|---:|---:|---:|",
+            "| best val bal-acc | train samples |",
+            "|---:|---|" + "---|" * len(flags) + "---:|---:|---:|---:|---:|---:|---:|",
         ]
         for rank, e in enumerate(entries, 1):
             mark = (" ★" if rank - 1 == star else "") + ("" if e["in_grid"] else " †")
             values = "".join(f" {_show(e['flags'].get(f))} |" for f in flags)
             cells = " | ".join(_pm(e[k]) for k in SUMMARY_KEYS)
+            samples = e.get("train_samples")
+            cells += " | " + ("-" if samples is None else f"{samples:,.0f}")
             lines.append(f"| {rank} | {e['method']}{mark} |{values} {e['n']} | {cells} |")
         lines.append("")
         lines += stats_lines(entries, stats)
@@ -490,7 +509,8 @@ def seed_points(entries: list[dict[str, Any]], width: float = 0.5) -> list[tuple
 
 def plot_summary(path: Path, summary: list[dict[str, Any]]) -> None:
     """Bars of test balanced accuracy per configuration (whiskers only over several seeds, each
-    seed's value as a dot on its bar) and validation curves against subset size."""
+    seed's value as a dot on its bar), validation curves against subset size, and test balanced
+    accuracy against training samples processed (one point per seed: the cost/quality view)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -500,7 +520,7 @@ def plot_summary(path: Path, summary: list[dict[str, Any]]) -> None:
     if not groups:  # nothing finished: no picture, and none of an earlier bench left behind
         path.unlink(missing_ok=True)
         return
-    fig, axes = plt.subplots(len(groups), 2, figsize=(14, 4.8 * max(1, len(groups))), squeeze=False)
+    fig, axes = plt.subplots(len(groups), 3, figsize=(21, 4.8 * max(1, len(groups))), squeeze=False)
     for row, (ds, ratio) in enumerate(groups):
         entries = [e for e in summary if (e["dataset"], e["imbalance_ratio"]) == (ds, ratio)]
         ax = axes[row, 0]
@@ -565,9 +585,46 @@ def plot_summary(path: Path, summary: list[dict[str, Any]]) -> None:
         ax2.grid(alpha=0.3)
         if ax2.lines:
             ax2.legend(fontsize=8)
+        pareto_panel(axes[row, 2], entries)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+MARKERS = "o^vD<>pPX*h"
+
+
+def pareto_panel(ax: Any, entries: list[dict[str, Any]]) -> None:
+    """Test balanced accuracy (y) against training samples processed (x), one point per seed;
+    a colour and marker per configuration, baselines as hollow squares."""
+    shown = 0
+    for i, e in enumerate(entries):
+        points = e.get("pareto") or []
+        if not points:
+            continue
+        baseline = e["method"].startswith("baseline:")
+        color = f"C{i % 10}"  # matplotlib's default cycle, fixed per rank
+        ax.scatter(
+            [x for x, _ in points],
+            [100 * y for _, y in points],
+            marker="s" if baseline else MARKERS[shown % len(MARKERS)],
+            facecolors="none" if baseline else color,
+            edgecolors=color,
+            s=36,
+            linewidths=1.5,
+            label=label(e),
+            zorder=3,
+        )
+        shown += 0 if baseline else 1
+    ax.set_xlabel("training samples processed")
+    ax.set_ylabel("test balanced accuracy (%)")
+    ax.set_title("Test bal-acc vs training samples (a point per seed, □ = baseline)")
+    ax.grid(alpha=0.3)
+    if ax.collections:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no compute recorded (older cells)", ha="center", va="center",
+                transform=ax.transAxes)
 
 
 def _curve(run_dir: Path) -> list[tuple[int, float]]:

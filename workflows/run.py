@@ -226,6 +226,7 @@ def execute(
     loop, recorder = build_loop(cfg, setup, out, [watch, *callbacks], _meta(doc))
     with reporter.phase("anchors"):
         start_from_anchors(cfg, setup, loop, reporter)
+    loop.meta["pretrain_s"] = setup.pretrain_s  # in every checkpoint: a resume reports it
 
     def fill(folder: Path) -> None:
         out_files.write_json(folder / out_files.CONFIG, doc)
@@ -315,6 +316,8 @@ def _train_and_report(
     results = results_document(setup, result, loop.pool, test, last)
     results["timings"]["total_s"] = time.perf_counter() - t_start
     results["timings"]["eval_s"] = time.perf_counter() - t_eval
+    pretrain_s = float(loop.meta.get("pretrain_s", 0.0))
+    results["compute"] = compute_document(cfg, setup, result, pretrain_s, results["timings"])
     with rundir.os_errors(out):
         write_reports(cfg, setup, out, loop, result, results)
     for cb in callbacks:  # trackers log the test metrics and the finished folder's files
@@ -370,6 +373,7 @@ class Setup:
     device: torch.device
     ds: LTDataset
     model: torch.nn.Module
+    pretrain_s: float = 0.0  # wall time of SSL pre-training (or its cache read) in this process
 
 
 def set_up(
@@ -385,9 +389,11 @@ def set_up(
     ds = load_dataset(cfg, reporter)
     torch.manual_seed(cfg.seed)
     model = make_model(cfg, ds)
+    pretrain_s = 0.0
     if cfg.init == "ssl" and not resume:
         from flexsample.training.ssl import init_from_ssl
 
+        t0 = time.perf_counter()
         init_from_ssl(
             model,
             ds,
@@ -395,7 +401,8 @@ def set_up(
             **_ssl_options(cfg, ds, device, reporter),
             pretrained=cfg.pretrained,
         )
-    return Setup(comps, device, ds, model)
+        pretrain_s = time.perf_counter() - t0
+    return Setup(comps, device, ds, model, pretrain_s)
 
 
 def config_document(cfg: RunConfig, setup: Setup, run_id: str = "") -> dict[str, Any]:
@@ -499,7 +506,10 @@ def start_from_anchors(
 ) -> None:
     """Choose the anchor set and put it in the pool as step 0."""
     ds = setup.ds
+    t0 = time.perf_counter()
     features = _anchor_features(cfg, ds, setup.comps.anchors, setup.device, reporter)
+    if _uses_ssl_anchors(cfg, setup):
+        setup.pretrain_s += time.perf_counter() - t0
     comps = setup.comps
     anchors = select_anchors(comps.anchors, ds.train.labels, ds.num_classes, cfg.seed, features)
     loop.start(anchors)
@@ -542,6 +552,63 @@ def results_document(
             "score_s": sum(r["score_s"] for r in records),
             "eval_s": 0.0,
         },
+    }
+
+
+def _uses_ssl_anchors(cfg: RunConfig, setup: Setup) -> bool:
+    """Whether the anchor strategy takes its features from SSL pre-training."""
+    if not getattr(setup.comps.anchors, "needs_features", False):
+        return False
+    from flexsample.training.anchor_features import resolve_feature_source
+
+    source = resolve_feature_source(cfg.anchor_features, setup.ds.image_size, cfg.pretrained)
+    return source == "ssl"
+
+
+def pretrain_samples(cfg: RunConfig, setup: Setup) -> int:
+    """Views forwarded by the SSL pre-training the run's weights or anchors come from
+    (`training.ssl.ssl_samples`: 2 views x images x --ssl-epochs), 0 without one.
+
+    Counted once, as the method's cost: `--init ssl` and ssl anchor features share one
+    pre-training, and weights read from the cache count as if trained here.
+    """
+    if cfg.init != "ssl" and not _uses_ssl_anchors(cfg, setup):
+        return 0
+    from flexsample.training.ssl import default_ssl_batch_size, ssl_samples
+
+    size = int(setup.ds.image_size)
+    batch = cfg.ssl_batch_size or default_ssl_batch_size(setup.device, size, cfg.ssl_method)
+    return ssl_samples(len(setup.ds.train), cfg.ssl_epochs, batch)
+
+
+def compute_document(
+    cfg: RunConfig,
+    setup: Setup,
+    result: LoopResult,
+    pretrain_s: float,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """results.json `compute`: what the run cost, in samples processed and seconds per phase.
+
+    `train_samples`: the subset handed to the learner, summed over epochs (each step's subset
+    size x its epochs; the re-sampling samplers draw as many as the subset holds; mixup counts
+    each image once; a lone trailing sample the trainer skips still counts).
+    `score_samples`: images the scoring contexts pushed through the backbone (one per
+    candidate for features, probabilities and head-mode MC dropout; T per candidate for
+    full-mode MC; 0 for estimators that read nothing, e.g. `random`; passes an estimator makes
+    outside its context are not seen). `pretrain_samples`: see `pretrain_samples`.
+    Seconds: `train_s`/`score_s` sum the steps' records, `pretrain_s` is the SSL pre-training
+    (or cached-weights read, plus the ssl anchor-feature pass), `eval_s` the test evaluation.
+    """
+    return {
+        "train_samples": int(sum(r.subset_size * r.epochs for r in result.records)),
+        "score_samples": int(sum(r.score_samples for r in result.records)),
+        "pretrain_samples": pretrain_samples(cfg, setup),
+        "train_s": float(timings["train_s"]),
+        "score_s": float(timings["score_s"]),
+        "pretrain_s": float(pretrain_s),
+        "eval_s": float(timings["eval_s"]),
+        "total_s": float(timings["total_s"]),
     }
 
 
