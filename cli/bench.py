@@ -28,7 +28,6 @@ def split_list(value: str | None, flag: str, cast: type = str) -> list[Any] | No
 
 
 LAUNCHER_FLAGS = {  # flag -> the launchers it applies to
-    "--cells-per-gpu": ("local",),
     "--address": ("ray",),
     "--partition": ("slurm",),
     "--time": ("slurm",),
@@ -140,7 +139,6 @@ def bench(
         from flexsample.workflows.config import resolve_config
 
         given = {
-            "--cells-per-gpu": cells_per_gpu != 1,
             "--address": address is not None,
             "--partition": partition is not None,
             "--time": time_limit is not None,
@@ -159,11 +157,6 @@ def bench(
                     f"{flag} applies to --launcher {' or '.join(LAUNCHER_FLAGS[flag])}, "
                     f"not {launcher}"
                 )
-        if jobs != 1 and launcher != "local":
-            raise FlexsampleError(
-                f"--jobs applies to --launcher local; with {launcher}, the cluster runs as "
-                "many cells at once as its resources allow"
-            )
         options: dict[str, Any] = {}
         if launcher == "ray":
             options = {"address": address, "gpus_per_cell": gpus_per_cell or 0.0}

@@ -38,6 +38,7 @@ from flexsample._optional import require
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import EpochResult, ValRecord
 from flexsample.engine.loop import Callback, QueryResult, StepRecord
+from flexsample.workflows.outputs import CSV_LOG_DIR, TENSORBOARD_DIR
 
 TRACKERS = ("tensorboard", "mlflow", "wandb", "csv")
 ACCEPTED = ", ".join(TRACKERS)
@@ -117,9 +118,9 @@ def make_trackers(
     trackers: list[Tracker] = []
     for name in names:
         if name == "tensorboard":
-            trackers.append(TensorBoardTracker(folder("tensorboard"), **common))
+            trackers.append(TensorBoardTracker(folder(TENSORBOARD_DIR), **common))
         elif name == "csv":
-            trackers.append(CSVTracker(folder("logs"), **common))
+            trackers.append(CSVTracker(folder(CSV_LOG_DIR), **common))
         elif name == "mlflow":
             experiment = group or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_PROJECT
             trackers.append(MLflowTracker(experiment, run_dir, **common))

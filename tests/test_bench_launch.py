@@ -222,3 +222,32 @@ def test_bench_cells_log_to_a_tracker_grouped_by_the_bench(cli, tmp_path):
             assert list(csv.DictReader(fh))  # the test metrics reached the tracker
     bad = one_error_line(cli("bench", "--out", tmp_path / "x", *TINY_CELL, "--log-to", "excel"))
     assert "unknown tracker 'excel'" in bad
+
+
+def test_a_cell_with_tracker_logs_in_its_folder_is_retried(cli, tmp_path, monkeypatch):
+    """The trackers' default folders (here logs/) are the run's own: a retry replaces them."""
+    from flexsample.engine import faults
+
+    out = tmp_path / "b"
+    monkeypatch.setattr(faults, "_hits", {})
+    monkeypatch.setenv(faults.ENV, "evaluation:disk-full")  # fires once: the retry succeeds
+    res = cli("bench", "--out", out, *TINY_CELL, "--estimators", "random", "--log-to", "csv")
+    assert res.exit_code == 0, res.output
+    assert "retried 1" in res.stdout
+    assert [r["status"] for r in rows(out)] == ["finished"]
+
+
+def test_an_interrupt_raised_inside_a_worker_fails_that_cell_only(cli, tmp_path, monkeypatch):
+    """Workers ignore the user's Ctrl-C, so a KeyboardInterrupt in one comes from its cell: the
+    cell is recorded and retried (the fault fires once per worker), the grid goes on."""
+    from flexsample.engine import faults
+
+    out = tmp_path / "b"
+    monkeypatch.setenv(faults.ENV, "train-epoch:interrupt")
+    res = cli(
+        "bench", "--out", out, *TINY_CELL, "--estimators", "random", "--seeds", "0,1",
+        "--jobs", "2",
+    )
+    assert res.exit_code == 0, res.output
+    assert "retried 2" in res.stdout
+    assert [r["status"] for r in rows(out)] == ["finished", "finished"]

@@ -244,11 +244,6 @@ def bench(
     from .bench import run_bench
 
     base = resolve(config, overrides)
-    if jobs != 1 and launcher != "local":
-        raise FlexsampleError(
-            f"--jobs applies to --launcher local; with {launcher}, the cluster runs as "
-            "many cells at once as its resources allow"
-        )
     shown = _print_grid if progress else None
     callbacks = [f for f in (shown, on_progress) if f is not None]
 

@@ -190,8 +190,9 @@ def run_cell(
 
 def cell_entry(task: CellTask) -> Outcome:
     """One attempt at one cell, wherever a launcher put it (this process, a worker process, a
-    Ray task, a Slurm array task). Every error becomes an Outcome with one line; only an
-    interrupt (KeyboardInterrupt, SystemExit) propagates."""
+    Ray task, a Slurm array task). Every error, a SystemExit from a plugin too, becomes an
+    Outcome with one line; only an interrupt (KeyboardInterrupt, SIGTERM's Terminated)
+    propagates."""
     os.environ.update(task.env)  # before CUDA starts: the cell's GPU
     where = socket.gethostname()
     gpu = task.env.get("CUDA_VISIBLE_DEVICES") or os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -203,7 +204,7 @@ def cell_entry(task: CellTask) -> Outcome:
         info = {"host": socket.gethostname(), "gpu": gpu or None, "attempt": task.attempt}
         args = (task.config, task.out, task.threads, task.method, task.baseline, info)
         return Outcome(True, run_cell(*args, trackers=_cell_trackers(task)), where=where)
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded, the grid goes on
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - recorded, the grid goes on
         line = _error_line(exc)
         detail = "".join(traceback.format_exception(exc))[-20_000:]
         user = isinstance(exc, FlexsampleError) or _is_environment(exc)
@@ -575,6 +576,15 @@ def run_bench(
     for cell in cells:  # every name checked before the first cell runs
         build_components(cell.config)
     if isinstance(launcher, str):
+        if launcher != "local" and jobs != 1:
+            raise FlexsampleError(
+                f"--jobs applies to --launcher local; with {launcher}, the cluster runs as "
+                "many cells at once as its resources allow"
+            )
+        if launcher != "local" and cells_per_gpu != 1:
+            raise FlexsampleError(
+                f"--cells-per-gpu applies to --launcher local, not {launcher}"
+            )
         options = dict(launcher_options or {})
         if launcher == "local":
             options.update(

@@ -20,6 +20,8 @@ RESULTS = "results.json"
 CONFIG = "config.json"
 CURVES = "curves.png"
 CALIBRATION = "calibration.png"  # the test reliability diagram (best-validation checkpoint)
+# experiment trackers' default folders inside a run folder (`--log-to` without `--log-dir`)
+TENSORBOARD_DIR, CSV_LOG_DIR, WANDB_DIR = "tensorboard", "logs", "wandb"
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 

@@ -303,10 +303,30 @@ def _train_and_report(
     watch: _CheckpointWatch,
     t_start: float,
 ) -> RunOutcome:
-    """The curriculum, the test evaluation and the reports of a run whose folder exists."""
+    """The curriculum, the test evaluation and the reports of a run whose folder exists.
+
+    Context-manager callbacks are entered around the loop (progress displays), those that also
+    take `on_run_end` (trackers) around the whole run, so a failure in evaluation or in the
+    reports still closes them."""
+    with contextlib.ExitStack() as trackers:
+        for cb in callbacks:
+            if hasattr(cb, "__enter__") and hasattr(cb, "on_run_end"):
+                trackers.enter_context(cb)  # type: ignore[arg-type]
+        return _loop_and_report(cfg, setup, out, loop, callbacks, reporter, t_start)
+
+
+def _loop_and_report(
+    cfg: RunConfig,
+    setup: Setup,
+    out: Path,
+    loop: Curriculum,
+    callbacks: Sequence[Callback],
+    reporter: Reporter,
+    t_start: float,
+) -> RunOutcome:
     with contextlib.ExitStack() as stack:
         for cb in callbacks:
-            if hasattr(cb, "__enter__"):
+            if hasattr(cb, "__enter__") and not hasattr(cb, "on_run_end"):
                 stack.enter_context(cb)  # type: ignore[arg-type]
         result = loop.run()
     t_eval = time.perf_counter()

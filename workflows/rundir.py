@@ -38,6 +38,9 @@ OWN_FILES = frozenset(
         out_files.RESULTS,
         out_files.CURVES,
         out_files.CALIBRATION,
+        out_files.TENSORBOARD_DIR,  # experiment trackers' default folders (--log-to)
+        out_files.CSV_LOG_DIR,
+        out_files.WANDB_DIR,
         out_files.CHECKPOINT,
         "checkpoint.prev.pt",
         "checkpoint.damaged.pt",  # a damaged checkpoint a resume moved aside

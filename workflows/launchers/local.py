@@ -214,9 +214,15 @@ class LocalLauncher(Launcher):
 
 
 def _run_in_worker(task: CellTask) -> Outcome:
+    """A worker never receives the user's Ctrl-C (it ignores SIGINT): an interrupt raised in
+    it comes from the cell, and is that cell's failure, not the grid's."""
     from flexsample.workflows.bench import cell_entry
 
-    return cell_entry(task)
+    try:
+        return cell_entry(task)
+    except BaseException as exc:  # noqa: BLE001
+        name = type(exc).__name__
+        return Outcome(False, error=f"{name}: {exc}" if str(exc) else name, where="local worker")
 
 
 # --- worker processes ------------------------------------------------------------------------

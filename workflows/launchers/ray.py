@@ -76,6 +76,7 @@ class RayLauncher(Launcher):
         self.out = Path(out) if out is not None else None
         self.num_cpus = num_cpus  # a local runtime's CPUs (default: this machine's cores)
         self.owns_runtime = False
+        self.connected = False
         # one line for the CLI: where the cells go (start() says what it found)
         target = address or os.environ.get("RAY_ADDRESS")
         if self._ray.is_initialized():
@@ -98,6 +99,7 @@ class RayLauncher(Launcher):
         elif address:
             _connect(ray, address, "--address" if self.address else "RAY_ADDRESS")
             self.note = f"Ray: connected to the cluster at {address}"
+            self.connected = True  # disconnect in close(); the cluster itself stays up
         else:
             self._start_local(ray)
             self.owns_runtime = True
@@ -161,8 +163,10 @@ class RayLauncher(Launcher):
         self.note += f"; warning: {line}, so cells wait for the autoscaler"
 
     def close(self) -> None:
-        if self.owns_runtime:
-            self.owns_runtime = False
+        """Stop the runtime this bench started, or leave the cluster it connected to (a
+        shutdown of a connected driver disconnects it; the cluster keeps running)."""
+        if self.owns_runtime or self.connected:
+            self.owns_runtime = self.connected = False
             with contextlib.suppress(Exception):
                 self._ray.shutdown()
 
