@@ -115,6 +115,7 @@ def test_pixel_and_pretrained_features(digits, tmp_path: Path) -> None:
     assert np.allclose(g, ref, atol=1e-5)
 
 
+@pytest.mark.needs("lightly")
 def test_ssl_features_one_epoch_cached_and_init(digits, tmp_path: Path) -> None:
     opts = {"seed": 0, "cache_dir": tmp_path, "ssl_epochs": 1, "backbone": "small-cnn"}
     f = anchor_features("ssl", digits, small_cnn, **opts)

@@ -182,6 +182,7 @@ def test_resumed_run_reports_the_compute_of_its_recorded_steps(tmp_path, monkeyp
     assert results["compute"]["score_samples"] == len(np.load(out / "scores.npz")["step"]) > 0
 
 
+@pytest.mark.needs("lightly")
 def test_ssl_init_counts_its_pre_training_also_after_a_resume(tmp_path, monkeypatch):
     from flexsample.engine import faults
 

@@ -22,7 +22,10 @@ from flexsample.workflows.launchers import slurm as slurm_mod
 
 from .conftest import Cli, one_error_line
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.needs("ray", "submitit"),
+]
 
 TINY_CELL = ["--epochs-per-round", "1", "--rounds", "2", "--device", "cpu"]
 GRID = ["--estimators", "random,entropy", "--policies", "linear", "--seeds", "0,1"]

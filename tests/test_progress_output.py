@@ -229,6 +229,7 @@ def _tiny_split(ds, n: int = 24) -> Split:
     return Split(ds.train.labels[:n], ds.train.ids[:n], ds.train.in_memory[:n])
 
 
+@pytest.mark.needs("lightly")
 def test_ssl_pretraining_reports_each_epoch(digits) -> None:
     rec = Recorder()
     model = create_model("small-cnn", digits.num_classes, 1, 0.5)
@@ -242,6 +243,7 @@ def test_ssl_pretraining_reports_each_epoch(digits) -> None:
     assert sum(seen) == 2 * 24
 
 
+@pytest.mark.needs("lightly")
 def test_ssl_cache_hit_says_so(digits, tmp_path: Path) -> None:
     ds = build_dataset("digits-lt")
     ds.train = _tiny_split(digits)
@@ -259,6 +261,7 @@ def test_ssl_cache_hit_says_so(digits, tmp_path: Path) -> None:
     assert again.tasks == [] and "cached" in again.messages[0]
 
 
+@pytest.mark.needs("lightly")
 def test_anchor_features_report_per_batch(digits, tmp_path: Path) -> None:
     rec = Recorder()
     feats = anchor_features("pixels", digits, lambda: None, progress=rec)

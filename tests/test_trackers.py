@@ -29,6 +29,8 @@ from flexsample.integrations import trackers as tr
 
 from .conftest import TINY, Cli, one_error_line
 
+pytestmark = pytest.mark.needs("tensorboard", "mlflow", "wandb")
+
 ALL = "tensorboard,mlflow,wandb,csv"
 EPOCHS = 6  # TINY: 3 rounds of 2 epochs
 LR = 3e-3  # RunConfig's default --lr
