@@ -17,6 +17,7 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
 _received: list[int] = []
+_reported: list[bool] = []  # a command printed its own line for an interrupt
 
 
 class Terminated(KeyboardInterrupt):
@@ -37,6 +38,19 @@ def install_signal_handlers() -> None:
 def sigterm_received() -> bool:
     """Whether this process got SIGTERM (to tell 143 from 130 where the type was lost)."""
     return bool(_received)
+
+
+def mark_interrupt_reported() -> None:
+    """A command printed its line for an interrupt: the exit path adds none."""
+    _reported.append(True)
+
+
+def interrupt_reported(reset: bool = False) -> bool:
+    """Whether a command printed its interrupt line (`reset`: forget it, for a new command)."""
+    seen = bool(_reported)
+    if reset:
+        _reported.clear()
+    return seen
 
 
 def interrupt_exit_code(exc: BaseException) -> int:

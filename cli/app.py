@@ -27,6 +27,8 @@ from flexsample.cli import (
     install_signal_handlers,
     interrupt_exit_code,
     interrupt_name,
+    interrupt_reported,
+    mark_interrupt_reported,
     sigterm_received,
 )
 from flexsample.engine.errors import FlexsampleError
@@ -56,6 +58,7 @@ class OneLineErrors(TyperGroup):
     ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        interrupt_reported(reset=True)
         try:
             rv = super().main(args, prog_name, complete_var, False, **extra)
         except click_errors.NoArgsIsHelpError as exc:
@@ -84,6 +87,10 @@ class OneLineErrors(TyperGroup):
         code = rv if isinstance(rv, int) else 0
         if code == 130 and sigterm_received():
             code = 143
+        if code in (130, 143) and not interrupt_reported():
+            # an interrupt outside a command's own handling (typer turns it into exit 130)
+            what = "terminated (SIGTERM)" if code == 143 else "interrupted"
+            err_console.print(what, highlight=False, markup=False)
         sys.exit(code)
 
 
@@ -131,6 +138,7 @@ def user_errors(debug: bool) -> Iterator[None]:
         out = getattr(exc, "resume_out", None)
         tail = f"; resume with: {resume_command(out)}" if out is not None else ""
         err_console.print(f"{what}{tail}", highlight=False, soft_wrap=True, markup=False)
+        mark_interrupt_reported()
         raise typer.Exit(interrupt_exit_code(exc)) from None
     except FlexsampleError as exc:
         if debug:

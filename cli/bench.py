@@ -210,7 +210,11 @@ def bench(
                     log_dir=log_dir,
                 )
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
-            from flexsample.cli import interrupt_exit_code, interrupt_name
+            from flexsample.cli import (
+                interrupt_exit_code,
+                interrupt_name,
+                mark_interrupt_reported,
+            )
             from flexsample.workflows.bench import finished
 
             what = interrupt_name(exc)
@@ -222,6 +226,7 @@ def bench(
                 highlight=False,
                 soft_wrap=True,
             )
+            mark_interrupt_reported()
             raise typer.Exit(interrupt_exit_code(exc)) from None
         _print_outcome(console, err_console, result)
 
