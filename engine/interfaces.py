@@ -47,6 +47,12 @@ class Estimator(Stateful):
 
     Subclasses set `name`, declare `needs` (a subset of features, probs, mc, labels) and
     implement `score`. The context computes only what is declared and refuses the rest.
+
+    A batch-aware estimator (BatchBALD, core-set, BADGE, TypiClust) also implements
+    `select(ctx, candidates, k) -> array of k distinct candidates`: the engine then calls it
+    once per class with that class's candidates (ascending global indices) and its quota
+    0 < k < len(candidates), instead of taking the k best scores. `score` stays required: a
+    combination ('a+b') ranks by scores.
     """
 
     name: ClassVar[str] = ""

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -27,10 +27,12 @@ from .interfaces import (
     ValRecord,
 )
 from .pool import Pool
-from .selection import select_segments
+from .selection import acquisition_keys, select_segments
 
 if TYPE_CHECKING:  # torch is imported where it is used: callbacks and records import without it
     from .context import InputFn
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -118,6 +120,8 @@ class Curriculum:
         epochs_per_round: int,
         seed: int,
         score_batch_size: int = 256,
+        acquisition: str = "topk",
+        acquisition_beta: float = 1.0,
         checkpoint_dir: str | Path | None = None,
         callbacks: Sequence[Callback] = (),
         meta: dict[str, Any] | None = None,
@@ -139,6 +143,21 @@ class Curriculum:
         self.epochs_per_round = epochs_per_round
         self.seed = seed
         self.score_batch_size = score_batch_size
+        from .scoring import is_selector
+        from .selection import ACQUISITIONS
+
+        if acquisition not in ACQUISITIONS:
+            raise FlexsampleError(
+                f"unknown --acquisition '{acquisition}'; accepted: {', '.join(ACQUISITIONS)}"
+            )
+        if acquisition != "topk" and is_selector(estimator):
+            raise FlexsampleError(
+                f"--acquisition {acquisition} draws from per-sample scores, but estimator "
+                f"'{getattr(estimator, 'name', '')}' selects its own batch; use --acquisition "
+                "topk with it"
+            )
+        self.acquisition = acquisition
+        self.acquisition_beta = float(acquisition_beta)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.callbacks = list(callbacks)
         self.meta = dict(meta or {})
@@ -201,6 +220,7 @@ class Curriculum:
     def query(self, budget: int, state: PolicyState) -> QueryResult:
         remaining = self.pool.remaining_counts()
         budget = int(min(budget, remaining.sum()))
+        from .scoring import is_selector, score_candidates  # torch, imported when scoring
         from .validation import ask_quotas  # checked; errors name the plugin and its origin
 
         quotas = ask_quotas(self.allocation, state, budget, remaining)
@@ -217,13 +237,26 @@ class Curriculum:
         scores = np.zeros(0)
         self._score_items = 0
         if len(candidates):
-            scores = self._score(step, candidates)
             sizes = np.zeros(len(quotas), np.int64)
             sizes[partial] = [len(g) for g in groups]
             bounds = np.concatenate([[0], np.cumsum(sizes)])
-            chosen.append(
-                select_segments(candidates, scores, bounds, np.where(takes_all, 0, quotas))
-            )
+            if is_selector(self.estimator):
+                picks, scores = self._run_scoring(
+                    step, candidates, lambda ctx: self._select(ctx, groups, quotas[partial])
+                )
+                chosen.append(picks)
+            else:
+                scores = self._run_scoring(
+                    step, candidates,
+                    lambda ctx: score_candidates(self.estimator, ctx, candidates),
+                )
+                keys = acquisition_keys(
+                    scores, candidates, bounds, self.acquisition, self.acquisition_beta,
+                    seed=self.seed, step=step, num_items=len(self.pool.labels),
+                )
+                chosen.append(
+                    select_segments(candidates, keys, bounds, np.where(takes_all, 0, quotas))
+                )
         chosen_idx = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
         self.pool.add(chosen_idx, step)
         self.step = step
@@ -235,10 +268,26 @@ class Curriculum:
         fault_point("query")
         return result
 
-    def _score(self, step: int, candidates: np.ndarray) -> np.ndarray:
-        """The estimator's scores; on out-of-memory, once more at half the batch size."""
+    def _select(
+        self, ctx: Any, groups: list[np.ndarray], quotas: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A selector's picks class by class, and scores recording the pick order: the
+        first of k picks in a class scores 1, the last 1/k, the rest 0."""
+        from .scoring import select_candidates
+
+        picks, scores = [], []
+        for group, k in zip(groups, quotas, strict=True):
+            got = select_candidates(self.estimator, ctx, group, int(k))
+            order = np.zeros(len(group))
+            order[np.searchsorted(group, got)] = (int(k) - np.arange(int(k))) / int(k)
+            picks.append(got)
+            scores.append(order)
+        return np.concatenate(picks), np.concatenate(scores)
+
+    def _run_scoring(self, step: int, candidates: np.ndarray, work: Callable[[Any], T]) -> T:
+        """`work(ctx)` on a fresh scoring context; on out-of-memory, once more at half the
+        batch size."""
         from .context import ScoringContext
-        from .scoring import score_candidates
 
         tried = []
         while True:
@@ -254,7 +303,7 @@ class Curriculum:
                 progress=lambda n: self._emit("on_scoring_advance", n),
             )
             try:
-                return score_candidates(self.estimator, ctx, candidates)
+                return work(ctx)
             except RuntimeError as exc:  # torch.OutOfMemoryError is one
                 if not _is_out_of_memory(exc):
                     raise

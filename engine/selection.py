@@ -101,3 +101,57 @@ def select_per_class(
         candidates, scores, labels = candidates[perm], scores[perm], labels[perm]
     order, bounds = group_by_class(labels, len(quotas))
     return select_segments(candidates[order], scores[order], bounds, quotas)
+
+
+ACQUISITIONS = ("topk", "power", "softmax", "softrank")
+
+
+def _gumbel(seed: int, step: int, num_items: int, candidates: np.ndarray) -> np.ndarray:
+    """Gumbel noise per global index, drawn from (seed, step) alone: neither the score batch
+    size nor the candidate order changes a candidate's noise."""
+    u = np.random.default_rng([seed, step, 0xAC9]).random(num_items)[candidates]
+    return -np.log(-np.log(np.clip(u, 1e-300, 1.0 - 1e-16)))
+
+
+def segment_ranks(scores: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """1-based rank of each score within its class segment (1 = highest; ties: lower position)."""
+    ranks = np.empty(len(scores), dtype=np.float64)
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        order = np.lexsort((np.arange(hi - lo), -scores[lo:hi]))
+        ranks[lo + order] = np.arange(1, hi - lo + 1)
+    return ranks
+
+
+def acquisition_keys(
+    scores: np.ndarray,
+    candidates: np.ndarray,
+    bounds: np.ndarray,
+    mode: str,
+    beta: float,
+    *,
+    seed: int,
+    step: int,
+    num_items: int,
+) -> np.ndarray:
+    """Keys whose per-class top-k is a stochastic batch (Kirsch et al. 2023, Gumbel-top-k).
+
+    Taking the k largest of key = log weight + Gumbel noise samples k candidates without
+    replacement with probability proportional to the weight: `power` weights s^beta (scores
+    below 0 count as 0), `softmax` exp(beta s), `softrank` rank^-beta within the class.
+    `topk` returns the scores themselves.
+    """
+    if mode not in ACQUISITIONS:
+        accepted = ", ".join(ACQUISITIONS)
+        raise FlexsampleError(f"unknown --acquisition '{mode}'; accepted: {accepted}")
+    scores = np.asarray(scores, dtype=np.float64)
+    if mode == "topk":
+        return scores
+    if not (np.isfinite(beta) and beta > 0):
+        raise FlexsampleError(f"--acquisition-beta must be a finite number > 0, got {beta}")
+    if mode == "power":
+        log_weight = beta * np.log(np.maximum(scores, np.finfo(np.float64).tiny))
+    elif mode == "softmax":
+        log_weight = beta * scores
+    else:
+        log_weight = -beta * np.log(segment_ranks(scores, np.asarray(bounds)))
+    return log_weight + _gumbel(seed, step, num_items, np.asarray(candidates, np.int64))

@@ -158,6 +158,31 @@ class RunConfig(BaseModel):
     score_batch_size: int = _f(
         256, "batch size of scoring passes", SCORING, ge=1, le=BATCH_MAX
     )
+    acquisition: Literal["topk", "power", "softmax", "softrank"] = _f(
+        "topk",
+        "how a class's quota is drawn from its scores: topk (the best), or stochastic batch "
+        "acquisition power, softmax or softrank (Kirsch et al. 2023), seeded by (seed, step)",
+        SCORING,
+    )
+    acquisition_beta: float = _f(
+        1.0, "stochastic acquisition: inverse temperature beta", SCORING, gt=0, le=1000
+    )
+    mc_source: Literal["dropout", "snapshots"] = _f(
+        "dropout",
+        "where MC draws come from: dropout (T masked passes) or snapshots (the best weights "
+        "of the last --snapshots rounds, an ensemble)",
+        SCORING,
+    )
+    snapshots: int = _f(
+        5, "snapshots: how many rounds' best weights are kept as draws", SCORING, ge=2, le=1000
+    )
+    batchbald_samples: int = _f(
+        10_000,
+        "batchbald: sampled joint configurations once exact joint entropies no longer fit",
+        SCORING,
+        ge=100,
+        le=10_000_000,
+    )
     # model and training
     backbone: str = _f(
         "auto",
@@ -201,6 +226,20 @@ class RunConfig(BaseModel):
     )
     grw_exponent: float = _f(
         1.2, "GRW: exponent of the inverse-frequency weights", LOSSES, ge=0, le=10
+    )
+    decouple: Literal["none", "crt", "lws", "tau-norm"] = _f(
+        "none",
+        "second stage after the run (Kang et al. 2020): crt (classifier re-trained with "
+        "class-balanced sampling on frozen features), lws (learnable weight scaling) or "
+        "tau-norm (classifier weight normalisation)",
+        LOSSES,
+    )
+    tau: float | None = _f(
+        None, "tau-norm: normalisation power (default: chosen on validation)", LOSSES, ge=0,
+        le=10,
+    )
+    decouple_epochs: int = _f(
+        10, "crt and lws: epochs of the second stage", LOSSES, ge=1, le=EPOCHS_MAX
     )
     # run
     seed: int = _f(0, "training seed", RUN, ge=0, le=SEED_MAX)
