@@ -384,7 +384,8 @@ def list_cmd(
     plugin: list[str] = typer.Option(None, help="module to import first (repeatable)"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
-    """Every registered estimator, policy, allocation, anchor strategy, dataset, loss, sampler."""
+    """Every registered estimator, policy, allocation, anchor strategy, dataset, loss and
+    sampler, then the fixed choices of --acquisition, --mc-source and --decouple."""
     with user_errors(debug):
         from . import catalogue
 
@@ -400,12 +401,14 @@ def list_cmd(
             ]
         else:  # only built-ins: their names without importing them (and torch)
             rows = [(kind, name, doc, catalogue.__name__) for kind, name, doc in catalogue.BUILTINS]
+        rows += [(kind, name, doc, catalogue.__name__) for kind, name, doc in catalogue.CHOICES]
         width = max(len(r[1]) for r in rows)
+        kind_width = max(len(r[0]) for r in rows)
         for kind, name, doc, origin in rows:
             builtin = origin.startswith("flexsample.")
             source = "" if builtin else f"  [plugin: {origin}]"
             console.print(
-                f"{kind:<10} {name:<{width}}  {doc}{source}",
+                f"{kind:<{kind_width}} {name:<{width}}  {doc}{source}",
                 soft_wrap=True,
                 highlight=False,
                 markup=False,

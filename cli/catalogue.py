@@ -68,6 +68,20 @@ BUILTINS: tuple[tuple[str, str, str], ...] = (
 )
 # --- end generated ---
 
+# run options with a fixed set of choices (not registries), listed after the components;
+# tests/test_startup.py checks their names against the config's accepted values
+CHOICES: tuple[tuple[str, str, str], ...] = (
+    ("acquisition", "topk", "The quota's best scores in each class (the default)."),
+    ("acquisition", "power", "Stochastic batch (Kirsch et al. 2023): drawn with probability ∝ score^beta."),  # noqa: E501
+    ("acquisition", "softmax", "Stochastic batch: drawn with probability ∝ exp(beta · score)."),
+    ("acquisition", "softrank", "Stochastic batch: drawn with probability ∝ rank^-beta within the class."),  # noqa: E501
+    ("mc-source", "dropout", "MC draws are T dropout masks on the current model (--mc-samples T)."),
+    ("mc-source", "snapshots", "MC draws are the best weights of the last --snapshots rounds (an ensemble)."),  # noqa: E501
+    ("decouple", "crt", "Second stage: the classifier re-trained class-balanced on frozen features."),  # noqa: E501
+    ("decouple", "lws", "Second stage: a learned per-class scale of the classifier's logits."),
+    ("decouple", "tau-norm", "Second stage: classifier weights over their norm^tau, tau chosen on validation."),  # noqa: E501
+)
+
 
 def registries() -> list[Any]:
     """The seven registries, built-ins loaded (this imports torch)."""

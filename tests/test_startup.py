@@ -58,9 +58,21 @@ def test_list_shows_every_builtin_without_torch():
     lines, report = probe("list")
     assert report == "EXIT 0 HEAVY -"
     listed = [ln.split()[:2] for ln in lines]
-    assert listed == [[kind, name] for kind, name, _ in catalogue.BUILTINS]
-    for (_, _, doc), line in zip(catalogue.BUILTINS, lines, strict=True):
+    rows = catalogue.BUILTINS + catalogue.CHOICES
+    assert listed == [[kind, name] for kind, name, _ in rows]
+    for (_, _, doc), line in zip(rows, lines, strict=True):
         assert line.endswith(doc) and "[plugin:" not in line
+
+
+def test_the_listed_choices_are_the_configs_accepted_values():
+    from typing import get_args
+
+    from flexsample.workflows.config import RunConfig
+
+    for kind in ("acquisition", "mc-source", "decouple"):
+        field = RunConfig.model_fields[kind.replace("-", "_")]
+        accepted = [v for v in get_args(field.annotation) if v != "none"]
+        assert [name for k, name, _ in catalogue.CHOICES if k == kind] == accepted
 
 
 def test_the_catalogue_matches_the_registries():
