@@ -5,6 +5,11 @@ MC-dropout draws are derived from them (exact for a model whose only dropout is 
 head). MC draws are streamed batch by batch as (T, batch, C) tensors, so nothing ever holds
 N x T x C. Everything runs batched on the model's device, under bf16 autocast on CUDA.
 
+MC source: dropout masks by default; given `snapshots` (the weights of a snapshot ensemble,
+`engine.snapshots`), the T draws are instead the members' deterministic softmax outputs, one
+backbone pass per member per batch, T = the number of members (`samples` and `mode` of
+`iter_mc` are then ignored; `mc_draws` says what T is).
+
 Memory: the MC batch (samples per streamed (T, batch, C) tensor) shrinks below the score
 batch size so that one batch's working tensors fit in the MC memory budget: by default half
 of the memory free on the model's device when MC draws start (cudaMemGetInfo on CUDA;
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +34,7 @@ from .errors import EstimatorError, FlexsampleError
 from .faults import fault_point
 from .interfaces import NEEDS
 from .masks import MaskSampler, hashed_dropouts
+from .snapshots import device_members, ensemble_probs
 
 # (indices, batch_size) -> model-ready input batches covering `indices` in order
 InputFn = Callable[[np.ndarray, int], Iterable[torch.Tensor]]
@@ -65,6 +71,8 @@ class ScoringContext:
 
     `needs` restricts what may be read (an estimator's declaration); reading anything else
     raises an EstimatorError naming `owner`. Indices are global indices into the training split.
+    `snapshots`: at least 2 state dicts of `model` (CPU or device tensors) whose softmax
+    outputs are the MC draws instead of dropout masks (`--mc-source snapshots`).
     """
 
     def __init__(
@@ -81,6 +89,7 @@ class ScoringContext:
         owner: str = "estimator",
         progress: ProgressFn | None = None,
         mc_memory: int | None = None,
+        snapshots: Sequence[Mapping[str, torch.Tensor]] | None = None,
     ) -> None:
         if not all(hasattr(model, a) for a in ("embed", "head", "dropout_p")):
             raise FlexsampleError(
@@ -113,6 +122,12 @@ class ScoringContext:
         self._have_probs = np.zeros(self.num_items, dtype=bool)
         self.stats = {"backbone_items": 0, "mc_items": 0}
         self.mc_memory = None if mc_memory is None else int(mc_memory)
+        if snapshots is not None and len(snapshots) < 2:
+            raise FlexsampleError(
+                f"a snapshot ensemble needs at least 2 members, got {len(snapshots)}"
+            )
+        self.snapshots = None if snapshots is None else list(snapshots)
+        self._snapshot_weights: list[dict[str, torch.Tensor]] | None = None  # on the device
         self._batches = [0]  # shared by reference with every view: the fault point fires once
 
     def _batch_done(self) -> None:
@@ -224,7 +239,17 @@ class ScoringContext:
             self._have_probs[chunk] = True
         return self._probs[indices]
 
-    # -- MC dropout -----------------------------------------------------------------------
+    # -- MC draws: dropout or snapshots ---------------------------------------------------
+    @property
+    def mc_source(self) -> str:
+        """Where MC draws come from: 'dropout' or 'snapshots'."""
+        return "dropout" if self.snapshots is None else "snapshots"
+
+    def mc_draws(self, samples: int) -> int:
+        """T, the number of draws `iter_mc(indices, samples, ...)` yields per sample: `samples`
+        with dropout, the number of ensemble members with snapshots."""
+        return int(samples) if self.snapshots is None else len(self.snapshots)
+
     def iter_mc(
         self, indices: np.ndarray, samples: int, mode: str = "head"
     ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
@@ -236,31 +261,43 @@ class ScoringContext:
         and the feature dropout before the head; every mask is hashed from (seed, step, index,
         draw, layer, element) as in head mode, so neither batch size nor candidate order
         changes a score. Batches may be smaller than the score batch size (memory budget).
+
+        With a snapshot source, `samples` and `mode` are ignored: the draws are the ensemble
+        members' deterministic outputs, T = `mc_draws(samples)` = the number of members.
         """
         self._require("mc")
-        if samples < 2:
+        root = self._root()
+        if root.snapshots is None and samples < 2:
             raise FlexsampleError(f"--mc-samples must be >= 2, got {samples}")
         if mode not in MC_MODES:
             raise FlexsampleError(f"unknown --mc-mode '{mode}'; accepted: {', '.join(MC_MODES)}")
         indices = np.asarray(indices, dtype=np.int64)
-        root = self._root()
-        if mode == "full":
+        if root.snapshots is not None:
+            yield from root._iter_mc_snapshots(indices)
+        elif mode == "full":
             yield from root._iter_mc_full(indices, samples)
         else:
             yield from root._iter_mc_head(indices, samples)
 
-    def _mc_batch(self, samples: int, per_draw_sample: int, fixed_per_draw: int = 0) -> int:
-        """Samples per MC batch so that one batch's tensors fit in the memory budget."""
+    def _mc_batch(
+        self,
+        samples: int,
+        per_draw_sample: int,
+        fixed_per_draw: int = 0,
+        flag: str = "--mc-samples",
+    ) -> int:
+        """Samples per MC batch so that one batch's tensors fit in the memory budget; `flag`
+        is the option that sets `samples` (named when even one sample does not fit)."""
         budget = self.mc_memory if self.mc_memory is not None else mc_memory_budget(self.device)
         per_sample = samples * per_draw_sample
         room = budget - samples * fixed_per_draw
         if room < per_sample:
             most = max(0, budget // (per_draw_sample + fixed_per_draw))
             raise FlexsampleError(
-                f"--mc-samples {samples}: one candidate's draws need about "
+                f"{flag} {samples}: one candidate's draws need about "
                 f"{_gib(per_sample + samples * fixed_per_draw)}, more than the MC memory budget "
                 f"of {_gib(budget)} on {self.device} (half the free memory); use at most "
-                f"--mc-samples {most}"
+                f"{flag} {most}"
             )
         return max(1, min(self.batch_size, room // per_sample))
 
@@ -342,6 +379,41 @@ class ScoringContext:
                         self.progress(len(chunk))
                     self._batch_done()
                     yield chunk, torch.stack(out)
+        if start != len(indices):
+            raise FlexsampleError(
+                f"the input source yielded {start} items for {len(indices)} indices"
+            )
+
+    def _iter_mc_snapshots(self, indices: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """The members' softmax outputs stacked as (T, chunk, C): per input batch, one
+        backbone pass per member under the context's autocast; members' weights moved to the
+        device once per context (once per query)."""
+        model = self.model
+        model.eval()
+        if self._snapshot_weights is None:
+            self._snapshot_weights = device_members(model, self.snapshots, self.device)
+        weights = self._snapshot_weights
+        members = len(weights)
+        # per (member, sample): the softmax output, its stack, the reducer's float64 copies
+        step = self._mc_batch(members, self.num_classes * 56, flag="--snapshots")
+        start = 0
+        with torch.inference_mode():
+            for x in self.inputs(indices, self.batch_size):
+                batch = indices[start : start + len(x)]
+                start += len(x)
+                x = x.to(self.device, non_blocking=True)
+                if self.device.type == "cuda" and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                for lo in range(0, len(batch), step):
+                    chunk = batch[lo : lo + step]
+                    with autocast_for(self.device):
+                        out = torch.stack(list(ensemble_probs(model, weights, x[lo : lo + step])))
+                    self.stats["backbone_items"] += members * len(chunk)
+                    self.stats["mc_items"] += len(chunk)
+                    if self.progress is not None:
+                        self.progress(len(chunk))
+                    self._batch_done()
+                    yield chunk, out
         if start != len(indices):
             raise FlexsampleError(
                 f"the input source yielded {start} items for {len(indices)} indices"
