@@ -36,6 +36,7 @@ def get_estimator(name: str, /, **options: Any) -> Estimator:
 
 
 def list_estimators() -> list[str]:
+    """Registered estimator names; deprecated aliases are left out (`ESTIMATORS.aliases()`)."""
     return ESTIMATORS.names()
 
 

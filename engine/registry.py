@@ -6,6 +6,10 @@ Third-party packages register through an entry-point group, or are imported with
 
 Every name remembers where it came from (its module, and the entry point or `--plugin` module
 that loaded it) so that an error in a plugin can name the plugin and its origin in one line.
+
+A renamed entry keeps its old name as a deprecated alias (`Registry.alias`): looking the old
+name up gives the new entry and one FutureWarning; listings show only the new name, and no
+plugin may take the old one.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import importlib
 import inspect
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -130,6 +135,7 @@ class Registry(Generic[T]):
         self._items: dict[str, Callable[..., T]] = {}
         self._origin: dict[str, str] = {}  # name -> defining module
         self._source: dict[str, Source | None] = {}  # name -> entry point / --plugin module
+        self._aliases: dict[str, tuple[str, str]] = {}  # old name -> (new name, warning text)
         self._builtins_loaded = False
         self._loaded = False
 
@@ -156,6 +162,8 @@ class Registry(Generic[T]):
                 )
             if not builtin:
                 self._load_builtins()
+            if key in self._aliases:
+                self._refuse_alias(key, module, source, builtin)
             existing = self._items.get(key)
             if existing is not None and existing is not obj:
                 same = (
@@ -186,6 +194,55 @@ class Registry(Generic[T]):
             f"{self.origin(key)}; choose another name"
         )
 
+    def _refuse_alias(self, key: str, module: str, source: Source | None, builtin: bool) -> None:
+        new = self._aliases[key][0]
+        if builtin:
+            raise ValueError(f"{self.kind} '{key}' is already a deprecated alias of '{new}'")
+        if self.is_builtin(new):
+            what = f"a built-in name (the deprecated alias of '{new}')"
+        else:
+            what = f"the deprecated alias of '{new}' ({self.origin(new)})"
+        raise RegistrationError(
+            f"{_who(module, source)} registers {self.kind} '{key}', which is {what}; "
+            "choose another name"
+        )
+
+    def alias(self, old: str, new: str, message: str | None = None) -> None:
+        """Keep `old` working as a deprecated name of the registered entry `new`.
+
+        Looking `old` up (`get`, `create`) returns `new`'s entry and emits `message` once per
+        lookup as a FutureWarning (shown to users by default, unlike DeprecationWarning).
+        `old` is left out of `names()` and `describe()`, and no one may register it.
+        """
+        if new not in self._items:
+            raise ValueError(f"cannot alias {self.kind} '{old}' to unregistered '{new}'")
+        text = message or f"{self.kind} '{old}' is deprecated: it is now called '{new}'"
+        if self._aliases.get(old, ("",))[0] == new:  # a module imported twice
+            self._aliases[old] = (new, text)
+            return
+        if old in self._items or old in self._aliases:
+            module = getattr(self._items[new], "__module__", None) or "?"
+            if old in self._aliases:
+                self._refuse_alias(old, module, _current_source(), is_builtin_module(module))
+            self._refuse(old, module, _current_source(), is_builtin_module(module))
+        self._aliases[old] = (new, text)
+
+    def aliases(self) -> dict[str, str]:
+        """Deprecated name -> the name it stands for."""
+        self._load()
+        return {old: new for old, (new, _) in sorted(self._aliases.items())}
+
+    def resolve(self, name: str, *, warn: bool = True) -> str:
+        """The registered name `name` stands for (itself unless it is a deprecated alias);
+        an alias warns (FutureWarning) unless `warn` is False."""
+        self._load()
+        if name not in self._aliases:
+            return name
+        new, text = self._aliases[name]
+        if warn:
+            warnings.warn(text, FutureWarning, stacklevel=3)
+        return new
+
     def _load_builtins(self) -> None:
         if self._builtins_loaded:
             return
@@ -211,10 +268,15 @@ class Registry(Generic[T]):
                     ) from exc
 
     def names(self) -> list[str]:
+        """The registered names, sorted; deprecated aliases are not among them (`aliases`)."""
         self._load()
         return sorted(self._items)
 
     def get(self, name: str) -> Callable[..., T]:
+        """The entry registered as `name` (a deprecated alias warns and gives its target)."""
+        return self._get(self.resolve(name))
+
+    def _get(self, name: str) -> Callable[..., T]:
         self._load()
         try:
             return self._items[name]
@@ -229,7 +291,8 @@ class Registry(Generic[T]):
         A plugin's constructor that raises becomes a PluginError naming it (options may hold a
         key called "name": `name` is positional-only).
         """
-        factory = self.get(name)
+        name = self.resolve(name)
+        factory = self._get(name)
         kwargs = accepted_kwargs(factory, options)
         if self.is_builtin(name):
             return factory(**kwargs)
@@ -242,11 +305,13 @@ class Registry(Generic[T]):
             raise err from exc
 
     def is_builtin(self, name: str) -> bool:
-        """Whether `name` ships with flexsample."""
+        """Whether `name` (or the entry a deprecated alias stands for) ships with flexsample."""
+        name = self._aliases.get(name, (name,))[0]
         return is_builtin_module(self._origin.get(name))
 
     def origin(self, name: str) -> str:
         """Where `name` comes from: its entry point, its --plugin module or its module."""
+        name = self._aliases.get(name, (name,))[0]
         return origin_text(self._origin.get(name, "?"), self._source.get(name))
 
     def key_of(self, obj: object) -> str | None:
@@ -266,8 +331,9 @@ class Registry(Generic[T]):
         return rows
 
     def __contains__(self, name: str) -> bool:
+        """Whether `name` can be looked up (deprecated aliases included)."""
         self._load()
-        return name in self._items
+        return name in self._items or name in self._aliases
 
 
 def accepted_kwargs(factory: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:

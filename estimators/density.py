@@ -1,4 +1,4 @@
-"""Feature-space estimators: kNN density, information density, typicality.
+"""Feature-space estimators: kNN density, information density, prototype cosine.
 
 All work on L2-normalised pooled features, so similarities are cosines in [-1, 1].
 The kNN search runs in FAISS (exact flat inner-product index; IVF above `ivf_threshold`
@@ -18,7 +18,7 @@ import torch
 from flexsample.engine.context import ScoringContext
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import Estimator
-from flexsample.engine.registries import register_estimator
+from flexsample.engine.registries import ESTIMATORS, register_estimator
 
 from . import functional as F
 from .basic import check_mc_options
@@ -221,13 +221,15 @@ def class_prototypes(
     return sums / np.maximum(norms, 1e-12), present
 
 
-@register_estimator("typicality")
-class TypicalityEstimator(Estimator):
-    """Cosine similarity to the class prototype over the current subset; typical first.
+@register_estimator("prototype-cosine")
+class PrototypeCosineEstimator(Estimator):
+    """Cosine similarity to the class prototype over the current subset (formerly 'typicality').
 
     The prototype of class c is the normalised mean of the normalised features of the
     subset's class-c samples (the anchor criterion of the method). A class with no sample
-    in the subset falls back to the prototype of its candidates.
+    in the subset falls back to the prototype of its candidates. Called `typicality` before
+    TypiClust (`typiclust`) arrived, whose typicality is a kNN density; the old name still
+    builds this estimator, with a FutureWarning.
     """
 
     needs = frozenset({"features", "labels"})
@@ -246,3 +248,11 @@ class TypicalityEstimator(Estimator):
             fill = missing[own_present[missing]]
             protos[fill] = own[fill]
         return np.einsum("nd,nd->n", fc, protos[cand_labels])
+
+
+TYPICALITY_DEPRECATION = (
+    "estimator 'typicality' is deprecated: it is now called 'prototype-cosine' "
+    "(TypiClust is 'typiclust')"
+)
+ESTIMATORS.alias("typicality", "prototype-cosine", TYPICALITY_DEPRECATION)
+TypicalityEstimator = PrototypeCosineEstimator  # the old class name, for imports

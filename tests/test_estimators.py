@@ -23,7 +23,7 @@ from flexsample.training.models import adapt_model
 
 BUILTINS = [
     "random", "entropy", "margin", "least-confidence", "mcdropout", "density", "info-density",
-    "typicality",
+    "prototype-cosine",
 ]
 
 
@@ -150,7 +150,7 @@ def test_info_density_is_uncertainty_times_scaled_density(setup) -> None:
         build_estimator("info-density", density_beta=-1.0)
 
 
-def reference_typicality(feats, labels, subset, cand) -> np.ndarray:
+def reference_prototype_cosine(feats, labels, subset, cand) -> np.ndarray:
     f = feats / np.linalg.norm(feats, axis=1, keepdims=True)
     out = []
     for i in cand:
@@ -162,21 +162,33 @@ def reference_typicality(feats, labels, subset, cand) -> np.ndarray:
     return np.array(out)
 
 
-def test_typicality_is_cosine_to_the_subset_prototype(setup) -> None:
-    got = score_candidates(build_estimator("typicality"), setup["ctx"](), setup["cand"])
-    want = reference_typicality(setup["feats"], setup["labels"], setup["subset"], setup["cand"])
+def test_prototype_cosine_is_cosine_to_the_subset_prototype(setup) -> None:
+    got = score_candidates(build_estimator("prototype-cosine"), setup["ctx"](), setup["cand"])
+    want = reference_prototype_cosine(setup["feats"], setup["labels"], setup["subset"],
+                                      setup["cand"])
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_typicality_falls_back_to_candidates_for_a_class_missing_from_the_subset(setup) -> None:
+def test_prototype_cosine_falls_back_to_candidates_for_a_class_missing_from_the_subset(
+    setup,
+) -> None:
     labels, n = setup["labels"], setup["n"]
     subset = np.array([i for i in range(0, n, 4) if labels[i] != 2])
     cand = np.setdiff1d(np.arange(n), subset)
     ctx = setup["ctx"]()
     ctx.subset_indices = subset
-    got = score_candidates(build_estimator("typicality"), ctx, cand)
-    np.testing.assert_allclose(got, reference_typicality(setup["feats"], labels, subset, cand),
-                               atol=1e-5)
+    got = score_candidates(build_estimator("prototype-cosine"), ctx, cand)
+    want = reference_prototype_cosine(setup["feats"], labels, subset, cand)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_the_old_name_typicality_still_scores_as_prototype_cosine(setup) -> None:
+    with pytest.warns(FutureWarning, match="'typicality' is deprecated.*'prototype-cosine'"):
+        old = build_estimator("typicality")
+    got = score_candidates(old, setup["ctx"](), setup["cand"])
+    want = reference_prototype_cosine(setup["feats"], setup["labels"], setup["subset"],
+                                      setup["cand"])
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_random_is_seeded_by_seed_and_step(setup) -> None:
@@ -264,7 +276,7 @@ def test_a_part_returning_bad_scores_is_named(setup) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", ["info-density", "typicality+margin"])
+@pytest.mark.parametrize("spec", ["info-density", "prototype-cosine+margin"])
 def test_runs_through_the_cli(cli, tmp_path, spec: str) -> None:
     from tests.conftest import TINY
 

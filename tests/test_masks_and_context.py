@@ -218,7 +218,7 @@ def test_features_are_computed_once_across_estimators_and_parts() -> None:
     labels = np.arange(n) % 4
     ctx = make_ctx(model, x, labels, batch_size=16, subset_indices=np.arange(0, n, 3))
     cand = np.setdiff1d(np.arange(n), np.arange(0, n, 3))
-    score_candidates(build_estimator("mcdropout+density+typicality", mc_samples=4), ctx, cand)
+    score_candidates(build_estimator("mcdropout+density+prototype-cosine", mc_samples=4), ctx, cand)
     assert ctx.stats["backbone_items"] == n  # every sample through the backbone once
     assert ctx.stats["mc_items"] == len(cand)
     score_candidates(build_estimator("entropy+margin"), ctx, cand)

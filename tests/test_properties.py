@@ -292,7 +292,7 @@ def _model(dim: int, classes: int, seed: int) -> nn.Module:
 @given(
     name=st.sampled_from(
         [*sorted(builtins(ESTIMATORS, list_estimators())), "mcdropout+density",
-         "entropy+typicality"]
+         "entropy+prototype-cosine"]
     ),
     n=st.integers(4, 40),
     classes=st.integers(2, 5),
@@ -322,4 +322,4 @@ def test_every_estimator_gives_finite_scores_of_the_candidates_shape(
 
 def test_every_builtin_estimator_is_covered() -> None:
     assert {"random", "entropy", "margin", "least-confidence", "mcdropout", "density",
-            "info-density", "typicality"} <= set(builtins(ESTIMATORS, list_estimators()))
+            "info-density", "prototype-cosine"} <= set(builtins(ESTIMATORS, list_estimators()))
