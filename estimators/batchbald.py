@@ -1,0 +1,295 @@
+"""BatchBALD (Kirsch, van Amersfoort & Gal, NeurIPS 2019): greedy batch-aware BALD.
+
+Top-k BALD takes near-duplicates together: each is informative alone, the second adds little
+once the first is labelled. BatchBALD picks greedily the candidate n that most increases the
+joint mutual information I(y_batch, y_n; w) between the batch's labels and the weights, over
+the T MC draws w_1..w_T (equally weighted). The gain of n given the batch so far is
+
+    I(y_batch, y_n; w) - I(y_batch; w) = H(y_n | y_batch) - E_w H(y_n | w)
+
+where H(y_n | y_batch) = sum_m p(m) H(y_n | y_batch = m) over the batch's joint label
+configurations m, and p(y_n | m) = sum_t p(w_t | m) p(y_n | w_t): a (M, T) x (T, N*C) matmul
+of the draws' posteriors given each configuration against every candidate's draws, then one
+entropy per (configuration, candidate). The first pick is the BALD arg-max.
+
+Configurations (as batchbald_redux, the authors' reference): all C^m of them (exact joint
+entropy) while C^m <= `batchbald_samples`; beyond, `batchbald_samples // T` configurations
+drawn per draw w_t from p(y_batch | w_t), redrawn at every pick, and the importance-weighted
+estimate with weights 1 / M. The draws come from a torch generator seeded by (seed, step),
+exactly as batchbald_redux draws them from torch's global generator (same multinomial call),
+so for the same seed both pick the same batch. p(m | w_t) is kept as float64 logarithms (a
+product of 100 probabilities underflows float32); the matmul and entropies run in the draws'
+dtype (float32 from the context), and the candidates whose float32 gain is within 1e-5
+(relative) of the best are recomputed in float64 before the pick, so float32 rounding does not
+decide near-ties (ties then go to the lowest index).
+
+Memory: the draws of all N candidates of the class, N * T * C floats (float32), collected
+from `ctx.iter_mc` into one preallocated tensor on the context's device; plus the joint
+configuration buffers, about M * T * 40 bytes (M = `batchbald_samples`: 8 MB at 10,000 x 20),
+and two work buffers for the (M, chunk * C) probabilities of a candidate chunk (16 MiB on a
+CPU, 256 MiB on CUDA, or one candidate's M * C if larger). When the draws and
+buffers exceed the MC memory budget (`engine.context.mc_memory_budget`) a FlexsampleError
+names --mc-samples and the candidate count. Time: O(k * M * N * C * T) for a quota of k, so
+keep quotas moderate (the paper uses batches of 5 to 100). The conditional entropies
+E_w H(y_n | w) are computed while streaming.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from flexsample.engine.context import ScoringContext, mc_memory_budget
+from flexsample.engine.errors import FlexsampleError
+from flexsample.engine.interfaces import Estimator
+from flexsample.engine.registries import register_estimator
+
+from . import functional as F
+from .basic import check_mc_options
+
+DEFAULT_SAMPLES = 10_000  # batchbald_redux's num_samples in its examples, and --batchbald-samples
+WORK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 25}  # work buffer size (elements) per device type
+_REFINE = 1e-5  # gains this close to the best (relative) are recomputed in float64
+_SAMPLE_BLOCK = 1 << 22  # picks' gathered log-probabilities per block (elements) when redrawing
+
+
+def conditional_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """E_w H(y_n | w): each candidate's entropy averaged over the T draws; (T, N, C) -> (N,)
+    float64."""
+    return F.entropy(probs).mean(0)
+
+
+def exact_log_joint(log_joint: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+    """Add one variable to every configuration: (M, T) log p(m | w_t) and the new variable's
+    (T, C) log-probabilities -> (M * C, T), configuration index m * C + c."""
+    m, t = log_joint.shape
+    return (log_joint[:, None, :] + log_probs.t()[None, :, :]).reshape(m * log_probs.shape[1], t)
+
+
+def sampled_log_joint(
+    probs: torch.Tensor, per_draw: int, generator: torch.Generator
+) -> torch.Tensor:
+    """log p(m | w_t), (T * per_draw, T) float64, for configurations of the batch whose draws
+    `probs` (T, b, C) are given: `per_draw` configurations drawn from each p(y_batch | w_s).
+
+    One multinomial call over rows (variable, draw) in that order, as batchbald_redux makes it,
+    so the same generator state gives the same configurations; configuration index s * per_draw
+    + j. The draws run on the CPU whatever the device (the same configurations everywhere).
+    """
+    t, b, c = probs.shape
+    rows = probs.permute(1, 0, 2).reshape(b * t, c).cpu()
+    choices = torch.multinomial(rows, per_draw, replacement=True, generator=generator)
+    choices = choices.view(b, t * per_draw).to(probs.device)  # config (s, j) -> class per variable
+    log_probs = probs.double().clamp_min(1e-300).log().permute(1, 0, 2)  # (b, T, C)
+    out = torch.zeros(t, t * per_draw, dtype=torch.float64, device=probs.device)
+    block = max(1, _SAMPLE_BLOCK // (t * t * per_draw))
+    for lo in range(0, b, block):
+        idx = choices[lo : lo + block, None, :].expand(-1, t, -1)  # (blk, T, M)
+        out += torch.gather(log_probs[lo : lo + block], 2, idx).sum(0)
+    return out.t().contiguous()
+
+
+def configuration_weights(
+    log_joint: torch.Tensor, exact: bool
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """From log p(m | w_t) (M, T) float64: the draws' posteriors p(w_t | m) (M, T) (rows sum
+    to 1), the configurations' weights (M,) and the batch's joint entropy H(y_batch).
+
+    Exact: weights p(m) and H = -sum p(m) log p(m). Sampled: weights 1/M and the importance-
+    weighted estimate H = -mean log p(m) (configurations drawn from the mixture p(m)).
+    Impossible configurations (p(m) = 0) get weight 0 and an all-zero row.
+    """
+    m, t = log_joint.shape
+    log_q = torch.logsumexp(log_joint, 1) - math.log(t)  # log p(m)
+    live = torch.isfinite(log_q)
+    post = torch.exp(log_joint - torch.where(live, log_q, 0.0)[:, None]) / t
+    post[~live] = 0.0
+    if exact:
+        weights = torch.where(live, log_q.exp(), 0.0)
+        joint = float(-(weights * torch.where(live, log_q, 0.0)).sum())
+    else:
+        weights = torch.full((m,), 1.0 / m, dtype=torch.float64, device=log_joint.device)
+        joint = float(-log_q.mean())
+    return post, weights, joint
+
+
+def entropy_given_batch(
+    post: torch.Tensor, weights: torch.Tensor, probs: torch.Tensor, work: int | None = None
+) -> torch.Tensor:
+    """H(y_n | y_batch) = sum_m weight_m H(p(y_n | m)) for every candidate, (N,) float64.
+
+    p(y_n | m) = post (M, T) @ probs[:, n, :] (T, C), computed for a chunk of candidates at a
+    time into a work buffer of about `work` elements (default: `WORK_ELEMENTS` for the device).
+    """
+    t, n, c = probs.shape
+    m = post.shape[0]
+    flat = probs.reshape(t, n * c)
+    if work is None:
+        work = WORK_ELEMENTS.get(probs.device.type, WORK_ELEMENTS["cuda"])
+    chunk = max(1, min(n, work // (m * c)))
+    buf = torch.empty(2 * m * chunk * c, dtype=probs.dtype, device=probs.device)
+    tiny = torch.finfo(probs.dtype).tiny
+    out = torch.empty(n, dtype=torch.float64, device=probs.device)
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        width = (hi - lo) * c
+        p = buf[: m * width].view(m, width)
+        logp = buf[m * width : 2 * m * width].view(m, width)
+        torch.matmul(post, flat[:, lo * c : hi * c], out=p)  # p(y_n = c | m)
+        p.clamp_min_(tiny)  # 0 log 0 = 0; no subnormals (each costs a slow path in log, mul)
+        torch.log(p, out=logp)
+        p.mul_(logp)
+        got = torch.mv(p.t(), weights).view(hi - lo, c).sum(1, dtype=torch.float64)
+        out[lo:hi] = -got
+    return out
+
+
+def batchbald_batch(
+    probs: torch.Tensor,
+    k: int,
+    num_samples: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+    cond: torch.Tensor | None = None,
+    work: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy BatchBALD over MC draws `probs` (T, N, C): (k picks in pick order, the batch's
+    joint mutual information I(y_1..y_i; w) after each pick, float64).
+
+    Exact joint entropies while C^m <= `num_samples` (m: picks so far), sampled configurations
+    beyond (`num_samples // T` per draw, generator seeded with `seed`). Ties go to the lowest
+    index. `cond`: the conditional entropies E_w H(y_n | w), when already computed.
+    """
+    t, n, c = probs.shape
+    dtype = probs.dtype
+    floor = torch.finfo(dtype).tiny ** 0.8  # 1e-30.5 in float32
+    if not 0 <= k <= n:
+        raise FlexsampleError(f"batchbald: cannot pick {k} of {n} candidates; 0 <= k <= {n}")
+    if cond is None:
+        cond = conditional_entropy(probs)
+    cond = torch.as_tensor(cond, dtype=torch.float64).cpu()
+    generator = torch.Generator().manual_seed(int(seed))
+    per_draw = max(1, num_samples // t)
+    picks: list[int] = []
+    mi = np.zeros(k)
+    taken = torch.zeros(n, dtype=torch.bool)
+    log_joint = torch.zeros(1, t, dtype=torch.float64, device=probs.device)
+    exact = True
+    for i in range(k):
+        if i and exact and c ** i <= num_samples:
+            last = probs[:, picks[-1], :].double().clamp_min(1e-300).log()
+            log_joint = exact_log_joint(log_joint, last)
+        elif i:
+            exact = False
+            log_joint = sampled_log_joint(probs[:, picks, :], per_draw, generator)
+        post, weights, joint = configuration_weights(log_joint, exact)
+        # p(w_t | m) below floor -> 0: a subnormal float32 costs a slow path in every matmul
+        # term it enters (draws far less likely than the best one given a long batch)
+        low = torch.where(post >= floor, post, 0.0).to(dtype)
+        gain = entropy_given_batch(low, weights.to(dtype), probs, work).cpu() - cond
+        gain[taken] = -math.inf
+        best = int(torch.argmax(gain))  # first maximum: the lowest index
+        if dtype != torch.float64 and math.isfinite(gain[best]):
+            # float64 only where needed: near-ties within float32 rounding are recomputed
+            near = torch.nonzero(gain >= gain[best] - _REFINE * (1.0 + abs(float(gain[best]))))
+            near = near[:, 0]
+            if len(near) > 1:
+                some = probs[:, near.to(probs.device)].double()
+                gain[near] = entropy_given_batch(post, weights, some).cpu() - cond[near]
+                best = int(torch.argmax(gain))
+        if gain[best] == -math.inf:
+            raise FlexsampleError("batchbald: every remaining candidate has a non-finite gain")
+        mi[i] = joint - float(cond[picks].sum()) + float(gain[best])
+        picks.append(best)
+        taken[best] = True
+    return np.asarray(picks, dtype=np.int64), mi
+
+
+def batch_mutual_information(
+    probs: torch.Tensor, batch: np.ndarray, num_samples: int | None = None, seed: int = 0
+) -> float:
+    """I(y_batch; w) over draws `probs` (T, N, C) for the candidates `batch`: exact when
+    `num_samples` is None, else the sampled estimate with `num_samples // T` configurations per
+    draw (for checks; `batchbald_batch` computes it incrementally)."""
+    t, _, c = probs.shape
+    batch = np.asarray(batch, dtype=np.int64)
+    cond = float(conditional_entropy(probs[:, batch, :]).sum())
+    if num_samples is None:
+        log_joint = torch.zeros(1, t, dtype=torch.float64, device=probs.device)
+        for b in batch:
+            log_joint = exact_log_joint(log_joint, probs[:, b, :].double().clamp_min(1e-300).log())
+        return configuration_weights(log_joint, True)[2] - cond
+    generator = torch.Generator().manual_seed(int(seed))
+    log_joint = sampled_log_joint(probs[:, batch, :], max(1, num_samples // t), generator)
+    return configuration_weights(log_joint, False)[2] - cond
+
+
+def check_batchbald_samples(samples: int) -> None:
+    if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or samples < 1:
+        raise FlexsampleError(f"--batchbald-samples must be an integer >= 1, got {samples!r}")
+
+
+def selection_seed(seed: int, step: int) -> int:
+    """The sampling generator's seed for query step `step` of a run seeded `seed`."""
+    return int(np.random.SeedSequence([int(seed), int(step), 0xBA7CB]).generate_state(1)[0])
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
+
+
+@register_estimator("batchbald")
+class BatchBALDEstimator(Estimator):
+    """BatchBALD: greedy joint mutual information over MC draws (Kirsch et al. 2019).
+
+    `select` picks a class's quota greedily (exact joint entropies while C^m fits
+    `batchbald_samples`, sampled configurations beyond, seeded by (seed, step)); `score` is
+    per-sample BALD, so 'batchbald+density' ranks by BALD. `mc_samples` / `mc_mode` as for
+    mcdropout (a snapshot source replaces the draws). Memory: N * T * C float32 for a class of
+    N candidates, plus M * T * 40 bytes and the work buffers (module docstring).
+    """
+
+    needs = frozenset({"mc"})
+
+    def __init__(
+        self, mc_samples: int = 20, mc_mode: str = "head", batchbald_samples: int = DEFAULT_SAMPLES
+    ) -> None:
+        check_mc_options(mc_samples, "bald", mc_mode)
+        check_batchbald_samples(batchbald_samples)
+        self.mc_samples = int(mc_samples)
+        self.mc_mode = mc_mode
+        self.batchbald_samples = int(batchbald_samples)
+
+    def score(self, ctx: ScoringContext, candidates: np.ndarray) -> np.ndarray:
+        return ctx.reduce_mc(candidates, self.mc_samples, F.bald, mode=self.mc_mode)
+
+    def _check_memory(self, ctx: ScoringContext, n: int, t: int, c: int) -> None:
+        budget = ctx.mc_memory if ctx.mc_memory is not None else mc_memory_budget(ctx.device)
+        configs = max(self.batchbald_samples, t)
+        work = 2 * 4 * max(WORK_ELEMENTS.get(ctx.device.type, WORK_ELEMENTS["cuda"]), configs * c)
+        fixed = configs * t * 40 + work + n * 24  # joint buffers, work buffers, gains
+        need = n * t * c * 4 + fixed
+        if need > budget:
+            flag = "--mc-samples" if ctx.mc_source == "dropout" else "--snapshots"
+            most = max(0, (budget - fixed) // (n * c * 4 + configs * 40))
+            raise FlexsampleError(
+                f"batchbald: the draws of {n} candidates ({t} draws x {c} classes) need about "
+                f"{_size(need)}, more than the MC memory budget of {_size(budget)} on "
+                f"{ctx.device}; use at most {flag} {most}, or fewer candidates per class"
+            )
+
+    def select(self, ctx: ScoringContext, candidates: np.ndarray, k: int) -> np.ndarray:
+        candidates = np.sort(np.asarray(candidates, dtype=np.int64))  # ties: lowest index
+        n, t, c = len(candidates), ctx.mc_draws(self.mc_samples), ctx.num_classes
+        self._check_memory(ctx, n, t, c)
+        probs = torch.empty((t, n, c), dtype=torch.float32, device=ctx.device)
+        cond = torch.empty(n, dtype=torch.float64)
+        pos = 0
+        for chunk, p in ctx.iter_mc(candidates, self.mc_samples, self.mc_mode):
+            probs[:, pos : pos + len(chunk)] = p
+            cond[pos : pos + len(chunk)] = conditional_entropy(p).cpu()
+            pos += len(chunk)
+        seed = selection_seed(ctx.seed, ctx.step)
+        picks, _ = batchbald_batch(probs, int(k), self.batchbald_samples, seed, cond)
+        return candidates[picks]
