@@ -47,6 +47,10 @@ BASELINES: dict[str, dict[str, Any]] = {
     "balanced-softmax": {"loss": "balanced-softmax"},
     "logit-adjust": {"logit_adjust": 1.0},
     "mixup": {"mixup": 1.0},
+    # decoupling (Kang et al. 2020): the ce full-set run, then its head re-balanced
+    "crt": {"loss": "ce", "decouple": "crt"},
+    "lws": {"loss": "ce", "decouple": "lws"},
+    "tau-norm": {"loss": "ce", "decouple": "tau-norm"},
 }
 BASELINE_BASE = {
     "policy": "full",
@@ -57,6 +61,7 @@ BASELINE_BASE = {
     "sampler": "instance",
     "mixup": 0.0,
     "logit_adjust": 0.0,
+    "decouple": "none",  # `bench --decouple X` decouples the curriculum cells, not every baseline
 }
 
 CELL_FILE = "cell.json"  # written last: a cell is finished once it says so

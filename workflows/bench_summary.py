@@ -32,12 +32,15 @@ META_COLUMNS = [
     "sampler",
     "mixup",
     "logit_adjust",
+    "decouple",
     "seed",
 ]
 # from results.json `compute` (what a run cost); empty for cells run before it was recorded
 COMPUTE_COLUMNS = ["train_samples", "score_samples", "pretrain_samples", "train_s", "score_s"]
+STAGE1_KEY = "stage1_test_balanced_accuracy"  # a decoupled cell's model before stage 2
 METRIC_COLUMNS = [
     "test_balanced_accuracy",
+    STAGE1_KEY,
     "test_accuracy",
     "test_macro_f1",
     "test_macro_auc",
@@ -61,6 +64,7 @@ SUMMARY_KEYS = (
     "medium",
     "tail",
     "best_val_balanced_accuracy",
+    STAGE1_KEY,
 )
 STAT_KEY = "test_balanced_accuracy"  # the metric the paired statistics compare
 ERROR_CHARS = 200  # of a failed cell's error in summary.md (bench.csv keeps it whole)
@@ -111,6 +115,7 @@ def _meta(record: CellRecord | FailedRecord, flags: list[str]) -> dict[str, Any]
         "sampler": c.get("sampler"),
         "mixup": c.get("mixup"),
         "logit_adjust": c.get("logit_adjust"),
+        "decouple": c.get("decouple", "none"),  # cells made before the flag were not decoupled
         "seed": c.get("seed"),
     }
     for f in flags:
@@ -129,6 +134,7 @@ def csv_row(record: CellRecord, flags: list[str], in_grid: bool, root: Path) -> 
             "config_hash": record.key,
             "status": FINISHED,
             "test_balanced_accuracy": t["balanced_accuracy"],
+            STAGE1_KEY: stage1_test_balanced_accuracy(res),
             "test_accuracy": t.get("accuracy"),
             "test_macro_f1": t.get("macro_f1"),
             "test_macro_auc": t.get("macro_auc"),
@@ -147,6 +153,14 @@ def csv_row(record: CellRecord, flags: list[str], in_grid: bool, root: Path) -> 
         }
     )
     return row
+
+
+def stage1_test_balanced_accuracy(results: dict[str, Any]) -> float | None:
+    """A decoupled run's test balanced accuracy before its decoupling stage (results.json
+    `decouple.stage1.test`; its top-level `test` is the decoupled model's), else None."""
+    stage1 = ((results.get("decouple") or {}).get("stage1") or {}).get("test") or {}
+    value = stage1.get("balanced_accuracy")
+    return None if value is None else float(value)
 
 
 def failed_row(record: FailedRecord, flags: list[str], in_grid: bool, root: Path) -> dict[str, Any]:
@@ -423,6 +437,11 @@ def write_summary_md(
     for e in summary:
         by_group[(e["dataset"], e["imbalance_ratio"])].append(e)
     flag_head = "".join(f" {f} |" for f in flags)
+    # the stage-1 column only where a configuration was decoupled
+    staged = any(not np.isnan(e[STAGE1_KEY][0]) for e in summary)
+    keys = [k for k in SUMMARY_KEYS if k != STAGE1_KEY]
+    if staged:
+        keys.insert(keys.index("best_val_balanced_accuracy"), STAGE1_KEY)
     for (ds, ratio), entries in by_group.items():
         stats = group_statistics(entries)
         star = stats.reference if stats.reference_is_baseline else -1
@@ -432,16 +451,24 @@ def write_summary_md(
             "Ranked by mean test balanced accuracy (best-validation checkpoint); "
             "mean ± std over seeds (percent; a single seed shows its value alone). "
             "★ = strongest baseline. Train samples: images through the training forward "
-            "pass, mean over seeds (results.json `compute`; - for cells without it).",
+            "pass, mean over seeds (results.json `compute`; - for cells without it)."
+            + (
+                " Decoupled configurations (`--decouple`, baselines crt, lws, tau-norm) report "
+                "the model after the decoupling stage; stage-1 test bal-acc is the same run "
+                "before it (- for configurations without one)."
+                if staged
+                else ""
+            ),
             "",
             f"| rank | method |{flag_head} seeds | test bal-acc | head | medium | tail "
-            "| best val bal-acc | train samples |",
-            "|---:|---|" + "---|" * len(flags) + "---:|---:|---:|---:|---:|---:|---:|",
+            + ("| stage-1 test bal-acc " if staged else "")
+            + "| best val bal-acc | train samples |",
+            "|---:|---|" + "---|" * len(flags) + "---:|" * (len(keys) + 2),
         ]
         for rank, e in enumerate(entries, 1):
             mark = (" ★" if rank - 1 == star else "") + ("" if e["in_grid"] else " †")
             values = "".join(f" {_show(e['flags'].get(f))} |" for f in flags)
-            cells = " | ".join(_pm(e[k]) for k in SUMMARY_KEYS)
+            cells = " | ".join(_pm(e[k]) for k in keys)
             samples = e.get("train_samples")
             cells += " | " + ("-" if samples is None else f"{samples:,.0f}")
             lines.append(f"| {rank} | {e['method']}{mark} |{values} {e['n']} | {cells} |")
