@@ -14,6 +14,7 @@ import json
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -128,7 +129,9 @@ def user_errors(debug: bool) -> Iterator[None]:
     from flexsample.workflows.rundir import ENVIRONMENT_ERRNOS, resume_command
 
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            yield
     except typer.Exit:
         raise
     except KeyboardInterrupt as exc:
@@ -162,6 +165,28 @@ def user_errors(debug: bool) -> Iterator[None]:
         raise typer.Exit(2) from None
     except Exception as exc:
         _internal(exc, debug)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """A deprecation notice (FutureWarning) as one 'warning: ...' line on stderr; other
+    warnings as Python shows them."""
+    if issubclass(category, FutureWarning):
+        text = " ".join(str(message).split())
+        err_console.print(
+            f"[yellow]warning:[/yellow] {_escape(text)}", highlight=False, soft_wrap=True
+        )
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
 
 
 def _internal(exc: Exception, debug: bool) -> None:

@@ -29,14 +29,18 @@ GROUPS = (
 # (kind, name, first line of its docstring), in `list`'s order
 # --- generated: python -m flexsample.cli.catalogue ---
 BUILTINS: tuple[tuple[str, str, str], ...] = (
+    ('estimator', 'badge', 'BADGE: k-means++ seeding on last-layer gradient embeddings (uncertain and diverse).'),  # noqa: E501
+    ('estimator', 'batchbald', 'BatchBALD: greedy joint mutual information over MC draws (Kirsch et al. 2019).'),  # noqa: E501
+    ('estimator', 'coreset', "Core-set: k-center greedy on the classifier's features, covering the subset's gaps."),  # noqa: E501
     ('estimator', 'density', 'kNN density: mean cosine similarity to the k nearest training samples; typical first.'),  # noqa: E501
     ('estimator', 'entropy', 'Predictive entropy of one deterministic pass: most uncertain first.'),
     ('estimator', 'info-density', 'Information density: MC-dropout uncertainty x ((1 + density) / 2) ** density_beta.'),  # noqa: E501
     ('estimator', 'least-confidence', '1 - p_max of one deterministic pass: least confident first.'),  # noqa: E501
     ('estimator', 'margin', '1 - (p1 - p2) of one deterministic pass: smallest top-2 margin first.'),  # noqa: E501
     ('estimator', 'mcdropout', "MC-dropout uncertainty over T draws (BALD by default, the paper's criterion)."),  # noqa: E501
+    ('estimator', 'prototype-cosine', "Cosine similarity to the class prototype over the current subset (formerly 'typicality')."),  # noqa: E501
     ('estimator', 'random', 'Uniform random scores, seeded by (seed, step): the no-information baseline.'),  # noqa: E501
-    ('estimator', 'typicality', 'Cosine similarity to the class prototype over the current subset; typical first.'),  # noqa: E501
+    ('estimator', 'typiclust', 'TypiClust (Hacohen et al. 2022): the most typical sample of each uncovered k-means cluster.'),  # noqa: E501
     ('policy', 'adaptive', "The paper's rule: query when validation stops improving, then finish on the full set."),  # noqa: E501
     ('policy', 'balanced', 'The anchors only, never grown: the under-sampling baseline.'),
     ('policy', 'concave', 'Square-root growth, sqrt(t): most of the pool joins early, the last rounds add little.'),  # noqa: E501

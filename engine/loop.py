@@ -105,6 +105,10 @@ class Curriculum:
     is `loaded_meta` (a run pipeline keeps a config hash there to refuse foreign checkpoints).
     A CUDA out-of-memory error while scoring retries the query's scoring once with half the
     score batch size (kept for later queries), then fails naming --score-batch-size.
+
+    `mc_source="snapshots"` makes every MC score draw from a snapshot ensemble: the
+    best-validation weights of the last `snapshots` completed rounds, kept in CPU memory and
+    in checkpoints (`engine.snapshots` has the rule for the first query and the costs).
     """
 
     def __init__(
@@ -125,6 +129,8 @@ class Curriculum:
         checkpoint_dir: str | Path | None = None,
         callbacks: Sequence[Callback] = (),
         meta: dict[str, Any] | None = None,
+        mc_source: str = "dropout",
+        snapshots: int = 5,
     ) -> None:
         if rounds < 1:
             raise FlexsampleError(f"--rounds must be >= 1, got {rounds}")
@@ -133,6 +139,13 @@ class Curriculum:
         from .validation import plugin_call  # a plugin's exception names the plugin
 
         plugin_call("policy", schedule, "validate", rounds, epochs_per_round)
+        from .snapshots import SnapshotKeeper, check_mc_source
+
+        check_mc_source(mc_source, snapshots)
+        self.mc_source = mc_source
+        self.snapshots = int(snapshots)
+        # the rounds' best weights, kept only when they are the MC draws
+        self.snapshot_keeper = SnapshotKeeper(snapshots) if mc_source == "snapshots" else None
         self.pool = pool
         self.schedule = schedule
         self.allocation = allocation
@@ -143,19 +156,9 @@ class Curriculum:
         self.epochs_per_round = epochs_per_round
         self.seed = seed
         self.score_batch_size = score_batch_size
-        from .scoring import is_selector
-        from .selection import ACQUISITIONS
+        from .scoring import check_acquisition
 
-        if acquisition not in ACQUISITIONS:
-            raise FlexsampleError(
-                f"unknown --acquisition '{acquisition}'; accepted: {', '.join(ACQUISITIONS)}"
-            )
-        if acquisition != "topk" and is_selector(estimator):
-            raise FlexsampleError(
-                f"--acquisition {acquisition} draws from per-sample scores, but estimator "
-                f"'{getattr(estimator, 'name', '')}' selects its own batch; use --acquisition "
-                "topk with it"
-            )
+        check_acquisition(acquisition, estimator)
         self.acquisition = acquisition
         self.acquisition_beta = float(acquisition_beta)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
@@ -301,6 +304,7 @@ class Curriculum:
                 batch_size=self.score_batch_size,
                 subset_indices=self.pool.subset_indices(),
                 progress=lambda n: self._emit("on_scoring_advance", n),
+                snapshots=self.snapshot_members(),
             )
             try:
                 return work(ctx)
@@ -324,6 +328,13 @@ class Curriculum:
                     f"{step} with --score-batch-size {sizes}; {hint}"
                 ) from None
             self.score_batch_size //= 2
+
+    def snapshot_members(self) -> list[Any] | None:
+        """The weights of the snapshot ensemble a query now scores with (oldest first, at
+        least 2), or None when MC draws come from dropout."""
+        if self.snapshot_keeper is None:
+            return None
+        return self.snapshot_keeper.members(self.learner.model)
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> LoopResult:
@@ -391,6 +402,12 @@ class Curriculum:
             self.best_epoch = self.epoch
             self.subset_size_at_best = self.pool.size
             self._save_best(val)
+        if self.snapshot_keeper is not None:
+            round_done = (self.epoch + 1) % self.epochs_per_round == 0
+            self.snapshot_keeper.end_epoch(
+                self.epoch // self.epochs_per_round, val.balanced_accuracy, self.learner.model,
+                round_done,
+            )
         self._emit("on_epoch_result", self.epoch, res)
         self._emit("on_epoch_end", self.epoch, float(res.loss), val, improved)
         self.epoch += 1
@@ -454,6 +471,12 @@ class Curriculum:
             "best": (self.best_val, self.best_epoch, self.subset_size_at_best),
             "callbacks": {key: cb.state_dict() for key, cb in self._stateful_callbacks().items()},
             "meta": copy.deepcopy(self.meta),
+            "mc_source": self.mc_source,
+            **(
+                {"snapshots": self.snapshot_keeper.state_dict()}
+                if self.snapshot_keeper is not None
+                else {}
+            ),
         }
 
     def _stateful_callbacks(self) -> dict[str, Callback]:
@@ -477,6 +500,14 @@ class Curriculum:
                     f"checkpoint was made with {key}={state[key]}, "
                     f"this run has {getattr(self, key)}"
                 )
+        saved_source = state.get("mc_source", "dropout")  # older checkpoints: dropout
+        if saved_source != self.mc_source:
+            raise FlexsampleError(
+                f"checkpoint was made with mc_source={saved_source}, this run has "
+                f"{self.mc_source}"
+            )
+        if self.snapshot_keeper is not None:
+            self.snapshot_keeper.load_state_dict(state["snapshots"])
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
         self.anchor_size = int(state["anchor_size"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .context import ScoringContext
-from .errors import EstimatorError
+from .errors import EstimatorError, FlexsampleError
 from .interfaces import Estimator
 from .validation import is_builtin, plugin_call, plugin_origin
 
@@ -105,3 +105,19 @@ def check_selection(
             f"candidates; {expected}{where}"
         )
     return picks
+
+
+def check_acquisition(acquisition: str, estimator: object) -> None:
+    """One-line errors for an unknown --acquisition, or a stochastic one with a selector."""
+    from .selection import ACQUISITIONS
+
+    if acquisition not in ACQUISITIONS:
+        raise FlexsampleError(
+            f"unknown --acquisition '{acquisition}'; accepted: {', '.join(ACQUISITIONS)}"
+        )
+    if acquisition != "topk" and is_selector(estimator):
+        raise FlexsampleError(
+            f"--acquisition {acquisition} draws from per-sample scores, but estimator "
+            f"'{getattr(estimator, 'name', '')}' selects its own batch; use --acquisition "
+            "topk with it"
+        )

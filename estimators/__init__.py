@@ -1,8 +1,10 @@
 """Scoring estimators: each a few lines of math plus a declaration of what it needs.
 
 Built-in names (``flexsample list``): ``random``, ``entropy``, ``margin``,
-``least-confidence``, ``mcdropout``, ``density``, ``info-density``, ``typicality``; any
-two or more joined by '+' (``mcdropout+density``) are combined by rank (`build_estimator`).
+``least-confidence``, ``mcdropout``, ``density``, ``info-density``, ``prototype-cosine``
+(``typicality`` is its deprecated alias), and the batch-aware selectors ``batchbald``,
+``coreset``, ``badge``, ``typiclust``; any two or more joined by '+'
+(``mcdropout+density``) are combined by rank of their scores (`build_estimator`).
 
 Writing an estimator (the plugin API)
 -------------------------------------
@@ -29,15 +31,22 @@ The contract:
 * ``name`` -- the registry key (set by the decorator).
 * ``needs`` -- a subset of ``features`` (the current classifier's pooled features,
   ``ctx.features(idx)``), ``probs`` (softmax of one deterministic pass, ``ctx.probs(idx)``),
-  ``mc`` (MC-dropout draws streamed as (T, batch, C) tensors: ``ctx.iter_mc`` /
-  ``ctx.reduce_mc``) and ``labels`` (``ctx.labels``, the whole split's). The context computes
-  only what is declared (``random`` costs no forward pass) and raises an error naming the
-  estimator when it reads anything else. ``ctx.subset_indices``, ``ctx.rng`` (seeded by
-  seed and query step), ``ctx.num_items`` and ``ctx.num_classes`` are always readable.
+  ``mc`` (MC draws streamed as (T, batch, C) tensors: ``ctx.iter_mc`` / ``ctx.reduce_mc``;
+  dropout masks, or a snapshot ensemble under ``--mc-source snapshots``, where T is
+  ``ctx.mc_draws(mc_samples)``) and ``labels`` (``ctx.labels``, the whole split's). The
+  context computes only what is declared (``random`` costs no forward pass) and raises an
+  error naming the estimator when it reads anything else. ``ctx.subset_indices``,
+  ``ctx.rng`` (seeded by seed and query step), ``ctx.num_items`` and ``ctx.num_classes``
+  are always readable.
 * ``score(ctx, candidates)`` -- ``candidates`` are global indices into the training split;
   return a numpy array of shape ``(len(candidates),)``, float or integer, finite, higher =
   taken first. What was declared may be read for *any* training index. The engine checks
   the output (type, shape, dtype, finiteness) and names the estimator in any error.
+* ``select(ctx, candidates, k)`` (optional) -- a batch-aware estimator picks its own batch:
+  the engine calls it once per class with that class's candidates (ascending global indices)
+  and its quota ``0 < k < len(candidates)``, and takes what it returns (a numpy integer array
+  of k distinct candidates, checked) instead of the k best scores. ``score`` stays required:
+  combinations rank by it. Stochastic ``--acquisition`` applies to scores only.
 * Constructor keywords are matched by name against the run options (``mc_samples``,
   ``mc_score``, ``mc_mode``, ``knn``, ``density_beta``, ``ivf_threshold``, ``combine``, ...);
   options an estimator does not declare are not passed to it.
@@ -59,7 +68,7 @@ checked too (a budget is a finite integer >= 0, ``should_query`` a bool, quotas 
 within what each class has left, anchors distinct integer indices into the training split).
 """
 
-from . import basic, density, functional  # noqa: F401  (registers the built-ins)
+from . import basic, batchbald, density, diversity, functional, typiclust  # noqa: F401  (registers the built-ins)
 from .basic import (
     EntropyEstimator,
     LeastConfidenceEstimator,
@@ -68,18 +77,24 @@ from .basic import (
     ProbEstimator,
     RandomEstimator,
 )
+from .batchbald import BatchBALDEstimator
 from .combine import COMBINE_MODES, CombinedEstimator, build_estimator, normalized_ranks
 from .density import (
     DensityEstimator,
     InfoDensityEstimator,
+    PrototypeCosineEstimator,
     TypicalityEstimator,
     knn_density,
     knn_search,
 )
+from .diversity import BadgeEstimator, CoresetEstimator
+from .typiclust import TypiClustEstimator
 
 __all__ = [
-    "COMBINE_MODES", "CombinedEstimator", "DensityEstimator", "EntropyEstimator",
+    "COMBINE_MODES", "BadgeEstimator", "BatchBALDEstimator", "CombinedEstimator",
+    "CoresetEstimator", "DensityEstimator", "EntropyEstimator",
     "InfoDensityEstimator", "LeastConfidenceEstimator", "MCDropoutEstimator", "MarginEstimator",
-    "ProbEstimator", "RandomEstimator", "TypicalityEstimator", "build_estimator", "functional",
+    "ProbEstimator", "PrototypeCosineEstimator", "RandomEstimator", "TypiClustEstimator",
+    "TypicalityEstimator", "build_estimator", "functional",
     "knn_density", "knn_search", "normalized_ranks",
 ]

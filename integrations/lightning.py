@@ -148,11 +148,13 @@ class FlexSampling(pl.Callback):
 
     The epoch budget is `rounds * epochs_per_round` (`Trainer(max_epochs=...)` must not exceed
     it). `policy`, `allocation`, `estimator` and `anchors` are registered names (as in
-    `flexsample run`, built with `options` such as `mc_samples` or `anchor_scaling`) or
-    instances; `anchors` may also be an array of training indices. Prototype anchors need
-    `anchor_features` (N, D). `inputs` is what scoring reads: a dataset with the same indices
-    as `train_dataset` (e.g. without augmentation) or an engine InputFn; default the training
-    dataset itself. `labels` are the training labels, indexed like `train_dataset`.
+    `flexsample run`, built with `options` such as `mc_samples` or `anchor_scaling`; the
+    options `acquisition`, `acquisition_beta`, `mc_source` and `snapshots` go to the
+    curriculum itself) or instances; `anchors` may also be an array of training indices.
+    Prototype anchors need `anchor_features` (N, D). `inputs` is what scoring reads: a dataset
+    with the same indices as `train_dataset` (e.g. without augmentation) or an engine InputFn;
+    default the training dataset itself. `labels` are the training labels, indexed like
+    `train_dataset`.
     """
 
     def __init__(
@@ -218,6 +220,10 @@ class FlexSampling(pl.Callback):
             epochs_per_round=epochs_per_round,
             seed=seed,
             score_batch_size=score_batch_size,
+            acquisition=opts.get("acquisition", "topk"),
+            acquisition_beta=opts.get("acquisition_beta", 1.0),
+            mc_source=opts.get("mc_source", "dropout"),
+            snapshots=opts.get("snapshots", 5),
             callbacks=callbacks,
             meta={"labels_hash": _labels_hash(self.labels, self.pool.num_classes)},
         )

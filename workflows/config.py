@@ -144,7 +144,14 @@ class RunConfig(BaseModel):
     mc_mode: Literal["head", "full"] = _f(
         "head", "MC-dropout mode: head (backbone once) or full (T complete passes)", SCORING
     )
-    knn: int = _f(10, "neighbours k of the density estimators", SCORING, ge=1, le=10_000)
+    knn: int | None = _f(
+        None,
+        "neighbours k of the kNN estimators (default: each estimator's own: density and "
+        "info-density 10, typiclust 20)",
+        SCORING,
+        ge=1,
+        le=10_000,
+    )
     density_beta: float = _f(
         1.0, "info-density: exponent of the density term", SCORING, ge=0, le=100
     )
@@ -239,7 +246,8 @@ class RunConfig(BaseModel):
         le=10,
     )
     decouple_epochs: int = _f(
-        10, "crt and lws: epochs of the second stage", LOSSES, ge=1, le=EPOCHS_MAX
+        10, "crt: epochs of the second stage (lws is solved to convergence)", LOSSES, ge=1,
+        le=EPOCHS_MAX,
     )
     # run
     seed: int = _f(0, "training seed", RUN, ge=0, le=SEED_MAX)

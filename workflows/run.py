@@ -38,6 +38,7 @@ from flexsample.engine.loop import Callback, Curriculum, LoopResult, StepRecord
 from flexsample.engine.pool import Pool
 from flexsample.engine.registries import get_allocation, get_anchors, get_policy
 from flexsample.engine.registry import import_plugin
+from flexsample.engine.scoring import check_acquisition
 from flexsample.engine.validation import plugin_call, select_anchors
 from flexsample.training.data import SplitLoader
 from flexsample.training.evaluate import evaluate
@@ -46,6 +47,7 @@ from flexsample.training.models import SMALL_CNN, create_model
 from flexsample.training.samplers import SAMPLERS
 from flexsample.training.trainer import TrainConfig, Trainer
 
+from . import decouple as decouple_step
 from . import outputs as out_files
 from . import rundir
 from .config import RunConfig, stable_hash
@@ -81,6 +83,12 @@ def build_components(cfg: RunConfig) -> Components:
     )
     LOSSES.get(cfg.loss)
     SAMPLERS.get(cfg.sampler)
+    if cfg.tau is not None and cfg.decouple != "tau-norm":
+        raise FlexsampleError(
+            f"--tau applies to --decouple tau-norm only (this run has --decouple {cfg.decouple});"
+            " drop --tau or add --decouple tau-norm"
+        )
+    check_acquisition(cfg.acquisition, comps.estimator)
     plugin_call("policy", comps.schedule, "validate", cfg.rounds, cfg.epochs_per_round)
     return comps
 
@@ -331,13 +339,26 @@ def _loop_and_report(
         result = loop.run()
     t_eval = time.perf_counter()
     fault_point("evaluation")
+    if cfg.decouple != "none":  # a run killed inside stage 2 re-evaluates stage 1 (resume)
+        with rundir.os_errors(out):
+            decouple_step.restore_stage1(out)
     with reporter.phase("evaluation"):
         test, last = evaluate_run(cfg, setup, out, loop.pool)
     results = results_document(setup, result, loop.pool, test, last)
+    decouple_s = 0.0
+    if cfg.decouple != "none":  # stage 2: top-level `test` becomes the decoupled model's
+        with reporter.phase(f"decoupling ({cfg.decouple})"), rundir.os_errors(out):
+            results["decouple"] = decouple_step.run_stage2(cfg, setup, out, test, reporter)
+        results["test"] = results["decouple"]["stage2"]["test"]
+        decouple_s = float(results["decouple"]["seconds"])
+        results["timings"]["decouple_s"] = decouple_s
     results["timings"]["total_s"] = time.perf_counter() - t_start
-    results["timings"]["eval_s"] = time.perf_counter() - t_eval
+    results["timings"]["eval_s"] = time.perf_counter() - t_eval - decouple_s
     pretrain_s = float(loop.meta.get("pretrain_s", 0.0))
     results["compute"] = compute_document(cfg, setup, result, pretrain_s, results["timings"])
+    if "decouple" in results:  # images through the frozen backbone, and the stage's seconds
+        results["compute"]["decouple_samples"] = results["decouple"]["feature_samples"]
+        results["compute"]["decouple_s"] = decouple_s
     with rundir.os_errors(out):
         write_reports(cfg, setup, out, loop, result, results)
     for cb in callbacks:  # trackers log the test metrics and the finished folder's files
@@ -514,9 +535,13 @@ def build_loop(
         epochs_per_round=cfg.epochs_per_round,
         seed=cfg.seed,
         score_batch_size=cfg.score_batch_size,
+        acquisition=cfg.acquisition,
+        acquisition_beta=cfg.acquisition_beta,
         checkpoint_dir=out,
         callbacks=[recorder, *callbacks],
         meta=meta,
+        mc_source=cfg.mc_source,
+        snapshots=cfg.snapshots,
     )
     return loop, recorder
 
