@@ -24,16 +24,19 @@ from flexsample.estimators.batchbald import (
 )
 from flexsample.training.models import adapt_model
 
-bb = pytest.importorskip("batchbald_redux.batchbald")
+# the reference (the `reference` extra; CI installs it): only the comparisons need it
+needs_reference = pytest.mark.needs("batchbald_redux")
 
 
-@pytest.fixture(autouse=True)
-def no_toma_gc(monkeypatch):
-    """The reference's chunking helper (toma) runs gc.collect() around every chunked call,
-    0.2 s each under pytest; it changes no result, so the tests skip it."""
+@pytest.fixture
+def bb(monkeypatch):
+    """batchbald_redux's module, with its chunking helper's gc.collect() (toma runs it around
+    every chunked call, 0.2 s each under pytest) turned off: it changes no result."""
     import toma
+    from batchbald_redux import batchbald
 
     monkeypatch.setattr(toma, "gc_cuda", lambda: None)
+    return batchbald
 
 
 def problem(n: int, t: int, c: int, seed: int, dtype=torch.float64):
@@ -46,7 +49,7 @@ def problem(n: int, t: int, c: int, seed: int, dtype=torch.float64):
     return log_probs, log_probs.exp().permute(1, 0, 2).contiguous()
 
 
-def reference(log_probs: torch.Tensor, k: int, samples: int, seed: int):
+def reference(bb, log_probs: torch.Tensor, k: int, samples: int, seed: int):
     torch.manual_seed(seed)  # the reference draws its configurations from the global generator
     out = bb.get_batchbald_batch(log_probs, k, samples, dtype=log_probs.dtype, device="cpu")
     return out.indices, np.asarray(out.scores)
@@ -66,17 +69,19 @@ def h2(p: float) -> float:
         (100, 10, 8, 6, 1_000, 4),  # exact for 3 picks, then sampled
     ],
 )
-def test_same_picks_and_information_as_batchbald_redux(n, t, c, k, samples, seed) -> None:
+@needs_reference
+def test_same_picks_and_information_as_batchbald_redux(bb, n, t, c, k, samples, seed) -> None:
     log_probs, probs = problem(n, t, c, seed)
-    want_idx, want_mi = reference(log_probs, k, samples, seed=100 + seed)
+    want_idx, want_mi = reference(bb, log_probs, k, samples, seed=100 + seed)
     picks, mi = batchbald_batch(probs, k, samples, seed=100 + seed)
     assert picks.tolist() == want_idx
     np.testing.assert_allclose(mi, want_mi, rtol=1e-9, atol=1e-9)
 
 
-def test_float32_picks_match_the_float64_reference() -> None:
+@needs_reference
+def test_float32_picks_match_the_float64_reference(bb) -> None:
     log_probs, probs = problem(200, 20, 8, seed=7)
-    want_idx, want_mi = reference(log_probs, 6, 10_000, seed=5)  # 5 exact picks, 1 sampled
+    want_idx, want_mi = reference(bb, log_probs, 6, 10_000, seed=5)  # 5 exact picks, 1 sampled
     picks, mi = batchbald_batch(probs.float(), 6, 10_000, seed=5)
     assert picks.tolist() == want_idx
     np.testing.assert_allclose(mi, want_mi, rtol=1e-4)
