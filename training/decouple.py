@@ -178,7 +178,8 @@ def init_head(in_features: int, num_classes: int, seed: int) -> nn.Linear:
 
 @dataclass
 class StageResult:
-    """A stage-2 head and how it was obtained (`losses`: mean loss per epoch)."""
+    """A stage-2 head and how it was obtained (`losses`: crt, mean loss per epoch; lws, the
+    class-balanced loss before and after)."""
 
     head: nn.Linear
     method: str
@@ -314,7 +315,7 @@ def train_lws(
 
     opt.step(closure)
     f = scales.detach().cpu().numpy().astype(np.float64)
-    return StageResult(lws_head(fixed.cpu(), f), "lws", scales=f, losses=losses)
+    return StageResult(lws_head(fixed.cpu(), f), "lws", scales=f, losses=[losses[0], losses[-1]])
 
 
 def tau_norm(

@@ -19,9 +19,10 @@ run by `--resume` (a flag that differs from the saved config is refused): start 
 
 results.json: the top-level `test` is the stage-2 model's; `best_val_balanced_accuracy`,
 `best_epoch` and `test_last` stay those of the curriculum (stage 1). The `decouple` object holds
-`method`, `epochs` (0 for tau-norm), `tau` and `tau_chosen_on` (tau-norm; with the grid's
-validation scores `tau_val_balanced_accuracy` when chosen there), `scales` (lws), `losses`
-(crt, lws: mean loss per epoch), `train_size`, `feature_samples` (images pushed through the
+`method`, `epochs` (crt; 0 for lws, solved to convergence, and tau-norm), `tau` and
+`tau_chosen_on` (tau-norm; with the grid's validation scores `tau_val_balanced_accuracy` when
+chosen there), `scales` (lws), `losses` (crt: mean loss per epoch; lws: the class-balanced loss
+before and after), `train_size`, `feature_samples` (images pushed through the
 frozen backbone to extract features; evaluation passes not counted), `stage1` and `stage2`
 (`val` and `test` metrics as `flexsample eval` reports them) and `seconds`.
 
@@ -115,7 +116,7 @@ def run_stage2(
     _save_best(best_path, best, model, stage1_head, stage1_counts, full_counts, stage)
     doc: dict[str, Any] = {
         "method": cfg.decouple,
-        "epochs": cfg.decouple_epochs if cfg.decouple in ("crt", "lws") else 0,
+        "epochs": cfg.decouple_epochs if cfg.decouple == "crt" else 0,
         "train_size": int(len(ds.train)),
         "feature_samples": int(samples),
         "stage1": stage1,
