@@ -26,40 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from flexsample.datasets.base import Split
-from flexsample.engine.context import autocast_for
-
-from .data import SplitLoader
 from .samplers import class_balanced_sampler
 
 METHODS = ("crt", "lws", "tau-norm")
 TAU_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))  # 0, 0.1, ..., 1
 _SEED_KEY = 0xDEC0  # separates stage-2 random streams from the curriculum's
-
-
-# --- features ------------------------------------------------------------------------------
-@torch.inference_mode()
-def extract_features(
-    model: nn.Module,
-    split: Split,
-    device: torch.device,
-    batch_size: int = 256,
-    num_workers: int | None = 0,
-) -> np.ndarray:
-    """(N, D) float32 `model.embed` of every item of `split`: eval mode, eval transform."""
-    model.eval()
-    loader = SplitLoader(split, False, device, num_workers)
-    out = []
-    for x, _ in loader(np.arange(len(split)), batch_size):
-        x = x.to(device, non_blocking=True)
-        if device.type == "cuda" and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast_for(device):
-            f = model.embed(x)
-        out.append(f.float().cpu())
-    if not out:
-        return np.zeros((0, model.head.in_features), np.float32)
-    return torch.cat(out).numpy().astype(np.float32, copy=False)
 
 
 # --- small helpers -------------------------------------------------------------------------

@@ -42,6 +42,7 @@ import torch
 
 from flexsample.engine.checkpoint import load_checkpoint, save_atomic
 from flexsample.training import decouple as dc
+from flexsample.training.anchor_features import embed_features
 from flexsample.training.evaluate import evaluate
 
 from . import outputs as out_files
@@ -157,7 +158,7 @@ def _fit(
         if cfg.tau is not None:
             return dc.tau_norm(head, ds.num_classes, cfg.tau), 0
         with reporter.phase("decoupling: features of the validation split"):
-            val_x = dc.extract_features(model, ds.val, device, cfg.score_batch_size, cfg.workers)
+            val_x = embed_features(model, ds.val, device, cfg.score_batch_size, cfg.workers)
         offset = None
         if cfg.logit_adjust:  # the choice sees the (adjusted) predictions evaluation reports
             prior = np.maximum(full_counts / max(full_counts.sum(), 1), 1e-8)
@@ -165,7 +166,7 @@ def _fit(
         stage = dc.tau_norm(head, ds.num_classes, None, val_x, ds.val.labels, logit_offset=offset)
         return stage, len(ds.val)
     with reporter.phase("decoupling: features of the training split"):
-        train_x = dc.extract_features(model, ds.train, device, cfg.score_batch_size, cfg.workers)
+        train_x = embed_features(model, ds.train, device, cfg.score_batch_size, cfg.workers)
     labels = ds.train.labels
     if cfg.decouple == "lws":  # convex in its C scales: solved to convergence, no epochs
         with reporter.phase("decoupling: lws scales"):
