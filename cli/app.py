@@ -70,18 +70,12 @@ class OneLineErrors(TyperGroup):
         except click_errors.UsageError as exc:
             msg = " ".join(exc.format_message().split())
             where = exc.ctx.command_path if exc.ctx else "flexsample"
-            err_console.print(
-                f"[bold red]error:[/bold red] {_escape(msg)} (see '{where} --help')",
-                highlight=False,
-                soft_wrap=True,
-            )
+            with contextlib.suppress(typer.Exit):
+                _fail("error: ", f"{msg} (see '{where} --help')", exc.exit_code)
             sys.exit(exc.exit_code)
         except click_errors.ClickException as exc:
-            err_console.print(
-                f"[bold red]error:[/bold red] {_escape(' '.join(exc.format_message().split()))}",
-                highlight=False,
-                soft_wrap=True,
-            )
+            with contextlib.suppress(typer.Exit):
+                _fail("error: ", " ".join(exc.format_message().split()), exc.exit_code)
             sys.exit(exc.exit_code)
         except typer.Abort:
             sys.exit(1)
@@ -140,31 +134,36 @@ def user_errors(debug: bool) -> Iterator[None]:
         what = interrupt_name(exc)
         out = getattr(exc, "resume_out", None)
         tail = f"; resume with: {resume_command(out)}" if out is not None else ""
-        err_console.print(f"{what}{tail}", highlight=False, soft_wrap=True, markup=False)
         mark_interrupt_reported()
-        raise typer.Exit(interrupt_exit_code(exc)) from None
+        _fail("", f"{what}{tail}", interrupt_exit_code(exc))
     except FlexsampleError as exc:
         if debug:
             traceback.print_exc()
-        msg = " ".join(str(exc).split())
-        err_console.print(
-            f"[bold red]error:[/bold red] {_escape(msg)}", highlight=False, soft_wrap=True
-        )
-        raise typer.Exit(2) from None
+        _fail("error: ", " ".join(str(exc).split()), 2)
     except OSError as exc:
         if exc.errno not in ENVIRONMENT_ERRNOS:
             _internal(exc, debug)
         if debug:
             traceback.print_exc()
         where = f"{exc.filename}: " if exc.filename else ""
-        err_console.print(
-            f"[bold red]error:[/bold red] {_escape(where + (exc.strerror or str(exc)))}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(2) from None
+        _fail("error: ", where + (exc.strerror or str(exc)), 2)
     except Exception as exc:
         _internal(exc, debug)
+
+
+def _fail(label: str, text: str, code: int) -> None:
+    """Print one line on stderr and exit with `code`. Under torchrun the first failing rank's
+    line and code win: a rank whose collective broke because a peer died says why the peer
+    died, with the peer's code, instead of its own echo of it."""
+    from flexsample.workflows.distributed import exit_now, launched, record_failure
+
+    if launched():
+        line, code = record_failure(label + text, code)
+        err_console.print(line, highlight=False, soft_wrap=True, markup=False)
+        exit_now(code)
+    styled = f"[bold red]{label}[/bold red]{_escape(text)}" if label else _escape(text)
+    err_console.print(styled, highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
 
 
 def _show_warning(
@@ -193,13 +192,8 @@ def _internal(exc: Exception, debug: bool) -> None:
     """A bug: one line (the traceback with --debug), exit 1."""
     if debug:
         traceback.print_exc()
-    err_console.print(
-        f"[bold red]internal error:[/bold red] {_escape(type(exc).__name__ + ': ' + str(exc))} "
-        "(rerun with --debug for the traceback)",
-        highlight=False,
-        soft_wrap=True,
-    )
-    raise typer.Exit(1) from None
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    _fail("internal error: ", f"{text} (rerun with --debug for the traceback)", 1)
 
 
 def _version(value: bool) -> None:
@@ -284,12 +278,14 @@ def run(
     """  # noqa: E501 (typer keeps line breaks: one line per paragraph)
     with user_errors(debug):
         from flexsample.workflows.config import resolve_config
+        from flexsample.workflows.distributed import finish
+        from flexsample.workflows.progress import Reporter
         from flexsample.workflows.run import (
             build_components,
             default_out,
             execute,
+            join_launch,
             load_plugins,
-            prepare_out,
             resume_config,
         )
 
@@ -313,20 +309,26 @@ def run(
         if print_config:
             typer.echo(json.dumps(cfg.model_dump(), indent=2))
             raise typer.Exit()
-        target = out if out is not None else default_out(cfg)
         if not resume:
             load_plugins(cfg.plugin)
             build_components(cfg)  # bad names fail before the folder is touched
-            prepare_out(target, overwrite)  # checks only: execute swaps the new run in
+        target = out if out is not None else default_out(cfg)
+        launch, target = join_launch(cfg, target, resume=resume, overwrite=overwrite)
+        main_rank = launch is None or launch.ranks.is_main
+        quiet = quiet or not main_rank  # the other ranks print nothing but errors
         start = time.perf_counter()
         budget = cfg.rounds * cfg.epochs_per_round
         display = [] if quiet else [ProgressDisplay(console, budget, start)]
-        logs = make_trackers(
-            trackers,
-            run_dir=target,
-            log_dir=log_dir,
-            config=cfg.model_dump(),
-            run_name=target.resolve().name,
+        logs = (
+            make_trackers(
+                trackers,
+                run_dir=target,
+                log_dir=log_dir,
+                config=cfg.model_dump(),
+                run_name=target.resolve().name,
+            )
+            if main_rank
+            else []
         )
         outcome = execute(
             cfg,
@@ -334,8 +336,12 @@ def run(
             resume=resume,
             overwrite=overwrite,
             callbacks=[*display, *logs],
-            reporter=_reporter(quiet, start),
+            reporter=_reporter(quiet, start) if main_rank else Reporter(),
+            launch=launch,
         )
+        finish(launch)
+        if not main_rank:
+            return
         if outcome.already_finished:
             console.print(
                 f"run {target} is already finished (results.json); nothing to resume, nothing "

@@ -17,6 +17,15 @@ MemAvailable on a CPU, there at most 4 GiB), or `mc_memory` bytes. When even one
 T draws do not fit, a FlexsampleError names --mc-samples. Scores do not depend on the MC
 batch size.
 
+Sharded (`ranks`, a `engine.distributed.Ranks` over a torch.distributed process group): each
+rank computes its contiguous shard of whatever is missing (backbone features, MC reductions,
+MC draws) and the results are gathered, so every rank holds the same full arrays and takes the
+same selection. Features are always gathered whole (every rank may read any of them); MC
+reductions gather one value per candidate; `iter_mc` gathers each block's draws. Every rank
+must call the context the same way (the same estimator code on the same arrays does).
+Dropout masks are hashed from (seed, step, index, draw), so a sharded score equals the
+single-process score of the same weights.
+
 Fault point (`engine.faults`): `scoring`, once per context, after its first computed batch.
 """
 
@@ -30,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .distributed import Ranks
 from .errors import EstimatorError, FlexsampleError
 from .faults import fault_point
 from .interfaces import NEEDS
@@ -73,6 +83,7 @@ class ScoringContext:
     raises an EstimatorError naming `owner`. Indices are global indices into the training split.
     `snapshots`: at least 2 state dicts of `model` (CPU or device tensors) whose softmax
     outputs are the MC draws instead of dropout masks (`--mc-source snapshots`).
+    `ranks`: shard the work over a process group (module docstring); None: this process alone.
     """
 
     def __init__(
@@ -90,6 +101,7 @@ class ScoringContext:
         progress: ProgressFn | None = None,
         mc_memory: int | None = None,
         snapshots: Sequence[Mapping[str, torch.Tensor]] | None = None,
+        ranks: Ranks | None = None,
     ) -> None:
         if not all(hasattr(model, a) for a in ("embed", "head", "dropout_p")):
             raise FlexsampleError(
@@ -128,7 +140,13 @@ class ScoringContext:
             )
         self.snapshots = None if snapshots is None else list(snapshots)
         self._snapshot_weights: list[dict[str, torch.Tensor]] | None = None  # on the device
+        self.ranks = Ranks.local() if ranks is None else ranks
         self._batches = [0]  # shared by reference with every view: the fault point fires once
+
+    def _advance(self, n: int) -> None:
+        """Progress of the whole group: this rank's items times the number of ranks."""
+        if self.progress is not None:
+            self.progress(n * self.ranks.world)
 
     def _batch_done(self) -> None:
         self._batches[0] += 1
@@ -200,8 +218,7 @@ class ScoringContext:
             with torch.inference_mode(), autocast_for(self.device):
                 f = self.model.embed(x)
             self.stats["backbone_items"] += n
-            if self.progress is not None:
-                self.progress(n)
+            self._advance(n)
             self._batch_done()
             yield chunk, f.float()
         if start != len(indices):
@@ -217,8 +234,16 @@ class ScoringContext:
 
     def _ensure_features(self, indices: np.ndarray) -> np.ndarray:
         missing = np.unique(indices[~self._have_features[indices]])
-        for chunk, f in self._embed_batches(missing):
-            self._store_features(chunk, f)
+        if self.ranks.sharded:
+            if len(missing):  # the same decision on every rank: the caches are the same
+                mine = self.ranks.shard(missing)
+                dim = int(self.model.head.in_features)
+                parts = [f.cpu().numpy() for _, f in self._embed_batches(mine)]
+                local = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+                self._store_features(missing, torch.from_numpy(self.ranks.gather_rows(local)))
+        else:
+            for chunk, f in self._embed_batches(missing):
+                self._store_features(chunk, f)
         if self._features is None:  # no indices at all
             return np.zeros((0, int(self.model.head.in_features)), dtype=np.float32)
         return self._features[indices]
@@ -230,6 +255,7 @@ class ScoringContext:
 
     def _ensure_probs(self, indices: np.ndarray) -> np.ndarray:
         missing = np.unique(indices[~self._have_probs[indices]])
+        self._ensure_features(missing)  # one (sharded) backbone pass for all of them
         if self._probs is None:
             self._probs = np.zeros((self.num_items, self.num_classes), dtype=np.float32)
         for start in range(0, len(missing), self.batch_size):
@@ -265,19 +291,56 @@ class ScoringContext:
         With a snapshot source, `samples` and `mode` are ignored: the draws are the ensemble
         members' deterministic outputs, T = `mc_draws(samples)` = the number of members.
         """
+        root = self._check_mc(samples, mode)
+        indices = np.asarray(indices, dtype=np.int64)
+        if root.ranks.sharded:
+            yield from root._iter_mc_sharded(indices, samples, mode)
+        else:
+            yield from root._iter_mc_local(indices, samples, mode)
+
+    def _check_mc(self, samples: int, mode: str) -> ScoringContext:
+        """The checks of an MC read; returns the root context (which holds the caches)."""
         self._require("mc")
         root = self._root()
         if root.snapshots is None and samples < 2:
             raise FlexsampleError(f"--mc-samples must be >= 2, got {samples}")
         if mode not in MC_MODES:
             raise FlexsampleError(f"unknown --mc-mode '{mode}'; accepted: {', '.join(MC_MODES)}")
-        indices = np.asarray(indices, dtype=np.int64)
-        if root.snapshots is not None:
-            yield from root._iter_mc_snapshots(indices)
+        return root
+
+    def _iter_mc_local(
+        self, indices: np.ndarray, samples: int, mode: str
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        if self.snapshots is not None:
+            yield from self._iter_mc_snapshots(indices)
         elif mode == "full":
-            yield from root._iter_mc_full(indices, samples)
+            yield from self._iter_mc_full(indices, samples)
         else:
-            yield from root._iter_mc_head(indices, samples)
+            yield from self._iter_mc_head(indices, samples)
+
+    def _prepare_sharded_mc(self, indices: np.ndarray, mode: str) -> None:
+        """Head-mode draws start from features: compute them sharded and gathered first."""
+        if self.snapshots is None and mode == "head":
+            self._ensure_features(indices)
+
+    def _iter_mc_sharded(
+        self, indices: np.ndarray, samples: int, mode: str
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Blocks of `world x batch size` indices: each rank draws its shard of a block, the
+        block's draws are gathered (T, block, C) on every rank and yielded in order."""
+        self._prepare_sharded_mc(indices, mode)
+        block = self.batch_size * self.ranks.world
+        draws, classes = self.mc_draws(samples), self.num_classes
+        for start in range(0, len(indices), block):
+            chunk = indices[start : start + block]
+            parts = [p for _, p in self._iter_mc_local(self.ranks.shard(chunk), samples, mode)]
+            local = (
+                torch.cat(parts, dim=1).float().cpu()
+                if parts
+                else torch.zeros((draws, 0, classes))
+            )
+            rows = self.ranks.gather_rows(local.transpose(0, 1).contiguous())
+            yield chunk, torch.from_numpy(rows).transpose(0, 1).to(self.device)
 
     def _mc_batch(
         self,
@@ -375,8 +438,7 @@ class ScoringContext:
                         out.append(torch.softmax(logits.float(), dim=-1))
                     self.stats["backbone_items"] += samples * len(chunk)
                     self.stats["mc_items"] += len(chunk)
-                    if self.progress is not None:
-                        self.progress(len(chunk))
+                    self._advance(len(chunk))
                     self._batch_done()
                     yield chunk, torch.stack(out)
         if start != len(indices):
@@ -410,8 +472,7 @@ class ScoringContext:
                         out = torch.stack(list(ensemble_probs(model, weights, x[lo : lo + step])))
                     self.stats["backbone_items"] += members * len(chunk)
                     self.stats["mc_items"] += len(chunk)
-                    if self.progress is not None:
-                        self.progress(len(chunk))
+                    self._advance(len(chunk))
                     self._batch_done()
                     yield chunk, out
         if start != len(indices):
@@ -426,10 +487,33 @@ class ScoringContext:
         reducer: Callable[[torch.Tensor], torch.Tensor],
         mode: str = "head",
     ) -> np.ndarray:
-        """Apply `reducer` ((T, B, C) -> (B,)) to each streamed batch; concatenate as float64."""
+        """Apply `reducer` ((T, B, C) -> (B,)) to each streamed batch; concatenate as float64.
+
+        Sharded, each rank reduces its own shard and only the values are gathered."""
+        root = self._check_mc(samples, mode)
+        indices = np.asarray(indices, dtype=np.int64)
+        if not root.ranks.sharded:
+            return self._reduce_mc_local(indices, samples, reducer, mode)
+        root._prepare_sharded_mc(indices, mode)
+        mine = root.ranks.shard(indices)
+        return root.ranks.gather_rows(self._reduce_mc_local(mine, samples, reducer, mode, True))
+
+    def _reduce_mc_local(
+        self,
+        indices: np.ndarray,
+        samples: int,
+        reducer: Callable[[torch.Tensor], torch.Tensor],
+        mode: str,
+        local: bool = False,
+    ) -> np.ndarray:
         out = np.empty(len(indices), dtype=np.float64)
         pos = 0
-        for chunk, probs in self.iter_mc(indices, samples, mode):
+        draws = (
+            self._root()._iter_mc_local(indices, samples, mode)
+            if local
+            else self.iter_mc(indices, samples, mode)
+        )
+        for chunk, probs in draws:
             out[pos : pos + len(chunk)] = reducer(probs).double().cpu().numpy()
             pos += len(chunk)
         return out

@@ -9,7 +9,8 @@
 - `interrupt`: raise `KeyboardInterrupt`, as Ctrl-C does.
 
 Points are named where the code calls `fault_point`; `POINTS` lists them. Unset, the check is
-one dictionary lookup.
+one dictionary lookup. Under torchrun, `FLEXSAMPLE_FAULT_RANK=R` makes the faults fire in the
+process of global rank R only (one rank failing while the others go on).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import signal
 
 ENV = "FLEXSAMPLE_FAULT"
+RANK_ENV = "FLEXSAMPLE_FAULT_RANK"
 ACTIONS = ("kill", "oom", "disk-full", "interrupt")
 POINTS = {
     "train-epoch": "after an epoch's training, before its validation and checkpoint",
@@ -55,6 +57,9 @@ def fault_point(point: str) -> None:
     """Fire the fault configured for `point` when its hit count is reached."""
     spec = os.environ.get(ENV)
     if not spec:
+        return
+    only = os.environ.get(RANK_ENV)
+    if only is not None and only != os.environ.get("RANK", "0"):
         return
     n = _hits[point] = _hits.get(point, 0) + 1
     for name, action, at in _parse(spec):

@@ -34,6 +34,10 @@ if TYPE_CHECKING:  # torch is imported where it is used: callbacks and records i
 
 T = TypeVar("T")
 
+# how the weights the test reports are chosen (Curriculum(checkpoint_on=...))
+CHECKPOINT_RULES = ("val", "smoothed", "last")
+SMOOTH_EPOCHS = 3
+
 
 @dataclass
 class StepRecord:
@@ -51,6 +55,9 @@ class StepRecord:
     best_val_balanced_accuracy: float | None = None
     # images the step's scoring pushed through the backbone (ScoringContext.stats)
     score_samples: int = 0
+    # samples the learner trained on in this step (EpochResult.extra["samples"], else one
+    # pass over the subset per epoch)
+    train_samples: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +116,16 @@ class Curriculum:
     `mc_source="snapshots"` makes every MC score draw from a snapshot ensemble: the
     best-validation weights of the last `snapshots` completed rounds, kept in CPU memory and
     in checkpoints (`engine.snapshots` has the rule for the first query and the costs).
+
+    `checkpoint_on` picks the weights kept as the best (best.pt, `best_state`): `val` (the
+    epoch with the best validation balanced accuracy), `smoothed` (the best mean over the last
+    3 epochs) or `last` (the last epoch).
+
+    `ranks` (`engine.distributed.Ranks` over a process group, e.g. under torchrun): every rank
+    runs the same loop; scoring is sharded over the ranks and gathered, and rank 0's selection
+    is broadcast so the pools stay identical. Give `checkpoint_dir` and file-writing callbacks
+    to rank 0 only. A sharded scoring pass that runs out of memory fails (no retry at a smaller
+    batch: the ranks would no longer make the same collective calls).
     """
 
     def __init__(
@@ -131,6 +148,8 @@ class Curriculum:
         meta: dict[str, Any] | None = None,
         mc_source: str = "dropout",
         snapshots: int = 5,
+        ranks: Any = None,
+        checkpoint_on: str = "val",
     ) -> None:
         if rounds < 1:
             raise FlexsampleError(f"--rounds must be >= 1, got {rounds}")
@@ -159,6 +178,12 @@ class Curriculum:
         from .scoring import check_acquisition
 
         check_acquisition(acquisition, estimator)
+        if checkpoint_on not in CHECKPOINT_RULES:
+            raise FlexsampleError(
+                f"unknown --checkpoint-on '{checkpoint_on}'; accepted: "
+                f"{', '.join(CHECKPOINT_RULES)}"
+            )
+        self.checkpoint_on = checkpoint_on
         self.acquisition = acquisition
         self.acquisition_beta = float(acquisition_beta)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
@@ -171,11 +196,13 @@ class Curriculum:
         self.history: list[ValRecord] = []
         self.records: list[StepRecord] = []
         self.current: StepRecord | None = None
-        self.best_val = -1.0
+        self.best_val = -1.0  # the validation balanced accuracy of the kept (best) weights
+        self.best_score = -np.inf  # what `checkpoint_on` compares
         self.best_epoch = -1
         self.subset_size_at_best = 0
         self.best_state: dict[str, Any] | None = None  # kept in memory without checkpoint_dir
         self._score_items = 0  # backbone passes of the current query's scoring
+        self.ranks = ranks  # an engine.distributed.Ranks: scoring sharded over its group
 
     @property
     def epoch_budget(self) -> int:
@@ -261,6 +288,8 @@ class Curriculum:
                     select_segments(candidates, keys, bounds, np.where(takes_all, 0, quotas))
                 )
         chosen_idx = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+        if self.ranks is not None and self.ranks.sharded:  # one pool, bit for bit, everywhere
+            chosen_idx = self.ranks.broadcast(chosen_idx)
         self.pool.add(chosen_idx, step)
         self.step = step
         result = QueryResult(
@@ -305,15 +334,19 @@ class Curriculum:
                 subset_indices=self.pool.subset_indices(),
                 progress=lambda n: self._emit("on_scoring_advance", n),
                 snapshots=self.snapshot_members(),
+                ranks=self.ranks,
             )
             try:
-                return work(ctx)
+                out = work(ctx)
             except RuntimeError as exc:  # torch.OutOfMemoryError is one
-                if not _is_out_of_memory(exc):
+                self._score_items += int(ctx.stats["backbone_items"])
+                if not _is_out_of_memory(exc) or ctx.ranks.sharded:
                     raise
                 tried.append(self.score_batch_size)
-            finally:
-                self._score_items += int(ctx.stats["backbone_items"])
+            else:  # every rank's passes (a collective: all ranks get here together)
+                local = np.array([ctx.stats["backbone_items"]], dtype=np.int64)
+                self._score_items += int(ctx.ranks.gather_rows(local).sum())
+                return out
             del ctx
             _free_device_memory()
             if len(tried) > 1 or self.score_batch_size < 2:
@@ -391,13 +424,16 @@ class Curriculum:
         rec = self.current
         rec.epochs += 1
         rec.train_s += float(res.seconds)
+        rec.train_samples += int(res.extra.get("samples", rec.subset_size))
         rec.val_balanced_accuracy = val.balanced_accuracy
         rec.val_per_class_recall = list(val.per_class_recall)
         rec.best_val_balanced_accuracy = max(
             rec.best_val_balanced_accuracy or -1.0, val.balanced_accuracy
         )
-        improved = val.balanced_accuracy > self.best_val
+        score = self._checkpoint_score(val)
+        improved = score > self.best_score
         if improved:
+            self.best_score = score
             self.best_val = val.balanced_accuracy
             self.best_epoch = self.epoch
             self.subset_size_at_best = self.pool.size
@@ -416,6 +452,18 @@ class Curriculum:
 
             save_atomic(self.checkpoint_dir / "checkpoint.pt", self.state_dict(), rotate=True)
             self._emit("on_checkpoint", self.epoch)
+
+    def _checkpoint_score(self, val: ValRecord) -> float:
+        """What picks the weights the test reports (`checkpoint_on`): `val`, the epoch's
+        validation balanced accuracy; `smoothed`, its mean over the last SMOOTH_EPOCHS epochs
+        (a few validation images per class make single epochs noisy); `last`, the epoch
+        itself (the last weights win)."""
+        if self.checkpoint_on == "last":
+            return float(val.epoch)
+        if self.checkpoint_on == "smoothed":
+            recent = self.history[-SMOOTH_EPOCHS:]
+            return float(np.mean([v.balanced_accuracy for v in recent]))
+        return val.balanced_accuracy
 
     def _close_record(self) -> None:
         self.records.append(self.current)
@@ -469,6 +517,7 @@ class Curriculum:
             "records": [r.to_json() for r in self.records],
             "current": None if self.current is None else copy.deepcopy(self.current.to_json()),
             "best": (self.best_val, self.best_epoch, self.subset_size_at_best),
+            "best_score": self.best_score,
             "callbacks": {key: cb.state_dict() for key, cb in self._stateful_callbacks().items()},
             "meta": copy.deepcopy(self.meta),
             "mc_source": self.mc_source,
@@ -524,6 +573,8 @@ class Curriculum:
         self.records = [StepRecord(**r) for r in state["records"]]
         self.current = None if state["current"] is None else StepRecord(**state["current"])
         self.best_val, self.best_epoch, self.subset_size_at_best = state["best"]
+        # checkpoints from before `checkpoint_on` compared the validation accuracy itself
+        self.best_score = float(state.get("best_score", self.best_val))
         saved = state.get("callbacks") or {}
         for key, cb in self._stateful_callbacks().items():
             if key in saved and callable(getattr(cb, "load_state_dict", None)):

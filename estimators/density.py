@@ -2,9 +2,10 @@
 
 All work on L2-normalised pooled features, so similarities are cosines in [-1, 1].
 The kNN search runs in FAISS (exact flat inner-product index; IVF above `ivf_threshold`
-database rows; on the model's GPU when faiss has GPU support). When the model is on CUDA
-but faiss is CPU-only, an exact chunked matmul + top-k in torch on that GPU is used instead,
-because a CPU search over a large split would then dominate the query step.
+database rows; on the model's GPU when faiss has GPU support, sharded over all GPUs when
+one process sees several and the pool is IVF-sized). When the model is on CUDA but faiss is
+CPU-only, an exact chunked matmul + top-k in torch on that GPU is used instead, because a
+CPU search over a large split would then dominate the query step. `search_plan` says which.
 """
 
 from __future__ import annotations
@@ -44,30 +45,79 @@ def faiss_gpu_count() -> int:
         return 0
 
 
+def _several_ranks() -> bool:
+    """True under torchrun with world size > 1: each rank then keeps to its own GPU."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def search_plan(
+    n: int,
+    device: torch.device | str | None = None,
+    ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
+    gpus: int | None = None,
+) -> tuple[str, str]:
+    """How `knn_search` searches `n` database rows: (kind, where), so that it can be reported.
+
+    kind: "flat" (exact), or "ivf" above `ivf_threshold` rows. where: "cpu" (faiss on the
+    CPU); "gpu" (faiss on the model's GPU: one GPU, or one rank of several under torchrun,
+    each on its LOCAL_RANK device); "gpus" (faiss sharded over every GPU it sees, when one
+    process sees several and the pool is large, i.e. IVF-sized); "torch" (exact chunked
+    matmul + top-k on the model's GPU when faiss is CPU-only, at any size: the IVF below
+    still scans 1/16 of the rows per query, and a GPU matmul outruns a CPU by far more than
+    16x; benchmarks/density_scale.py). `gpus`: faiss's GPU count (default: ask faiss;
+    injectable for tests).
+    """
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    kind = "ivf" if n > ivf_threshold else "flat"
+    if dev.type != "cuda":
+        return kind, "cpu"
+    gpus = faiss_gpu_count() if gpus is None else gpus
+    if gpus <= 0:
+        return "flat", "torch"
+    return kind, "gpus" if kind == "ivf" and gpus > 1 and not _several_ranks() else "gpu"
+
+
+def _gpu_resources(gpu: int) -> object:
+    res = _GPU_RESOURCES.get(gpu)
+    if res is None:
+        res = _GPU_RESOURCES[gpu] = faiss.StandardGpuResources()
+    return res
+
+
 def build_index(
-    database: np.ndarray, ivf_threshold: int = DEFAULT_IVF_THRESHOLD, gpu: int | None = None
+    database: np.ndarray,
+    ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
+    gpu: int | None = None,
+    shard: bool = False,
 ) -> faiss.Index:
     """Inner-product index over normalised rows: exact flat, or IVF above `ivf_threshold`.
 
-    IVF uses about 4 sqrt(n) lists trained on a seeded sample and probes enough of them
-    to keep recall close to exact; `gpu` is a device id for a faiss GPU index.
+    IVF: nlist = 4 sqrt(n) lists (at least 39 training rows each), k-means (faiss's spherical
+    default, 10 iterations) on a seeded sample of 64 rows per list, nprobe = nlist / 16 (at
+    least 16, at most 2048, the faiss GPU limit): a sixteenth of the lists keeps recall@10
+    near 0.99 on clustered features (tests/test_density_scale.py) for about 1/16 of the exact
+    search's work. `gpu`: a faiss GPU id for the index and the k-means; `shard`: the index is
+    split over every GPU faiss sees instead (contiguous row shards, results merged by faiss).
     """
     n, d = database.shape
+    index: faiss.Index = faiss.IndexFlatIP(d)
     if n > ivf_threshold:
         nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
-        quantizer = faiss.IndexFlatIP(d)
-        index: faiss.Index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFFlat(index, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.nprobe = min(nlist, max(16, nlist // 16), 2048)
+        if gpu is not None:  # k-means assignment on the GPU: minutes on a CPU at 1M x 512
+            assign = faiss.index_cpu_to_gpu(_gpu_resources(gpu), gpu, faiss.IndexFlatIP(d))
+            index.clustering_index = assign
         rng = np.random.default_rng(0)
-        train = database[np.sort(rng.choice(n, min(n, nlist * 64), replace=False))]
-        index.train(train)
-        index.nprobe = min(nlist, max(16, nlist // 16))
-    else:
-        index = faiss.IndexFlatIP(d)
-    if gpu is not None:
-        res = _GPU_RESOURCES.get(gpu)
-        if res is None:
-            res = _GPU_RESOURCES[gpu] = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(res, gpu, index)
+        index.train(database[np.sort(rng.choice(n, min(n, nlist * 64), replace=False))])
+        index.clustering_index = None
+    if shard:
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = True
+        index = faiss.index_cpu_to_all_gpus(index, options)
+    elif gpu is not None:
+        index = faiss.index_cpu_to_gpu(_gpu_resources(gpu), gpu, index)
     index.add(database)
     return index
 
@@ -99,14 +149,16 @@ def knn_search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, ids) of the k most similar database rows to each query (normalised rows).
 
-    `device`: None or a CPU device searches with faiss on the CPU; a CUDA device uses a faiss
-    GPU index when faiss has GPU support, else an exact torch search on that device.
+    The index follows `search_plan`: faiss on the CPU for a CPU (or no) device; on a CUDA
+    device a faiss GPU index on that device (sharded over all GPUs for a large pool in a
+    process that sees several), or an exact torch search there when faiss is CPU-only.
     """
     dev = torch.device("cpu") if device is None else torch.device(device)
-    if dev.type == "cuda" and database.shape[0] <= ivf_threshold and faiss_gpu_count() == 0:
+    _, where = search_plan(database.shape[0], dev, ivf_threshold)
+    if where == "torch":
         return _torch_search(database, queries, k, dev)
-    gpu = (dev.index or 0) if dev.type == "cuda" and faiss_gpu_count() > 0 else None
-    index = build_index(database, ivf_threshold, gpu)
+    gpu = None if where == "cpu" else dev.index or 0
+    index = build_index(database, ivf_threshold, gpu, shard=where == "gpus")
     sims, ids = index.search(queries, k)
     return sims, ids.astype(np.int64)
 
@@ -124,8 +176,9 @@ def knn_density(
     excluded (when exact duplicates push it out of the k + 1 results, the last one is dropped
     instead). With fewer than k other rows, all of them are used; with none, the density is 0.
 
-    Search (`knn_search`): exact faiss flat index; IVF above `ivf_threshold` rows; on a CUDA
-    `device`, a faiss GPU index, or torch on that GPU when faiss is CPU-only.
+    Search (`knn_search`, `search_plan`): exact faiss flat index; IVF above `ivf_threshold`
+    rows; on a CUDA `device`, a faiss GPU index (sharded over several GPUs for an IVF-sized
+    pool in one process), or exact torch on that GPU when faiss is CPU-only.
     """
     n = len(features)
     query_ids = np.arange(n) if query_ids is None else np.asarray(query_ids, dtype=np.int64)

@@ -95,12 +95,16 @@ class MLPLearner:
         subset = torch.as_tensor(indices)
         self.model.train()
         for batch in subset[torch.randperm(len(subset), generator=gen)].split(32):
-            loss = nn.functional.cross_entropy(self.model(self.x[batch]), self.y[batch])
+            loss = self.batch_loss(batch)
             self.opt.zero_grad()
             loss.backward()
             self.opt.step()
             losses.append(loss.item())
         return EpochResult(loss=float(np.mean(losses)), seconds=time.perf_counter() - t0)
+
+    def batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """The mean loss of one batch of training indices."""
+        return nn.functional.cross_entropy(self.model(self.x[batch]), self.y[batch])
 
     def validate(self) -> tuple[float, Sequence[float]]:
         recall = per_class_recall(self.model, self.val.in_memory, self.val.labels)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from flexsample.datasets.base import Split
 from flexsample.datasets.images import augmentation_seeds, dataloader_options
+from flexsample.engine.distributed import Ranks
 
 
 class _Order(Sampler):
@@ -80,10 +81,16 @@ class SplitLoader:
         )
 
     def __call__(
-        self, indices: np.ndarray, batch_size: int, key: Sequence[int] | None = None
+        self,
+        indices: np.ndarray,
+        batch_size: int,
+        key: Sequence[int] | None = None,
+        seeds: np.ndarray | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches over `indices` in order. `key` (e.g. (seed, epoch)) seeds a training pass's
-        augmentation; without it the loader's seed and its pass count are used."""
+        augmentation; without it the loader's seed and its pass count are used. `seeds`
+        (one per index) replaces both: a rank reading its share of a global order passes the
+        seeds computed over the whole order, so its images are augmented as one process's."""
         indices = np.asarray(indices, dtype=np.int64)
         if self.split.in_memory is not None:
             labels = torch.as_tensor(self.split.labels)
@@ -91,8 +98,14 @@ class SplitLoader:
                 idx = torch.as_tensor(indices[start : start + batch_size])
                 yield self.split.in_memory[idx], labels[idx]
             return
-        seeds = None
-        if self.train:
+        if not self.train:
+            seeds = None
+        elif seeds is not None:
+            seeds = np.asarray(seeds, dtype=np.int64)
+            if len(seeds) != len(indices):
+                raise ValueError(f"{len(seeds)} augmentation seeds for {len(indices)} indices")
+            self.passes += 1
+        else:
             if key is None:
                 key = (self.seed, self.passes)
             self.passes += 1
@@ -129,14 +142,27 @@ def predict_probs(
     model: torch.nn.Module,
     loader: SplitLoader,
     batch_size: int = 256,
+    ranks: Ranks | None = None,
 ) -> np.ndarray:
-    """Softmax probabilities (N, C) of the eval-mode model over the loader's whole split."""
+    """Softmax probabilities (N, C) of the eval-mode model over the loader's whole split.
+
+    With `ranks` sharded each rank predicts its contiguous shard and the rows are gathered, so
+    every rank returns the full (N, C) array (per-sample, so equal to one process's rows)."""
+    model.eval()
+    rows = np.arange(len(loader.split))
+    if ranks is not None and ranks.sharded:
+        return ranks.gather_rows(_predict(model, loader, ranks.shard(rows), batch_size))
+    return _predict(model, loader, rows, batch_size)
+
+
+def _predict(
+    model: torch.nn.Module, loader: SplitLoader, rows: np.ndarray, batch_size: int
+) -> np.ndarray:
     from flexsample.engine.context import autocast_for
 
     device = loader.device
-    model.eval()
     out = []
-    for x, _ in loader(np.arange(len(loader.split)), batch_size):
+    for x, _ in loader(rows, batch_size):
         x = x.to(device, non_blocking=True)
         if device.type == "cuda" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)

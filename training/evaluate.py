@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from flexsample.datasets.base import Split
+from flexsample.engine.distributed import Ranks
 
 from .data import SplitLoader, predict_probs
 from .metrics import classification_metrics
@@ -35,13 +36,17 @@ def evaluate(
     logit_adjust: float = 0.0,
     batch_size: int = 256,
     num_workers: int | None = 0,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """Every metric of `classification_metrics` on `split`.
 
     With `logit_adjust` the metrics (AUC and calibration included) are computed on the adjusted
-    probabilities, the ones whose argmax is the reported prediction.
+    probabilities, the ones whose argmax is the reported prediction. With `ranks` sharded each
+    rank predicts its shard and every rank computes the metrics on the gathered probabilities
+    (the same figures as one process; the caller has rank 0 report them).
     """
-    probs = predict_probs(model, SplitLoader(split, False, device, num_workers), batch_size)
+    loader = SplitLoader(split, False, device, num_workers)
+    probs = predict_probs(model, loader, batch_size, ranks=ranks)
     if logit_adjust and prior_counts is not None:
         probs = adjust_probs(probs, prior_counts, logit_adjust)
     return classification_metrics(split.labels, probs, groups)

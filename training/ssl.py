@@ -12,6 +12,18 @@ torchvision v2 augmentation (two independent passes of `iterate`); in-memory ten
 images) get cheap batched tensor ops instead: small random shifts, a mild zoom, brightness /
 contrast jitter, Gaussian noise, and horizontal flips for RGB.
 
+Under torchrun (`ranks` sharded) the pre-training runs in DistributedDataParallel: every rank
+draws the same global image order and takes its contiguous share of each global batch
+(`--ssl-batch-size` stays the global batch), and each rank's loss is scaled by its share so the
+averaged gradient weighs every image alike. In-memory views are drawn for the whole global
+batch on every rank (the same generator draws as one process; each rank keeps its share), file
+views are seeded per image over the global order, so the union of the ranks' views is the
+single-process batch. What does not carry over: negatives are per rank (SimCLR contrasts
+within a rank's share; MoCo keeps one memory bank per rank, of that rank's past keys, since
+gathering keys of unequal shares is not worth a collective per step: each bank has the
+single-process size, so it spans `world` times as many steps), so the loss is not the
+single-process loss. Rank 0 alone writes the cache; every rank ends with rank 0's weights.
+
 Memory: a training step holds the activations of every image it back-propagates through
 (SimCLR and BYOL: both views, 2B images; MoCo v2: the query view, B images, plus the key view
 without gradients), so the batch size B bounds the peak. `default_ssl_batch_size` picks one
@@ -37,11 +49,19 @@ from torch.nn import functional as F
 
 from flexsample._optional import require
 from flexsample.datasets.base import LTDataset, Split
-from flexsample.datasets.images import progress_task
+from flexsample.datasets.images import augmentation_seeds, progress_task
 from flexsample.engine.context import autocast_for
+from flexsample.engine.distributed import Ranks, shard_bounds
 from flexsample.engine.errors import FlexsampleError
 
-from .data import iterate
+from .data import SplitLoader, iterate
+from .distributed import (
+    RankBatch,
+    broadcast_buffers,
+    local_positions,
+    rank_batches,
+    wrap_ddp,
+)
 
 SSL_CACHE_VERSION = 3  # 3: the method and the batch size are part of the key
 SSL_METHODS = ("mocov2", "simclr", "byol")
@@ -113,20 +133,60 @@ def _view_pairs(
     gen: torch.Generator,
     num_workers: int | None,
     key: tuple[int, ...] = (0,),
+    ranks: Ranks | None = None,
 ):
-    """(view1, view2) batches over `order`: tensor ops in memory, v2 augmentation for files.
+    """(view1, view2, batch) over `order`: tensor ops in memory, v2 augmentation for files.
 
     File-backed views are seeded per image by (`key`, view, index), never per worker, so the
-    worker count does not change the pre-trained weights."""
+    worker count does not change the pre-trained weights. `batch` (a `RankBatch`) places the
+    views in the global batch; with `ranks` sharded they are this rank's share of it (in memory
+    the whole global batch is augmented so `gen` advances as in one process; file-backed
+    batches with fewer than 2 images per rank are not read at all)."""
+    rank, world = (ranks.rank, ranks.world) if ranks is not None and ranks.sharded else (0, 1)
     if split.in_memory is not None:
+        start = 0
         for x, _ in iterate(split, order, batch_size, True, device):
             x = x.to(device, non_blocking=True)
-            yield tensor_view(x, gen), tensor_view(x, gen)
+            v1, v2 = tensor_view(x, gen), tensor_view(x, gen)
+            size = len(x)
+            lo, hi = shard_bounds(size, rank, world)
+            yield v1[lo:hi], v2[lo:hi], RankBatch(start, size, start + lo, start + hi)
+            start += size
         return
-    first = iterate(split, order, batch_size, True, device, num_workers, (*key, 1))
-    second = iterate(split, order, batch_size, True, device, num_workers, (*key, 2))
-    for (x1, _), (x2, _) in zip(first, second, strict=True):
-        yield x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+    if world == 1:
+        first = iterate(split, order, batch_size, True, device, num_workers, (*key, 1))
+        second = iterate(split, order, batch_size, True, device, num_workers, (*key, 2))
+        start = 0
+        for (x1, _), (x2, _) in zip(first, second, strict=True):
+            batch = RankBatch(start, len(x1), start, start + len(x1))
+            start += len(x1)
+            yield x1.to(device, non_blocking=True), x2.to(device, non_blocking=True), batch
+        return
+    batches = [b for b in rank_batches(len(order), batch_size, rank, world, skip_small=False)
+               if b.size >= 2 * world]
+    positions = local_positions(batches)
+    mine = order[positions]
+    lo, hi = shard_bounds(batch_size, rank, world)
+    views = [
+        SplitLoader(split, True, device, num_workers)(
+            mine, hi - lo, seeds=augmentation_seeds((*key, v), order)[positions]
+        )
+        for v in (1, 2)
+    ]
+    for batch, (x1, _), (x2, _) in zip(batches, *views, strict=True):
+        yield x1.to(device, non_blocking=True), x2.to(device, non_blocking=True), batch
+
+
+class _Step(nn.Module):
+    """An objective's loss as a module's forward, for DistributedDataParallel to wrap."""
+
+    def __init__(self, objective: _Objective, device: torch.device) -> None:
+        super().__init__()
+        self.objective = objective
+        self.device = device
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        return self.objective.loss(v1, v2, self.device)
 
 
 def _lightly(method: str) -> ModuleType:
@@ -272,14 +332,19 @@ def train_ssl(
     num_workers: int | None = 0,
     progress: Any = None,
     losses: list[float] | None = None,
+    ranks: Ranks | None = None,
 ) -> nn.Module:
     """Self-supervised pre-training of `model.embed` in place (its head is untouched).
 
     AdamW (`lr`, cosine decay over all steps) updates the backbone and the method's heads.
     `progress`: None (silent), a reporter (`task("SSL pre-training", epochs)`, advanced once
     per epoch: a bar on a terminal, a line per epoch in a job log), or a callable advanced by
-    the number of images of each batch (the total is `epochs * len(split)`). `losses`, when
-    given, receives the loss of every step. Returns `model`.
+    the number of images of each batch (the total is `epochs * len(split)`; under DDP the
+    global batch's images, so rank 0's count is the global one). `losses`, when given,
+    receives the loss of every step (under DDP this rank's, on its share: no collective, so a
+    caller may pass it on rank 0 alone).
+    `ranks` sharded: DDP over the global batch `batch_size` (module docstring); every rank
+    returns the same weights. Returns `model`.
     """
     check_method(method)
     if epochs < 1:
@@ -289,6 +354,13 @@ def train_ssl(
     n = len(split)
     if n < 2:
         raise FlexsampleError("self-supervised pre-training needs at least 2 training images")
+    ranks = ranks if ranks is not None and ranks.sharded else None
+    world = ranks.world if ranks is not None else 1
+    if ranks is not None and min(batch_size, n) < 2 * world:
+        raise FlexsampleError(
+            f"--ssl-batch-size {batch_size} is the global batch: with {world} processes it "
+            f"(and the training images, {n}) must be at least {2 * world} (2 per process)"
+        )
     lightly = _lightly(method)
     model = model.to(device)
     with torch.no_grad():
@@ -298,7 +370,8 @@ def train_ssl(
     bs = min(batch_size, n)
     objective = OBJECTIVES[method](model, dim, lightly, bs, n).to(device)
     head = getattr(model, "head", None)
-    head_ids = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+    head_params = list(head.parameters()) if isinstance(head, nn.Module) else []
+    head_ids = {id(p) for p in head_params}
     params = [p for p in model.parameters() if id(p) not in head_ids]
     params += objective.trainable()
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -308,26 +381,43 @@ def train_ssl(
     gen = torch.Generator().manual_seed(seed)
     per_batch = progress if callable(progress) and not hasattr(progress, "task") else None
     per_epoch = None if per_batch is not None else progress
+    # DDP reduces the gradients of every trainable parameter: the unused head sits out, and
+    # buffers stay per rank (MoCo's memory bank; BatchNorm statistics are rank 0's at the end)
+    head_grad = [p.requires_grad for p in head_params]
+    if ranks is not None:
+        for p in head_params:
+            p.requires_grad_(False)
+    step_loss = wrap_ddp(_Step(objective, device), ranks, broadcast_buffers=False)
     step = 0
-    with progress_task(per_epoch, f"SSL pre-training ({epochs} epochs)", epochs) as advance:
-        for epoch in range(epochs):
-            objective.train()
-            order = torch.randperm(n, generator=gen).numpy()
-            for v1, v2 in _view_pairs(split, order, bs, device, gen, num_workers, (seed, epoch)):
-                if len(v1) < 2:
-                    continue  # one image has no negatives and breaks batch norm
-                loss = objective.loss(v1, v2, device)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                objective.after_step(step, total)
-                step += 1
-                if losses is not None:
-                    losses.append(float(loss.detach()))
-                if per_batch is not None:
-                    per_batch(len(v1))
-            advance(1)
+    try:
+        with progress_task(per_epoch, f"SSL pre-training ({epochs} epochs)", epochs) as advance:
+            for epoch in range(epochs):
+                objective.train()
+                order = torch.randperm(n, generator=gen).numpy()
+                pairs = _view_pairs(split, order, bs, device, gen, num_workers, (seed, epoch),
+                                    ranks)
+                for v1, v2, batch in pairs:
+                    if batch.size < 2 * world:
+                        continue  # one image has no negatives and breaks batch norm
+                    loss = step_loss(v1, v2)
+                    opt.zero_grad(set_to_none=True)
+                    if ranks is None:
+                        loss.backward()
+                    else:  # DDP averages over ranks: weigh each by its share of the batch
+                        (loss * (batch.local * world / batch.size)).backward()
+                    opt.step()
+                    sched.step()
+                    objective.after_step(step, total)
+                    step += 1
+                    if losses is not None:
+                        losses.append(float(loss.detach()))
+                    if per_batch is not None:
+                        per_batch(batch.size if ranks is not None else len(v1))
+                advance(1)
+    finally:
+        for p, flag in zip(head_params, head_grad, strict=True):
+            p.requires_grad_(flag)
+    broadcast_buffers(model, ranks)
     model.eval()
     return model
 
@@ -403,6 +493,7 @@ def ssl_weights(
     ssl_batch_size: int | None = None,
     num_workers: int | None = 0,
     progress: Any = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, torch.Tensor]:
     """Backbone weights (head excluded) after SSL pre-training; read from the cache if there.
 
@@ -410,48 +501,72 @@ def ssl_weights(
     fork of the RNG seeded by `seed`, so the initial weights are reproducible).
     `ssl_batch_size` None picks `default_ssl_batch_size` for the device and image size.
     `progress` follows the pre-training (see `train_ssl`); a cache hit reports a message only.
+    `ranks` sharded: rank 0 alone reads the cache and sends a hit to every rank (no shared
+    file system needed); on a miss every rank trains under DDP, rank 0 writes the cache and
+    a failed write ends every rank with the same error. Every rank returns the same weights.
     """
+    ranks = ranks if ranks is not None and ranks.sharded else None
     method = check_method(ssl_method)
     device = torch.device(device)
     size = int(image_size or dataset.image_size)
     bs = int(ssl_batch_size or default_ssl_batch_size(device, size, method))
     path = None
+    main = ranks is None or ranks.is_main
     if cache_dir is not None:
         path = ssl_cache_path(
             cache_dir, dataset.name, dataset.split_hash(), size, backbone, seed, ssl_epochs,
             pretrained, method, bs,
         )
-        if path.is_file():
-            try:
-                weights = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:  # a damaged cache entry is rebuilt, not fatal
-                pass
-            else:
-                if hasattr(progress, "message"):
-                    progress.message(f"SSL pre-training: cached weights {path}")
-                return weights
+        cached = _read_cache(path) if main else None
+        if ranks is not None:
+            cached = ranks.broadcast_object(cached)
+        if cached is not None:
+            if hasattr(progress, "message"):
+                progress.message(f"SSL pre-training: cached weights {path}")
+            return cached
     if hasattr(progress, "message"):
+        where = f"{device}" if ranks is None else f"{ranks.world} processes ({device})"
         progress.message(
-            f"SSL pre-training: {method}, batch size {bs}, {ssl_epochs} epochs on {device}"
+            f"SSL pre-training: {method}, batch size {bs}, {ssl_epochs} epochs on {where}"
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_factory()
         train_ssl(
             model, dataset.train, epochs=ssl_epochs, seed=seed, device=device, method=method,
-            batch_size=bs, num_workers=num_workers, progress=progress,
+            batch_size=bs, num_workers=num_workers, progress=progress, ranks=ranks,
         )
     skip = head_keys(model)
     weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in skip}
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-            torch.save(weights, tmp)
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise FlexsampleError(f"cannot write SSL weights to {path}: {exc}") from None
+        error = _write_cache(path, weights) if main else None
+        if ranks is not None:
+            error = ranks.broadcast_object(error)  # doubles as the barrier after the write
+        if error is not None:
+            raise FlexsampleError(error)
     return weights
+
+
+def _read_cache(path: Path) -> dict[str, torch.Tensor] | None:
+    """The cached weights at `path`, or None (absent, or damaged: rebuilt, not fatal)."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+
+
+def _write_cache(path: Path, weights: dict[str, torch.Tensor]) -> str | None:
+    """Write the weights atomically; the error line if that fails, else None."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        torch.save(weights, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        return f"cannot write SSL weights to {path}: {exc}"
+    return None
 
 
 def load_ssl_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
@@ -477,10 +592,12 @@ def init_from_ssl(
     model: nn.Module,
     dataset: LTDataset,
     model_factory: ModelFactory,
+    ranks: Ranks | None = None,
     **options: Any,
 ) -> nn.Module:
     """`--init ssl`: load (training first if not cached) the SSL backbone into `model`.
 
-    `options` are those of `ssl_weights` (backbone, seed, ssl_epochs, ssl_method, ...).
+    `options` are those of `ssl_weights` (backbone, seed, ssl_epochs, ssl_method, ...);
+    `ranks` sharded: pre-training under DDP, the same weights loaded on every rank.
     """
-    return load_ssl_weights(model, ssl_weights(dataset, model_factory, **options))
+    return load_ssl_weights(model, ssl_weights(dataset, model_factory, ranks=ranks, **options))

@@ -127,8 +127,10 @@ def run(
     last checkpoint (values given must repeat the saved ones, `device` excepted).
     `callbacks`: engine `Callback`s, told of every query, epoch and step. `log_to`: experiment
     trackers as for `--log-to` ("tensorboard,csv" or a list), logging into `log_dir` if given.
+    Under torchrun every rank calls `run()` alike: the work is sharded and rank 0 writes `out`.
     """
-    from .run import build_components, default_out, execute, load_plugins, prepare_out
+    from .distributed import finish
+    from .run import build_components, default_out, execute, join_launch, load_plugins
 
     trackers = _tracker_names(log_to)  # names and packages checked before anything else
 
@@ -146,12 +148,15 @@ def run(
         target = Path(out) if out is not None else default_out(cfg)
         load_plugins(cfg.plugin)
         build_components(cfg)  # bad names fail before the folder is touched
-        prepare_out(target, overwrite)
+    # under torchrun every rank calls run(): one process group, rank 0's folder
+    launch, target = join_launch(cfg, target, resume=resume, overwrite=overwrite)
+    main_rank = launch is None or launch.ranks.is_main
+    progress = progress and main_rank
     notes: list[str] = []
     reporter = _PlainReporter(notes) if progress else _QuietReporter(notes)
     shown = [_PlainProgress(cfg.rounds * cfg.epochs_per_round)] if progress else []
     logs: list[Callback] = []
-    if trackers:
+    if trackers and main_rank:
         from flexsample.integrations.trackers import make_trackers
 
         logs = list(
@@ -170,7 +175,9 @@ def run(
         overwrite=overwrite,
         callbacks=[*shown, *callbacks, *logs],
         reporter=reporter,
+        launch=launch,
     )
+    finish(launch)
     if progress and outcome.already_finished:
         print(f"run {target} is already finished (results.json); nothing changed", flush=True)
     return RunResult(

@@ -121,6 +121,13 @@ class RunConfig(BaseModel):
         le=EPOCHS_MAX,
     )
     epochs_per_round: int = _f(20, "epochs per round", CURRICULUM, ge=1, le=EPOCHS_MAX)
+    budget: Literal["epochs", "samples"] = _f(
+        "epochs",
+        "what an epoch costs: epochs (one pass over the current subset) or samples (as many "
+        "samples as the full training set holds, the sampler's order over the subset repeated: "
+        "every method processes as many training samples as the full-set baseline)",
+        CURRICULUM,
+    )
     patience: int = _f(
         3, "adaptive: epochs without improvement before a query", CURRICULUM, ge=1,
         le=EPOCHS_MAX,
@@ -207,8 +214,39 @@ class RunConfig(BaseModel):
     )
     dropout: float = _f(0.5, "dropout before the classifier", MODEL, ge=0, lt=1)
     batch_size: int = _f(64, "training batch size", MODEL, ge=2, le=BATCH_MAX)
-    lr: float = _f(3e-3, "peak learning rate (AdamW, cosine per round)", MODEL, gt=0, le=10)
+    lr: float = _f(
+        3e-3, "peak learning rate (AdamW, cosine; see --restart)", MODEL, gt=0, le=10
+    )
+    checkpoint_on: Literal["val", "smoothed", "last"] = _f(
+        "val",
+        "which weights the test reports: val (the epoch with the best validation balanced "
+        "accuracy), smoothed (the best mean over the last 3 epochs: fewer validation images "
+        "make single epochs noisy) or last (the last epoch)",
+        CURRICULUM,
+    )
+    restart: Literal["fresh", "warm", "none"] = _f(
+        "fresh",
+        "optimizer and learning rate at each round start or query: fresh (a new AdamW and a "
+        "cosine over the round's remaining epochs), warm (AdamW moments kept, the cosine "
+        "restarted) or none (one AdamW and one cosine over the whole epoch budget)",
+        MODEL,
+    )
+    lr_subset_scale: float = _f(
+        0.0,
+        "Q: a round's peak learning rate is lr x (subset size / training set size)^Q, smaller "
+        "steps on small subsets (0 = off, 0.5 square root, 1 linear; with --restart none each "
+        "epoch's rate is scaled)",
+        MODEL,
+        ge=0,
+        le=4,
+    )
     weight_decay: float = _f(1e-4, "AdamW weight decay", MODEL, ge=0, le=10)
+    sync_bn: bool = _f(
+        False,
+        "under torchrun: SyncBatchNorm (batch statistics over all ranks' shares of a batch) "
+        "instead of each rank's own",
+        MODEL,
+    )
     workers: int | None = _f(
         None,
         "DataLoader worker processes for image files (default: one per core, up to 8; none "
@@ -251,7 +289,17 @@ class RunConfig(BaseModel):
     )
     # run
     seed: int = _f(0, "training seed", RUN, ge=0, le=SEED_MAX)
-    device: str = _f("auto", "auto, cpu, cuda or cuda:N", RUN)
+    device: str = _f(
+        "auto", "auto, cpu, cuda or cuda:N (under torchrun: each rank takes LOCAL_RANK's GPU)",
+        RUN,
+    )
+    dist_timeout: float = _f(
+        600.0,
+        "under torchrun: seconds a rank waits for the others in a collective before it fails",
+        RUN,
+        gt=0,
+        le=86400,
+    )
     plugin: list[str] = Field(
         default_factory=list,
         description="module imported first, registering its estimators or policies (repeatable)",

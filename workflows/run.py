@@ -13,8 +13,8 @@ import platform
 import sys
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +31,7 @@ from flexsample.engine.checkpoint import (
     recover_checkpoint,
     temp_paths,
 )
+from flexsample.engine.distributed import Ranks
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.faults import fault_point
 from flexsample.engine.interfaces import Allocation, Anchors, Estimator, Schedule, ValRecord
@@ -51,6 +52,7 @@ from . import decouple as decouple_step
 from . import outputs as out_files
 from . import rundir
 from .config import RunConfig, stable_hash
+from .distributed import Launch
 from .plots import plot_curves, plot_reliability
 from .progress import Reporter
 
@@ -212,8 +214,13 @@ def execute(
     overwrite: bool = False,
     callbacks: Sequence[Callback] = (),
     reporter: Reporter | None = None,
+    launch: Launch | None = None,
 ) -> RunOutcome:
     """Run one configuration into the run folder `out`, or continue it (`resume`).
+
+    `launch` (`workflows.distributed.start` under torchrun): every rank calls this with the
+    same arguments; training, evaluation and scoring are sharded over the ranks, and rank 0
+    alone writes `out` (give progress displays and trackers to rank 0 only).
 
     A new run is set up completely (plugins, components, device, dataset, model, anchors)
     before `out` is touched; the folder then appears whole, replacing an old flexsample run
@@ -222,16 +229,17 @@ def execute(
     Callbacks that are context managers (progress displays) are entered around the loop.
     """
     reporter = reporter or Reporter()
+    ranks = launch.ranks if launch is not None else Ranks.local()
     if resume:
-        return _resume(cfg, out, callbacks, reporter)
+        return _resume(cfg, out, callbacks, reporter, launch)
     t_start = time.perf_counter()
-    rundir.check_target(out, overwrite)
+    agree_on_rank0(ranks, lambda: rundir.check_target(out, overwrite))
     with reporter.phase("loading"):
-        setup = set_up(cfg, reporter=reporter)
-    run_id = uuid.uuid4().hex
+        setup = set_up(cfg, reporter=reporter, launch=launch)
+    run_id = ranks.broadcast_object(uuid.uuid4().hex)
     doc = config_document(cfg, setup, run_id)
     watch = _CheckpointWatch()
-    loop, recorder = build_loop(cfg, setup, out, [watch, *callbacks], _meta(doc))
+    loop, recorder = build_loop(cfg, setup, out, [watch, *callbacks], _meta(doc, ranks))
     with reporter.phase("anchors"):
         start_from_anchors(cfg, setup, loop, reporter)
     loop.meta["pretrain_s"] = setup.pretrain_s  # in every checkpoint: a resume reports it
@@ -242,27 +250,65 @@ def execute(
         recorder.write_selection(folder)
         recorder.write_scores(folder)
 
-    lock = rundir.install(out, overwrite, fill)
+    # rank 0 writes the folder; the other ranks train, score and evaluate with it
+    lock = rundir.install(out, overwrite, fill) if ranks.is_main else None
     try:
         return _train_and_report(cfg, setup, out, loop, callbacks, reporter, watch, t_start)
     except BaseException as exc:
-        if not _has_checkpoint(out):
+        if ranks.is_main and not _has_checkpoint(out):
             rundir.remove_new_run(out)
         new = _annotated(exc, out, watch)
         if new is exc:
             raise
         raise new from exc
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
-def _meta(doc: dict[str, Any]) -> dict[str, Any]:
-    """What every checkpoint records of its run: the run id and the config (and its hash)."""
+def join_launch(
+    cfg: RunConfig, target: Path, *, resume: bool, overwrite: bool
+) -> tuple[Launch | None, Path]:
+    """Under torchrun: join the process group, agree on rank 0's run folder (its timestamp)
+    and check it on rank 0 (every rank fails alike); alone: check the folder. Call after the
+    config and its components were checked (every rank checks them the same way)."""
+    from . import distributed
+
+    launch = distributed.start(cfg.device, cfg.dist_timeout)  # None unless under torchrun
+    ranks = launch.ranks if launch is not None else Ranks.local()
+    target = ranks.broadcast_object(target)
+    if not resume:  # checks only: execute swaps the new run in
+        agree_on_rank0(ranks, lambda: prepare_out(target, overwrite))
+    return launch, target
+
+
+def _meta(doc: dict[str, Any], ranks: Ranks) -> dict[str, Any]:
+    """What every checkpoint records of its run: the run id, the config (and its hash) and
+    the number of processes (torchrun's world size) it ran on."""
     return {
         "run_id": doc["run_id"],
         "config": doc["config"],
         "config_hash": stable_hash(doc["config"]),
+        "world_size": ranks.world,
     }
+
+
+def agree_on_rank0(ranks: Ranks | None, check: Callable[[], Any]) -> Any:
+    """Run `check` on rank 0 and share its result, or its FlexsampleError (every rank then
+    raises the same one): checks of files only rank 0 may see (the run folder)."""
+    ranks = ranks or Ranks.local()
+    outcome: tuple[Any, str | None] = (None, None)
+    if ranks.is_main:
+        try:
+            outcome = (check(), None)
+        except FlexsampleError as exc:
+            if not ranks.sharded:
+                raise
+            outcome = (None, str(exc))
+    value, error = ranks.broadcast_object(outcome)
+    if error is not None:
+        raise FlexsampleError(error)
+    return value
 
 
 def _annotated(exc: BaseException, out: Path, watch: _CheckpointWatch) -> BaseException:
@@ -332,6 +378,7 @@ def _loop_and_report(
     reporter: Reporter,
     t_start: float,
 ) -> RunOutcome:
+    ranks = setup.ranks
     with contextlib.ExitStack() as stack:
         for cb in callbacks:
             if hasattr(cb, "__enter__") and not hasattr(cb, "on_run_end"):
@@ -339,16 +386,19 @@ def _loop_and_report(
         result = loop.run()
     t_eval = time.perf_counter()
     fault_point("evaluation")
-    if cfg.decouple != "none":  # a run killed inside stage 2 re-evaluates stage 1 (resume)
-        with rundir.os_errors(out):
+    if cfg.decouple != "none" and ranks.is_main:  # a run killed inside stage 2 re-evaluates
+        with rundir.os_errors(out):  # stage 1 (resume)
             decouple_step.restore_stage1(out)
     with reporter.phase("evaluation"):
         test, last = evaluate_run(cfg, setup, out, loop.pool)
     results = results_document(setup, result, loop.pool, test, last)
     decouple_s = 0.0
     if cfg.decouple != "none":  # stage 2: top-level `test` becomes the decoupled model's
-        with reporter.phase(f"decoupling ({cfg.decouple})"), rundir.os_errors(out):
-            results["decouple"] = decouple_step.run_stage2(cfg, setup, out, test, reporter)
+        doc = None
+        if ranks.is_main:  # one feature pass and a small head fit: rank 0 alone
+            with reporter.phase(f"decoupling ({cfg.decouple})"), rundir.os_errors(out):
+                doc = decouple_step.run_stage2(cfg, setup, out, test, reporter)
+        results["decouple"] = ranks.broadcast_object(doc)
         results["test"] = results["decouple"]["stage2"]["test"]
         decouple_s = float(results["decouple"]["seconds"])
         results["timings"]["decouple_s"] = decouple_s
@@ -359,6 +409,9 @@ def _loop_and_report(
     if "decouple" in results:  # images through the frozen backbone, and the stage's seconds
         results["compute"]["decouple_samples"] = results["decouple"]["feature_samples"]
         results["compute"]["decouple_s"] = decouple_s
+    results["world_size"] = ranks.world
+    if not ranks.is_main:
+        return RunOutcome(results, result.records, setup.ds.class_names, out)
     with rundir.os_errors(out):
         write_reports(cfg, setup, out, loop, result, results)
     for cb in callbacks:  # trackers log the test metrics and the finished folder's files
@@ -368,42 +421,90 @@ def _loop_and_report(
 
 
 def _resume(
-    cfg: RunConfig, out: Path, callbacks: Sequence[Callback], reporter: Reporter
+    cfg: RunConfig,
+    out: Path,
+    callbacks: Sequence[Callback],
+    reporter: Reporter,
+    launch: Launch | None = None,
 ) -> RunOutcome:
-    """Continue the run in `out` from its checkpoint, under the run folder's lock."""
+    """Continue the run in `out` from its checkpoint, under the run folder's lock.
+
+    Under torchrun rank 0 reads the folder and sends the checkpoint to the other ranks (their
+    nodes need not see the folder)."""
     t_start = time.perf_counter()
-    doc = rundir.read_config_document(out)
-    if not _has_checkpoint(out, temps=True):
-        raise FlexsampleError(
-            f"{out} has no checkpoint to resume from (the run stopped before its first epoch "
-            "ended); start it again with --overwrite"
-        )
-    with rundir.RunLock.acquire(out):
-        with rundir.os_errors(out, "read the run folder"):
-            state, sentence = recover_checkpoint(out / out_files.CHECKPOINT)
-        rundir.check_checkpoint_meta(out, doc, state.get("meta"))
-        epoch = int(state.get("epoch", 0))
-        done = rundir.finished_results(out, epoch, cfg.rounds * cfg.epochs_per_round)
+    ranks = launch.ranks if launch is not None else Ranks.local()
+    if not ranks.is_main:
+        state = ranks.broadcast_object(None)
+        if state is None:  # rank 0 found the run finished or failed: it says so
+            return RunOutcome({}, [], [], out, already_finished=True)
+        return _resume_from(cfg, out, state, callbacks, reporter, launch, None, t_start)
+    try:
+        doc = rundir.read_config_document(out)
+        if not _has_checkpoint(out, temps=True):
+            raise FlexsampleError(
+                f"{out} has no checkpoint to resume from (the run stopped before its first "
+                "epoch ended); start it again with --overwrite"
+            )
+        lock = rundir.RunLock.acquire(out)
+    except BaseException:
+        ranks.broadcast_object(None)
+        raise
+    with lock:
+        try:
+            with rundir.os_errors(out, "read the run folder"):
+                state, sentence = recover_checkpoint(out / out_files.CHECKPOINT)
+            rundir.check_checkpoint_meta(out, doc, state.get("meta"))
+            epoch = int(state.get("epoch", 0))
+            done = rundir.finished_results(out, epoch, cfg.rounds * cfg.epochs_per_round)
+        except BaseException:
+            ranks.broadcast_object(None)
+            raise
         if done is not None:
+            ranks.broadcast_object(None)
             names = list(done.get("class_names", []))
             return RunOutcome(done, [], names, out, already_finished=True)
+        ranks.broadcast_object(state)
         if sentence:
             reporter.message(sentence)
-        watch = _CheckpointWatch(epoch)
-        try:
-            with reporter.phase("loading"):
-                setup = set_up(cfg, resume=True, reporter=reporter)
-            meta = state.get("meta") or _meta({**doc, "run_id": doc.get("run_id", "")})
-            loop, recorder = build_loop(cfg, setup, out, [watch, *callbacks], meta)
-            loop.load_state_dict(state)
+        saved_world = int((state.get("meta") or {}).get("world_size", 1))
+        if saved_world != ranks.world:
+            reporter.message(
+                f"resuming a run started on {saved_world} process(es) with {ranks.world}: the "
+                "data order and global batches are the same, but batch-norm statistics (per "
+                "rank unless --sync-bn) and the order of floating-point sums change, so the "
+                "result will not be bit-identical to an uninterrupted run"
+            )
+        doc_meta = _meta({**doc, "run_id": doc.get("run_id", "")}, ranks)
+        return _resume_from(cfg, out, state, callbacks, reporter, launch, doc_meta, t_start)
+
+
+def _resume_from(
+    cfg: RunConfig,
+    out: Path,
+    state: dict[str, Any],
+    callbacks: Sequence[Callback],
+    reporter: Reporter,
+    launch: Launch | None,
+    fallback_meta: dict[str, Any] | None,
+    t_start: float,
+) -> RunOutcome:
+    watch = _CheckpointWatch(int(state.get("epoch", 0)))
+    try:
+        with reporter.phase("loading"):
+            setup = set_up(cfg, resume=True, reporter=reporter, launch=launch)
+        meta = dict(state.get("meta") or fallback_meta or {})
+        meta["world_size"] = setup.ranks.world
+        loop, recorder = build_loop(cfg, setup, out, [watch, *callbacks], meta)
+        loop.load_state_dict(state)
+        if recorder is not None:
             with rundir.os_errors(out):
                 recorder.restore(loop.records, loop.step)
-            return _train_and_report(cfg, setup, out, loop, callbacks, reporter, watch, t_start)
-        except BaseException as exc:
-            new = _annotated(exc, out, watch)
-            if new is exc:
-                raise
-            raise new from exc
+        return _train_and_report(cfg, setup, out, loop, callbacks, reporter, watch, t_start)
+    except BaseException as exc:
+        new = _annotated(exc, out, watch)
+        if new is exc:
+            raise
+        raise new from exc
 
 
 @dataclass
@@ -415,18 +516,26 @@ class Setup:
     ds: LTDataset
     model: torch.nn.Module
     pretrain_s: float = 0.0  # wall time of SSL pre-training (or its cache read) in this process
+    ranks: Ranks = field(default_factory=Ranks.local)  # torchrun's process group, or alone
 
 
 def set_up(
-    cfg: RunConfig, *, resume: bool = False, reporter: Reporter | None = None
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    launch: Launch | None = None,
 ) -> Setup:
-    """Plugins, components, device, dataset and model (SSL-initialised for a fresh ssl run)."""
+    """Plugins, components, device, dataset and model (SSL-initialised for a fresh ssl run).
+
+    Under torchrun (`launch`) the device is the rank's own and SSL pre-training runs DDP."""
     from flexsample.datasets.images import tune_allocator
 
     tune_allocator()  # big decoded batches reuse freed memory instead of page-faulting anew
     load_plugins(cfg.plugin)
     comps = build_components(cfg)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device) if launch is None else launch.device
+    ranks = launch.ranks if launch is not None else Ranks.local()
     ds = load_dataset(cfg, reporter)
     torch.manual_seed(cfg.seed)
     model = make_model(cfg, ds)
@@ -439,11 +548,11 @@ def set_up(
             model,
             ds,
             lambda: make_model(cfg, ds),
-            **_ssl_options(cfg, ds, device, reporter),
+            **_ssl_options(cfg, ds, device, reporter, ranks),
             pretrained=cfg.pretrained,
         )
         pretrain_s = time.perf_counter() - t0
-    return Setup(comps, device, ds, model, pretrain_s)
+    return Setup(comps, device, ds, model, pretrain_s, ranks)
 
 
 def config_document(cfg: RunConfig, setup: Setup, run_id: str = "") -> dict[str, Any]:
@@ -499,8 +608,10 @@ def build_loop(
     callbacks: Sequence[Callback],
     meta: dict[str, Any] | None = None,
 ) -> tuple[Curriculum, out_files.RunRecorder]:
-    """The trainer, the pool and the curriculum around them, checkpointing into `out`."""
-    ds, device = setup.ds, setup.device
+    """The trainer, the pool and the curriculum around them, checkpointing into `out`.
+
+    Under torchrun only rank 0 checkpoints and records (the recorder is None elsewhere)."""
+    ds, device, ranks = setup.ds, setup.device, setup.ranks
     trainer = Trainer(
         setup.model,
         ds.train,
@@ -519,11 +630,16 @@ def build_loop(
             logit_adjust=cfg.logit_adjust,
             seed=cfg.seed,
             num_workers=cfg.workers,
+            samples_per_epoch=len(ds.train.labels) if cfg.budget == "samples" else None,
+            restart=cfg.restart,
+            lr_subset_scale=cfg.lr_subset_scale,
         ),
         device,
+        ranks=ranks,
+        sync_bn=cfg.sync_bn,
     )
     pool = Pool(ds.train.labels, ds.num_classes)
-    recorder = out_files.RunRecorder(out, pool, ds.train.ids)
+    recorder = out_files.RunRecorder(out, pool, ds.train.ids) if ranks.is_main else None
     loop = Curriculum(
         pool,
         setup.comps.schedule,
@@ -537,11 +653,13 @@ def build_loop(
         score_batch_size=cfg.score_batch_size,
         acquisition=cfg.acquisition,
         acquisition_beta=cfg.acquisition_beta,
-        checkpoint_dir=out,
-        callbacks=[recorder, *callbacks],
+        checkpoint_dir=out if ranks.is_main else None,
+        callbacks=[recorder, *callbacks] if recorder is not None else list(callbacks),
         meta=meta,
         mc_source=cfg.mc_source,
         snapshots=cfg.snapshots,
+        ranks=ranks,
+        checkpoint_on=cfg.checkpoint_on,
     )
     return loop, recorder
 
@@ -552,7 +670,9 @@ def start_from_anchors(
     """Choose the anchor set and put it in the pool as step 0."""
     ds = setup.ds
     t0 = time.perf_counter()
-    features = _anchor_features(cfg, ds, setup.comps.anchors, setup.device, reporter)
+    features = _anchor_features(
+        cfg, ds, setup.comps.anchors, setup.device, reporter, setup.ranks
+    )
     if _uses_ssl_anchors(cfg, setup):
         setup.pretrain_s += time.perf_counter() - t0
     comps = setup.comps
@@ -564,13 +684,13 @@ def evaluate_run(
     cfg: RunConfig, setup: Setup, out: Path, pool: Pool
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Test metrics of the last weights, then of best.pt (which replaces the model's weights)."""
-    ds, device, model = setup.ds, setup.device, setup.model
+    ds, device, model, ranks = setup.ds, setup.device, setup.model, setup.ranks
     groups = ds.group_of_labels()
     options = (cfg.logit_adjust, cfg.score_batch_size, cfg.workers)
-    last = evaluate(model, ds.test, device, groups, pool.subset_counts(), *options)
-    best = load_checkpoint(out / out_files.BEST)
+    last = evaluate(model, ds.test, device, groups, pool.subset_counts(), *options, ranks=ranks)
+    best = ranks.broadcast_object(load_checkpoint(out / out_files.BEST) if ranks.is_main else None)
     model.load_state_dict(best["model"])
-    test = evaluate(model, ds.test, device, groups, best["subset_counts"], *options)
+    test = evaluate(model, ds.test, device, groups, best["subset_counts"], *options, ranks=ranks)
     return test, last
 
 
@@ -635,9 +755,9 @@ def compute_document(
 ) -> dict[str, Any]:
     """results.json `compute`: what the run cost, in samples processed and seconds per phase.
 
-    `train_samples`: the subset handed to the learner, summed over epochs (each step's subset
-    size x its epochs; the re-sampling samplers draw as many as the subset holds; mixup counts
-    each image once; a lone trailing sample the trainer skips still counts).
+    `train_samples`: the samples the learner trained on, summed over epochs (what it reports
+    per epoch; one pass over the subset with `--budget epochs`, as many as the full training
+    set with `--budget samples`; mixup counts each image once).
     `score_samples`: images the scoring contexts pushed through the backbone (one per
     candidate for features, probabilities and head-mode MC dropout; T per candidate for
     full-mode MC; 0 for estimators that read nothing, e.g. `random`; passes an estimator makes
@@ -646,7 +766,9 @@ def compute_document(
     (or cached-weights read, plus the ssl anchor-feature pass), `eval_s` the test evaluation.
     """
     return {
-        "train_samples": int(sum(r.subset_size * r.epochs for r in result.records)),
+        "train_samples": int(sum(
+            r.train_samples or r.subset_size * r.epochs for r in result.records
+        )),
         "score_samples": int(sum(r.score_samples for r in result.records)),
         "pretrain_samples": pretrain_samples(cfg, setup),
         "train_s": float(timings["train_s"]),
@@ -689,6 +811,7 @@ def _anchor_features(
     anchors: Anchors,
     device: torch.device,
     reporter: Reporter | None = None,
+    ranks: Ranks | None = None,
 ) -> np.ndarray | None:
     if not getattr(anchors, "needs_features", False):
         return None
@@ -698,16 +821,21 @@ def _anchor_features(
         cfg.anchor_features,
         ds,
         lambda: make_model(cfg, ds),
-        **_ssl_options(cfg, ds, device, reporter),
+        **_ssl_options(cfg, ds, device, reporter, ranks),
         pretrained=cfg.pretrained,
         batch_size=cfg.score_batch_size,
     )
 
 
 def _ssl_options(
-    cfg: RunConfig, ds: LTDataset, device: torch.device, reporter: Reporter | None = None
+    cfg: RunConfig,
+    ds: LTDataset,
+    device: torch.device,
+    reporter: Reporter | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     return {
+        "ranks": ranks,
         "progress": reporter,
         "image_size": ds.image_size,
         "seed": cfg.seed,
