@@ -46,6 +46,11 @@ def bench(
     datasets: str = typer.Option(None, help="comma-separated datasets to sweep"),
     imbalance_ratios: str = typer.Option(None, help="comma-separated imbalance ratios"),
     seeds: str = typer.Option(None, help="comma-separated training seeds [default: 0]"),
+    budgets: str = typer.Option(
+        None,
+        help="comma-separated training budgets to sweep, epochs and/or samples (see run "
+        "--budget); summary.md gets a table per budget [default: --budget's]",
+    ),
     baselines: str = typer.Option(
         None, help=f"comma-separated baseline recipes: {', '.join(BASELINES)}"
     ),
@@ -122,7 +127,7 @@ def bench(
     ),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
-    """Benchmark a grid of estimators x policies x datasets x ratios x seeds and baselines.
+    """Benchmark a grid of estimators x policies x datasets x ratios x budgets x seeds and baselines.
 
     Any other `flexsample run` flag (e.g. --rounds 4 --allocation difficulty) applies to every cell. Each cell is keyed on a hash of its resolved configuration and the flexsample version, kept in its folder name (seed0-<hash>) and its cell.json: a finished cell is reused only when that hash matches, so an interrupted bench resumes where it stopped, while the same grid with other flags runs into new folders and never reports the old cells as the new ones.
 
@@ -196,6 +201,7 @@ def bench(
                     datasets=split_list(datasets, "--datasets"),
                     imbalance_ratios=split_list(imbalance_ratios, "--imbalance-ratios", float),
                     seeds=split_list(seeds, "--seeds", int),
+                    budgets=split_list(budgets, "--budgets"),
                     baselines=split_list(baselines, "--baselines"),
                     launcher=launcher,
                     jobs=jobs,

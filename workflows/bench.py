@@ -1,4 +1,4 @@
-"""A bench grid: cells (estimators x policies x datasets x ratios x seeds, plus named
+"""A bench grid: cells (estimators x policies x datasets x ratios x budgets x seeds, plus named
 long-tail baselines), run in this process or in worker processes, summarised as bench.csv,
 summary.md and summary.png.
 
@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from flexsample._version import __version__
 from flexsample.engine.errors import FlexsampleError
@@ -118,11 +118,23 @@ def plan_cells(
     ratios: list[float] | None,
     seeds: list[int] | None,
     baselines: list[str] | None,
+    budgets: list[str] | None = None,
 ) -> list[Cell]:
-    """The requested cells, each in `<out>/<dataset>-r<ratio>/<method>/seed<N>-<hash>`."""
+    """The requested cells, each in `<out>/<dataset>-r<ratio>[-<budget>]/<method>/seed<N>-<hash>`
+    (the budget in the folder name only where it is not the default, epochs: `-samples`).
+
+    `budgets` sweeps `--budget`: every cell, the baselines too, once per budget (a full-set
+    baseline trains the same samples under both, so its samples cell repeats its epochs cell;
+    it is kept so that each budget's table has its reference)."""
     unknown = [b for b in baselines or [] if b not in BASELINES]
     if unknown:
         raise FlexsampleError(f"unknown baseline '{unknown[0]}'; accepted: {', '.join(BASELINES)}")
+    accepted = get_args(RunConfig.model_fields["budget"].annotation)
+    wrong = [b for b in budgets or [] if b not in accepted]
+    if wrong:
+        raise FlexsampleError(
+            f"unknown budget '{wrong[0]}' in --budgets; accepted: {', '.join(accepted)}"
+        )
     cells: list[Cell] = []
 
     def add(method: str, baseline: bool, cfg: RunConfig, folder: Path) -> None:
@@ -133,21 +145,36 @@ def plan_cells(
 
     for ds in datasets or [base.dataset]:
         for ratio in ratios or [base.imbalance_ratio]:
-            group = out / f"{ds}-r{ratio:g}"
-            for seed in seeds or [base.seed]:
-                common = {"dataset": ds, "imbalance_ratio": ratio, "seed": seed}
-                if estimators is not None or policies is not None or not baselines:
-                    for est in estimators or [base.estimator]:
-                        for pol in policies or [base.policy]:
-                            values = {**base.model_dump(), **common, "estimator": est}
-                            cfg = validate_config({**values, "policy": pol}, "the bench grid")
-                            method = f"{est}/{pol}"
-                            add(method, False, cfg, group / method.replace("/", "-"))
-                for name in baselines or []:
-                    values = {**base.model_dump(), **BASELINE_BASE, **BASELINES[name], **common}
-                    cfg = validate_config(values, "the bench grid")
-                    add(f"baseline:{name}", True, cfg, group / f"baseline-{name}")
+            for budget in budgets or [base.budget]:
+                group = out / (f"{ds}-r{ratio:g}" + ("" if budget == "epochs" else f"-{budget}"))
+                for seed in seeds or [base.seed]:
+                    common = {"dataset": ds, "imbalance_ratio": ratio, "budget": budget,
+                              "seed": seed}
+                    plan_seed(add, base, group, common, estimators, policies, baselines)
     return cells
+
+
+def plan_seed(
+    add: Callable[[str, bool, RunConfig, Path], None],
+    base: RunConfig,
+    group: Path,
+    common: dict[str, Any],
+    estimators: list[str] | None,
+    policies: list[str] | None,
+    baselines: list[str] | None,
+) -> None:
+    """One (dataset, ratio, budget, seed) of the grid: its curriculum cells and baselines."""
+    if estimators is not None or policies is not None or not baselines:
+        for est in estimators or [base.estimator]:
+            for pol in policies or [base.policy]:
+                values = {**base.model_dump(), **common, "estimator": est}
+                cfg = validate_config({**values, "policy": pol}, "the bench grid")
+                method = f"{est}/{pol}"
+                add(method, False, cfg, group / method.replace("/", "-"))
+    for name in baselines or []:
+        values = {**base.model_dump(), **BASELINE_BASE, **BASELINES[name], **common}
+        cfg = validate_config(values, "the bench grid")
+        add(f"baseline:{name}", True, cfg, group / f"baseline-{name}")
 
 
 # --- one cell --------------------------------------------------------------------------------
@@ -546,6 +573,7 @@ def run_bench(
     imbalance_ratios: list[float] | None = None,
     seeds: list[int] | None = None,
     baselines: list[str] | None = None,
+    budgets: list[str] | None = None,
     launcher: str | Launcher = "local",
     jobs: int = 1,
     cells_per_gpu: int = 1,
@@ -575,7 +603,7 @@ def run_bench(
         raise FlexsampleError(f"--retries {retries} is out of range; accepted: 0 <= x <= 100")
     out = Path(out)
     cells = plan_cells(
-        base, out, estimators, policies, datasets, imbalance_ratios, seeds, baselines
+        base, out, estimators, policies, datasets, imbalance_ratios, seeds, baselines, budgets
     )
     load_plugins(base.plugin)
     for cell in cells:  # every name checked before the first cell runs

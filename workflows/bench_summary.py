@@ -33,6 +33,7 @@ META_COLUMNS = [
     "mixup",
     "logit_adjust",
     "decouple",
+    "budget",
     "seed",
 ]
 # from results.json `compute` (what a run cost); empty for cells run before it was recorded
@@ -57,7 +58,8 @@ METRIC_COLUMNS = [
 CSV_COLUMNS = [*META_COLUMNS, "config_hash", "status", *METRIC_COLUMNS, "error", "in_grid", "cell"]
 FINISHED, FAILED = "finished", "failed"
 # always shown (section or column) and never a reason to tell configurations apart
-_NOT_FLAGS = ("dataset", "imbalance_ratio", "seed")
+_NOT_FLAGS = ("dataset", "imbalance_ratio", "budget", "seed")
+DEFAULT_BUDGET = "epochs"  # of cells run before --budget existed
 SUMMARY_KEYS = (
     "test_balanced_accuracy",
     "head",
@@ -116,6 +118,7 @@ def _meta(record: CellRecord | FailedRecord, flags: list[str]) -> dict[str, Any]
         "mixup": c.get("mixup"),
         "logit_adjust": c.get("logit_adjust"),
         "decouple": c.get("decouple", "none"),  # cells made before the flag were not decoupled
+        "budget": c.get("budget", DEFAULT_BUDGET),
         "seed": c.get("seed"),
     }
     for f in flags:
@@ -213,8 +216,8 @@ def _show(v: Any) -> str:
 
 
 def summarise(rows: list[dict[str, Any]], flags: list[str] | tuple[str, ...] = ()) -> list[dict]:
-    """Mean and std per (dataset, ratio, method, varying flags), ranked by mean test balanced
-    accuracy. The std is None below two values: one seed has no spread to show. Failed rows
+    """Mean and std per (dataset, ratio, budget, method, varying flags), ranked by mean test
+    balanced accuracy. The std is None below two values: one seed has no spread to show. Failed rows
     (status = failed) are left out. `seed_values` maps each seed to its test balanced accuracy
     (for the paired statistics; a seed run twice by one configuration counts by its mean) and
     `values` lists them all (for the plot)."""
@@ -223,12 +226,14 @@ def summarise(rows: list[dict[str, Any]], flags: list[str] | tuple[str, ...] = (
         if r.get("status", FINISHED) != FINISHED:
             continue
         key = tuple(json.dumps(r.get(f), sort_keys=True) for f in flags)
-        groups[(r["dataset"], r["imbalance_ratio"], r["method"], key)].append(r)
+        budget = r.get("budget") or DEFAULT_BUDGET
+        groups[(r["dataset"], r["imbalance_ratio"], budget, r["method"], key)].append(r)
     out = []
-    for (ds, ratio, method, _), rs in groups.items():
+    for (ds, ratio, budget, method, _), rs in groups.items():
         entry: dict[str, Any] = {
             "dataset": ds,
             "imbalance_ratio": ratio,
+            "budget": budget,
             "method": method,
             "flags": {f: rs[0].get(f) for f in flags},
             "n": len(rs),
@@ -254,6 +259,7 @@ def summarise(rows: list[dict[str, Any]], flags: list[str] | tuple[str, ...] = (
         key=lambda e: (
             e["dataset"],
             e["imbalance_ratio"],
+            e["budget"],
             -e["test_balanced_accuracy"][0],
             label(e),
         )
@@ -290,8 +296,8 @@ def label(entry: dict[str, Any]) -> str:
 
 @dataclass
 class GroupStats:
-    """Paired statistics of one (dataset, ratio) group, indices into its ranked entries: each
-    configuration against the reference (the strongest baseline, or the best configuration
+    """Paired statistics of one (dataset, ratio, budget) group, indices into its ranked entries:
+    each configuration against the reference (the strongest baseline, or the best configuration
     where the group has no baseline) and against the best configuration (rank 1). None where a
     configuration is the one compared against."""
 
@@ -407,8 +413,8 @@ def write_summary_md(
     flags: list[str] | tuple[str, ...] = (),
     failed: Sequence[dict[str, Any]] = (),
 ) -> None:
-    """summary.md: per (dataset, ratio) group the ranking and the paired statistics, then the
-    failed cells (`failed`: their bench.csv rows)."""
+    """summary.md: per (dataset, ratio, budget) group the ranking and the paired statistics,
+    then the failed cells (`failed`: their bench.csv rows)."""
     others = sum(not e["in_grid"] for e in summary)
     lines = ["# flexsample bench summary", "", f"Command: `{command}`", ""]
     lines += [
@@ -435,18 +441,19 @@ def write_summary_md(
         ]
     by_group: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for e in summary:
-        by_group[(e["dataset"], e["imbalance_ratio"])].append(e)
+        by_group[group_key(e)].append(e)
+    budgets = show_budget(summary)
     flag_head = "".join(f" {f} |" for f in flags)
     # the stage-1 column only where a configuration was decoupled
     staged = any(not np.isnan(e[STAGE1_KEY][0]) for e in summary)
     keys = [k for k in SUMMARY_KEYS if k != STAGE1_KEY]
     if staged:
         keys.insert(keys.index("best_val_balanced_accuracy"), STAGE1_KEY)
-    for (ds, ratio), entries in by_group.items():
+    for (ds, ratio, budget), entries in by_group.items():
         stats = group_statistics(entries)
         star = stats.reference if stats.reference_is_baseline else -1
         lines += [
-            f"## {ds}, r = {ratio:g}",
+            f"## {ds}, r = {ratio:g}" + (f", budget = {budget}" if budgets else ""),
             "",
             "Ranked by mean test balanced accuracy (best-validation checkpoint); "
             "mean ± std over seeds (percent; a single seed shows its value alone). "
@@ -506,6 +513,18 @@ def failed_lines(failed: Sequence[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def group_key(entry: dict[str, Any]) -> tuple[Any, Any, str]:
+    """A summary entry's table (and plot row): its dataset, ratio and training budget (each
+    budget compared within itself, against its own baselines)."""
+    return (entry["dataset"], entry["imbalance_ratio"], entry.get("budget") or DEFAULT_BUDGET)
+
+
+def show_budget(summary: list[dict[str, Any]]) -> bool:
+    """Whether headings name the budget: once any configuration was run with another budget
+    than the default (summaries of epoch-budget benches read as before)."""
+    return any((e.get("budget") or DEFAULT_BUDGET) != DEFAULT_BUDGET for e in summary)
+
+
 def _pm(v: tuple[float, float | None]) -> str:
     m, s = v
     if np.isnan(m):
@@ -543,13 +562,15 @@ def plot_summary(path: Path, summary: list[dict[str, Any]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({(e["dataset"], e["imbalance_ratio"]) for e in summary})
+    groups = sorted({group_key(e) for e in summary})
+    budgets = show_budget(summary)
     if not groups:  # nothing finished: no picture, and none of an earlier bench left behind
         path.unlink(missing_ok=True)
         return
     fig, axes = plt.subplots(len(groups), 3, figsize=(21, 4.8 * max(1, len(groups))), squeeze=False)
-    for row, (ds, ratio) in enumerate(groups):
-        entries = [e for e in summary if (e["dataset"], e["imbalance_ratio"]) == (ds, ratio)]
+    for row, (ds, ratio, budget) in enumerate(groups):
+        entries = [e for e in summary if group_key(e) == (ds, ratio, budget)]
+        where = f"{ds}, r={ratio:g}" + (f", budget={budget}" if budgets else "")
         ax = axes[row, 0]
         names = [label(e) + ("" if e["in_grid"] else " †") for e in entries]
         means = [100 * e["test_balanced_accuracy"][0] for e in entries]
@@ -593,7 +614,7 @@ def plot_summary(path: Path, summary: list[dict[str, Any]]) -> None:
             spread_note = "mean ± std over seeds (no bar: one seed)"
         else:
             spread_note = "mean ± std over seeds"
-        ax.set_title(f"{ds}, r={ratio:g}: {spread_note}, dots = seeds (grey = baselines)")
+        ax.set_title(f"{where}: {spread_note}, dots = seeds (grey = baselines)")
         ax.grid(axis="x", alpha=0.3)
         ax2 = axes[row, 1]
         for e in entries:
