@@ -15,7 +15,8 @@ sample of Q rows instead and extrapolates the search time linearly to N queries 
 `search_all_s` column is then marked `extrapolated`). Memory: the process's resident-set
 growth while the index is built (`index_mb`, what it keeps) and its peak during build + search
 over the baseline (`peak_mb`, via /proc/self/clear_refs); on CUDA, the device memory in use
-after the build (`gpu_mb`, from cudaMemGetInfo) and torch's peak allocation (`torch_peak_mb`).
+after the build (`gpu_mb`, from cudaMemGetInfo) and torch's peak allocation (`torch_peak_mb`);
+the printed gpu_MB column is torch's peak (the exact torch path), else the faiss index's share.
 /proc/loadavg is read after each row (2 shared cores here: see it with every figure).
 
     python benchmarks/density_scale.py --sizes 100000,250000 --queries 20000 --json out.json
@@ -146,8 +147,10 @@ def save(path: str | None, out: dict) -> None:
 
 
 def line(row: dict) -> str:
-    rec, gmb = row.get("recall"), row["gpu_mb"]
+    rec, gmb = row.get("recall"), row.get("torch_peak_mb")
     star = "*" if row["extrapolated"] else " "
+    if not gmb:  # a faiss GPU index: memory taken from the device after the build
+        gmb = row["gpu_mb"]
     gmb = "-" if gmb is None else f"{gmb:.0f}"
     return (f"{row['n']:>9} {row['kind']:5} {row['path']:16} {row['build_s']:8.2f}"
             f" {row['search_s']:8.2f} {row['queries']:>8} {row['search_all_s']:9.1f}{star}"
