@@ -136,14 +136,16 @@ def report(summary: dict[float, dict[str, dict[str, Any]]], pairs: list[tuple[st
                    "train_s": m["train_s"]}
             for name, m in methods.items()
         }, "paired": {}}
-        print("\n| a - b (test, pp) | mean [95 % CI] |\n|---|---|")
+        print("\n| a − b (pp) | test: mean [95 % CI] | validation: mean [95 % CI] |")
+        print("|---|---|---|")
         for a, b in pairs:
             if a in methods and b in methods:
+                cols = []
                 for metric in ("test", "val"):
                     d = paired(methods[a][metric], methods[b][metric])
                     doc[f"{ratio:g}"]["paired"][f"{metric}: {a} - {b}"] = d
-                    if metric == "test":
-                        print(f"| {a} − {b} | {_fmt_paired(d)} |")
+                    cols.append(_fmt_paired(d))
+                print(f"| {a} − {b} | {cols[0]} | {cols[1]} |")
     return doc
 
 
