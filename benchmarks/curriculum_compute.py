@@ -156,7 +156,7 @@ def plot(summary: dict[float, dict[str, dict[str, Any]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     ratios = sorted(summary, reverse=True)
-    fig, axes = plt.subplots(1, len(ratios), figsize=(7 * len(ratios), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(ratios), figsize=(7 * len(ratios), 7), squeeze=False)
     for ax, ratio in zip(axes[0], ratios, strict=True):
         for name, m in sorted(summary[ratio].items()):
             xs, ys = zip(*m["points"], strict=True)
@@ -166,7 +166,7 @@ def plot(summary: dict[float, dict[str, dict[str, Any]]], path: Path) -> None:
         ax.set_xlabel("training samples processed (x: method mean)")
         ax.set_ylabel("test balanced accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.12), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
