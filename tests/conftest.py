@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -67,3 +69,19 @@ def pytest_collection_modifyitems(config, items) -> None:
             missing = [m for m in mark.args if importlib.util.find_spec(m) is None]
             if missing:
                 item.add_marker(pytest.mark.skip(reason=f"optional package(s) {missing} absent"))
+
+
+def record_reads(trainer: Any) -> list[np.ndarray]:
+    """Every batch of dataset indices the trainer reads, in order (wraps its train loader)."""
+    reads: list[np.ndarray] = []
+    inner = trainer.train_batches
+
+    def recording(indices, batch_size, key=None, seeds=None):
+        done = 0
+        for x, y in inner(indices, batch_size, key, seeds):
+            reads.append(np.asarray(indices[done:done + len(y)]))
+            done += len(y)
+            yield x, y
+
+    trainer.train_batches = recording  # type: ignore[assignment]
+    return reads

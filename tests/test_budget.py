@@ -31,7 +31,7 @@ from flexsample.workflows.bench import CELL_FILE, Cell, config_hash, plan_cells
 from flexsample.workflows.config import RunConfig
 from flexsample.workflows.outputs import RESULTS
 
-from .conftest import one_error_line
+from .conftest import one_error_line, record_reads
 
 CPU = torch.device("cpu")
 FULL = 256  # the toy training set
@@ -53,22 +53,6 @@ def toy_trainer(split: Split | None = None, ranks=None, **cfg) -> Trainer:
     split = split if split is not None else toy_split()
     options = {"epochs_per_round": 4, "epoch_budget": 12, "lr": LR, "batch_size": 64, **cfg}
     return Trainer(model, split, split, 4, TrainConfig(**options), CPU, ranks=ranks)
-
-
-def record_reads(trainer: Trainer) -> list[np.ndarray]:
-    """Every batch of dataset indices the trainer reads, in order (wraps its train loader)."""
-    reads: list[np.ndarray] = []
-    inner = trainer.train_batches
-
-    def recording(indices, batch_size, key=None, seeds=None):
-        done = 0
-        for x, y in inner(indices, batch_size, key, seeds):
-            reads.append(np.asarray(indices[done:done + len(y)]))
-            done += len(y)
-            yield x, y
-
-    trainer.train_batches = recording  # type: ignore[assignment]
-    return reads
 
 
 # --- --budget: the epoch order ----------------------------------------------------------------

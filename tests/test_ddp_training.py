@@ -34,6 +34,8 @@ from flexsample.training.evaluate import evaluate
 from flexsample.training.models import ContractClassifier, SmallCNN
 from flexsample.training.trainer import TrainConfig, Trainer
 
+from .conftest import record_reads
+
 WORLD = 2
 SUBSET = np.arange(0, 254, 2)  # 127 training samples: uneven shares and a trailing batch
 CPU = torch.device("cpu")
@@ -86,17 +88,7 @@ def _scenarios(rank: int, out: Path) -> None:
     # (a)/(b): batch norm, dropout and mixup; every read of the epoch recorded
     trainer = Trainer(fresh(SmallCNN, 10, 1, 8), ds.train, ds.val, 10, bn_config(), CPU,
                       ranks=ranks)
-    reads: list[np.ndarray] = []
-    inner = trainer.train_batches
-
-    def recording(indices, batch_size, key=None, seeds=None):
-        done = 0
-        for x, y in inner(indices, batch_size, key, seeds):
-            reads.append(np.asarray(indices[done:done + len(y)]))
-            done += len(y)
-            yield x, y
-
-    trainer.train_batches = recording  # type: ignore[assignment]
+    reads = record_reads(trainer)
     res = trainer.train_epoch(SUBSET, 0)
     val = trainer.validate()
     model = trainer.model
