@@ -70,23 +70,16 @@ def startup_guard() -> Iterator[None]:
         yield
     except KeyboardInterrupt as exc:
         line, code = f"{interrupt_name(exc)} during start-up; nothing was written", None
-        if _launched():  # torchrun stops the others when one rank fails: report that failure
-            with contextlib.suppress(Exception):
-                from flexsample.workflows.distributed import exit_now, record_failure
+        with contextlib.suppress(Exception):  # a torch-free import
+            from flexsample.workflows.distributed import exit_now, launched, record_failure
 
+            if launched():  # torchrun stops the others when one rank fails: report that one
                 line, code = record_failure(line, interrupt_exit_code(exc))
         with contextlib.suppress(Exception):
             sys.stderr.write(line + "\n")
         if code is not None:
             exit_now(code)
         raise SystemExit(interrupt_exit_code(exc)) from None
-
-
-def _launched() -> bool:
-    """One of several processes started by torchrun (same test as workflows.distributed)."""
-    import os
-
-    return os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1")
 
 
 def main() -> None:

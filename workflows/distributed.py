@@ -165,10 +165,3 @@ def exit_now(code: int) -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
-
-
-def rank_prefix() -> str:
-    """'rank R: ' under torchrun (for messages that differ between ranks), else ''."""
-    if not launched():
-        return ""
-    return f"rank {os.environ.get('RANK', '?')}: "
