@@ -1,0 +1,355 @@
+"""Experiment trackers as loop callbacks: TensorBoard, MLflow, Weights & Biases and CSV files.
+
+`flexsample run --log-to tensorboard,mlflow` (and bench cells) build them with `make_trackers`;
+each is an engine `Callback`, so the engine itself knows nothing of them. All four log the same
+quantities, each against the epoch it belongs to (a query made before epoch e is logged at e,
+a query step's record at the epoch that closed it), so one x axis serves every chart:
+
+- at the start: the run's config as parameters;
+- per epoch: train/loss, train/lr, train/subset_size, val/balanced_accuracy, val/recall/<class>;
+- per query: query/step, query/chosen, query/scored, query/score_seconds, query/quota/<class>
+  and the chosen samples' scores (a histogram; min / mean / max as scalars);
+- per query step, when its training span ends: step/subset_size, step/class_count/<class>,
+  step/score_seconds, step/train_seconds, step/epochs, step/best_val_balanced_accuracy;
+- at the end: results.json's test/... and test_last/... metrics and the run folder's files.
+
+Each tool's library is imported when the tracker is made (a missing one: one line naming the
+extra), and a tracker opens its run on the first event, so a run that fails during set-up
+leaves nothing in MLflow or W&B.
+"""
+
+from __future__ import annotations
+
+import atexit
+import csv
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar
+
+import numpy as np
+
+from flexsample._optional import require
+from flexsample.engine.errors import FlexsampleError
+from flexsample.engine.interfaces import EpochResult, ValRecord
+from flexsample.engine.loop import Callback, QueryResult, StepRecord
+from flexsample.workflows.outputs import CSV_LOG_DIR, TENSORBOARD_DIR
+
+TRACKERS = ("tensorboard", "mlflow", "wandb", "csv")
+ACCEPTED = ", ".join(TRACKERS)
+DEFAULT_PROJECT = "flexsample"  # MLflow experiment / W&B project unless the environment names one
+RESULT_SECTIONS = ("test", "test_last")
+# tables kept in results.json (an artifact), not as one metric per cell
+SKIPPED_RESULT_KEYS = {"confusion_matrix", "calibration"}
+
+
+# -- parsing and construction ------------------------------------------------------------------
+def parse_log_to(text: str | None) -> list[str]:
+    """`--log-to` as a list of tracker names; checks names and installed packages up front.
+
+    Comma-separated, any subset of TRACKERS, duplicates dropped; None, "" or "none": no
+    tracker. A tool that is not installed fails here, before the run starts, naming the extra.
+    """
+    if text is None or text.strip().lower() in ("", "none"):
+        return []
+    names: list[str] = []
+    for part in text.split(","):
+        name = part.strip().lower()
+        if not name:
+            continue
+        if name not in TRACKERS:
+            raise FlexsampleError(
+                f"unknown tracker '{part.strip()}' in --log-to; accepted: {ACCEPTED} "
+                "(any subset, comma-separated, e.g. --log-to tensorboard,csv)"
+            )
+        if name not in names:
+            names.append(name)
+    for name in names:
+        _import_tool(name)
+    return names
+
+
+def _import_tool(name: str) -> Any:
+    """The tracker's library (one FlexsampleError line naming the extra when it is missing)."""
+    feature = f"--log-to {name}"
+    if name == "tensorboard":
+        require("tensorboard", "tensorboard", feature)  # torch's writer needs this package
+        return require("torch.utils.tensorboard", "tensorboard", feature)
+    if name == "mlflow":
+        return require("mlflow", "mlflow", feature)
+    if name == "wandb":
+        return require("wandb", "wandb", feature)
+    return csv
+
+
+def make_trackers(
+    names: Sequence[str] | str | None,
+    *,
+    run_dir: Path,
+    log_dir: Path | None = None,
+    config: Mapping[str, Any],
+    run_name: str,
+    group: str | None = None,
+) -> list[Tracker]:
+    """One callback per tracker name, for `execute(callbacks=...)` or a bench cell.
+
+    `run_dir`: the run folder (default home of the TensorBoard / CSV logs and of the offline W&B
+    run; its files become artifacts). `log_dir`: TensorBoard / CSV (and W&B) logs go to
+    `log_dir/[group/]run_name` instead. `group` (a bench's folder name) becomes the MLflow
+    experiment and the W&B group, and a sub-folder of `log_dir`.
+    """
+    if names is None or isinstance(names, str):
+        names = parse_log_to(names)
+    else:
+        names = parse_log_to(",".join(names))
+    run_dir = Path(run_dir)
+    common = {"config": dict(config), "run_name": run_name, "group": group}
+
+    def folder(default_sub: str) -> Path:
+        if log_dir is None:
+            return run_dir / default_sub if default_sub else run_dir
+        return Path(log_dir) / group / run_name if group else Path(log_dir) / run_name
+
+    trackers: list[Tracker] = []
+    for name in names:
+        if name == "tensorboard":
+            trackers.append(TensorBoardTracker(folder(TENSORBOARD_DIR), **common))
+        elif name == "csv":
+            trackers.append(CSVTracker(folder(CSV_LOG_DIR), **common))
+        elif name == "mlflow":
+            experiment = group or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_PROJECT
+            trackers.append(MLflowTracker(experiment, run_dir, **common))
+        elif name == "wandb":
+            wandb_dir = None if os.environ.get("WANDB_DIR") else folder("")
+            trackers.append(WandbTracker(wandb_dir, **common))
+    return trackers
+
+
+# -- what every tracker logs ---------------------------------------------------------------------
+def flat_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str | int | float | bool]:
+    """The config as flat parameters: nested keys joined by '.', lists as JSON, None as 'none'."""
+    out: dict[str, str | int | float | bool] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flat_params(value, name + "."))
+        elif value is None:
+            out[name] = "none"
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = json.dumps(value, default=str)
+    return out
+
+
+def flat_numbers(value: Any, prefix: str) -> dict[str, float]:
+    """Every finite number inside `value` (nested dicts and lists), keyed 'prefix/key/index'."""
+    out: dict[str, float] = {}
+    if isinstance(value, bool):
+        out[prefix] = float(value)
+    elif isinstance(value, (int, float)):
+        if math.isfinite(value):
+            out[prefix] = float(value)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if key not in SKIPPED_RESULT_KEYS:
+                out.update(flat_numbers(item, f"{prefix}/{key}"))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            out.update(flat_numbers(item, f"{prefix}/{i}"))
+    return out
+
+
+def chosen_scores(result: QueryResult) -> np.ndarray:
+    """Scores of the samples a query chose (classes taken whole were not scored)."""
+    scores = np.asarray(result.scores, dtype=np.float64)
+    if scores.size == 0:
+        return scores
+    return scores[np.isin(result.candidates, result.chosen)]
+
+
+def run_files(run_dir: Path) -> list[Path]:
+    """The run folder's files worth keeping: results, config, curves, rounds, selection, scores,
+    best.pt; not the resume checkpoints (the model and optimizer again, twice), nor hidden
+    markers, nor sub-folders (tracker logs)."""
+    return sorted(
+        p
+        for p in Path(run_dir).iterdir()
+        if p.is_file() and not p.name.startswith((".", "checkpoint"))
+    )
+
+
+class Tracker(Callback):
+    """The common part: turns loop events into metrics, leaves the writing to the subclass.
+
+    A tracker is a context manager (the run pipeline enters it around the loop): leaving with an
+    exception closes it as failed or killed; the run's end (`on_run_end`) closes it as finished;
+    a process that exits in between closes it as failed (atexit).
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(
+        self, *, config: Mapping[str, Any], run_name: str, group: str | None = None
+    ) -> None:
+        self.config = dict(config)
+        self.run_name = run_name
+        self.group = group
+        self.started = False
+        self.closed = False
+        self.epochs_done = 0  # epochs whose end was logged (the next epoch's index)
+        self._pending: list[QueryResult] = []
+        self._extra: dict[str, float] = {}
+        self._subset_size: int | None = None
+
+    # lifecycle ---------------------------------------------------------------------------------
+    def _ensure_started(self) -> None:
+        if not self.started and not self.closed:
+            self.started = True
+            self._start()
+            self._log_params(flat_params(self.config))
+            atexit.register(self._at_exit)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            if self.started and not self.closed:
+                self._flush()  # the test evaluation and on_run_end come next
+            return
+        self.close("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+
+    def _at_exit(self) -> None:
+        self.close("FAILED")
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Finish the tracker's run (FINISHED, FAILED or KILLED); later calls do nothing."""
+        if self.closed:
+            return
+        self.closed = True
+        atexit.unregister(self._at_exit)
+        if self.started:
+            self._finish(status)
+
+    # loop hooks --------------------------------------------------------------------------------
+    def on_query(self, result: QueryResult) -> None:
+        self._pending.append(result)  # logged at the epoch it precedes (on_epoch_start)
+
+    def on_epoch_start(self, epoch: int, subset_size: int) -> None:
+        self._ensure_started()
+        self._subset_size = int(subset_size)
+        for result in self._pending:
+            self._log_query(epoch, result)
+        self._pending.clear()
+
+    def on_epoch_result(self, epoch: int, result: EpochResult) -> None:
+        self._extra = {k: float(v) for k, v in result.extra.items()}
+
+    def on_epoch_end(self, epoch: int, loss: float, val: ValRecord, improved: bool) -> None:
+        self._ensure_started()
+        metrics: dict[str, float | int] = {"train/loss": float(loss)}
+        metrics.update({f"train/{k}": v for k, v in self._extra.items()})
+        if self._subset_size is not None:
+            metrics["train/subset_size"] = self._subset_size
+        metrics["val/balanced_accuracy"] = float(val.balanced_accuracy)
+        for c, recall in enumerate(val.per_class_recall):
+            metrics[f"val/recall/{c}"] = float(recall)
+        self._log_metrics("epoch", epoch, metrics)
+        self._extra = {}
+        self.epochs_done = epoch + 1
+
+    def on_checkpoint(self, epoch: int) -> None:
+        if self.started and not self.closed:
+            self._flush()  # what a resume would not redo is on disk, even after a SIGKILL
+
+    def on_step_end(self, record: StepRecord) -> None:
+        self._ensure_started()
+        metrics: dict[str, float | int] = {
+            "step/step": int(record.step),
+            "step/subset_size": int(record.subset_size),
+            "step/score_seconds": float(record.score_s),
+            "step/train_seconds": float(record.train_s),
+            "step/epochs": int(record.epochs),
+        }
+        if record.best_val_balanced_accuracy is not None:
+            metrics["step/best_val_balanced_accuracy"] = float(record.best_val_balanced_accuracy)
+        for c, count in enumerate(record.class_counts):
+            metrics[f"step/class_count/{c}"] = int(count)
+        self._log_metrics("step", record.epoch + record.epochs, metrics)
+
+    def on_run_end(self, results: Mapping[str, Any], run_dir: Path) -> None:
+        """After results.json: the test metrics, the run folder's files, then close."""
+        self._ensure_started()
+        metrics: dict[str, float | int] = {}
+        for section in RESULT_SECTIONS:
+            metrics.update(flat_numbers(results.get(section), section))
+        for key in ("best_val_balanced_accuracy", "best_epoch", "subset_size_at_best"):
+            if isinstance(results.get(key), (int, float)):
+                metrics[f"run/{key}"] = results[key]
+        self._log_final(metrics)
+        self._log_files(Path(run_dir), run_files(Path(run_dir)))
+        self.close("FINISHED")
+
+    def _log_query(self, epoch: int, result: QueryResult) -> None:
+        picked = chosen_scores(result)
+        metrics: dict[str, float | int] = {
+            "query/step": int(result.step),
+            "query/chosen": len(result.chosen),
+            "query/scored": len(result.candidates),
+            "query/score_seconds": float(result.seconds),
+        }
+        for c, quota in enumerate(np.asarray(result.quotas).tolist()):
+            metrics[f"query/quota/{c}"] = int(quota)
+        finite = picked[np.isfinite(picked)]
+        if finite.size:
+            metrics["query/chosen_score_min"] = float(finite.min())
+            metrics["query/chosen_score_mean"] = float(finite.mean())
+            metrics["query/chosen_score_max"] = float(finite.max())
+        self._log_metrics("query", epoch, metrics)
+        if finite.size:
+            self._log_histogram("query/chosen_scores", finite, epoch, result.step)
+
+    # what a tool implements ----------------------------------------------------------------------
+    def _start(self) -> None: ...
+    def _log_params(self, params: dict[str, str | int | float | bool]) -> None: ...
+    def _log_metrics(self, section: str, epoch: int, metrics: dict[str, float | int]) -> None: ...
+    def _log_histogram(self, tag: str, values: np.ndarray, epoch: int, step: int) -> None: ...
+    def _log_final(self, metrics: dict[str, float | int]) -> None: ...
+    def _log_files(self, run_dir: Path, files: list[Path]) -> None: ...
+    def _flush(self) -> None: ...
+    def _finish(self, status: str) -> None: ...
+
+
+def _histogram(values: np.ndarray, bins: int = 30) -> dict[str, Any]:
+    counts, edges = np.histogram(values, bins=min(bins, max(1, len(values))))
+    return {"bin_edges": edges.tolist(), "counts": counts.tolist(), "n": int(len(values))}
+
+
+
+# the built-in trackers, one module each (imported last: they subclass Tracker)
+from .csv import CSVTracker  # noqa: E402
+from .mlflow import MLflowTracker, mlflow_tracking_uri  # noqa: E402
+from .tensorboard import TensorBoardTracker  # noqa: E402
+from .wandb import WandbTracker, wandb_mode  # noqa: E402
+
+__all__ = [
+    "TRACKERS",
+    "mlflow_tracking_uri",
+    "wandb_mode",
+    "CSVTracker",
+    "MLflowTracker",
+    "TensorBoardTracker",
+    "Tracker",
+    "WandbTracker",
+    "make_trackers",
+    "parse_log_to",
+]

@@ -1,0 +1,129 @@
+"""MLflow: one MLflow run per flexsample run, through MlflowClient."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flexsample.engine.errors import FlexsampleError
+
+from . import Tracker, _histogram, _import_tool
+
+
+def mlflow_tracking_uri() -> str:
+    """MLflow's own tracking URI when set (MLFLOW_TRACKING_URI, mlflow.set_tracking_uri);
+    otherwise a `mlruns/` folder in the current directory.
+
+    mlflow 3 would default to `sqlite:///mlflow.db`, which needs SQLAlchemy, a package that
+    mlflow-skinny (the `mlflow` extra) does not install; its file store is refused unless
+    MLFLOW_ALLOW_FILE_STORE is true, so for the default `mlruns/` that is set (when unset).
+    """
+    mlflow = _import_tool("mlflow")
+    if mlflow.is_tracking_uri_set():
+        return str(mlflow.get_tracking_uri())
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return (Path.cwd() / "mlruns").resolve().as_uri()
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class MLflowTracker(Tracker):
+    """An MLflow run (MlflowClient, no global active run): params, metrics by epoch, the chosen
+    scores' histograms as JSON artifacts, the run folder's files under `run/`.
+
+    A resumed run continues the same MLflow run (its id is kept in the checkpoint).
+    """
+
+    name = "mlflow"
+    state_key = "tracker-mlflow"
+
+    def __init__(self, experiment: str, run_dir: Path, **common: Any) -> None:
+        super().__init__(**common)
+        _import_tool("mlflow")
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = mlflow_tracking_uri()
+        self.experiment = experiment
+        self.run_dir = Path(run_dir)
+        self.run_id: str | None = None
+        self._resume_id: str | None = None
+        try:  # the store is reachable and the experiment exists before the run starts
+            self.client = MlflowClient(tracking_uri=self.tracking_uri)
+            found = self.client.get_experiment_by_name(experiment)
+            if found is not None and found.lifecycle_stage != "active":
+                raise FlexsampleError(
+                    f"MLflow experiment '{experiment}' is deleted; restore it or set "
+                    "MLFLOW_EXPERIMENT_NAME to another name"
+                )
+            self.experiment_id = (
+                found.experiment_id if found else self.client.create_experiment(experiment)
+            )
+        except FlexsampleError:
+            raise
+        except Exception as exc:
+            raise FlexsampleError(
+                f"--log-to mlflow: cannot use the tracking store {self.tracking_uri} (set "
+                f"MLFLOW_TRACKING_URI to change it): {_one_line(exc)}"
+            ) from None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._resume_id = state.get("run_id")
+
+    def _start(self) -> None:
+        if self._resume_id:
+            try:
+                old = self.client.get_run(self._resume_id)
+            except Exception:
+                old = None  # another tracking store, or the run was deleted: start a new one
+            if old is not None and old.info.experiment_id == self.experiment_id:
+                self.run_id = self._resume_id
+                self.client.update_run(self.run_id, status="RUNNING")
+                return
+        tags = {"flexsample.run_dir": str(self.run_dir.resolve())}
+        if self.group:
+            tags["flexsample.group"] = self.group
+        run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
+        self.run_id = run.info.run_id
+
+    def _log_params(self, params: dict[str, str | int | float | bool]) -> None:
+        if self._resume_id == self.run_id:
+            return  # a resumed run has them already
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def _log_metrics(self, section: str, epoch: int, metrics: dict[str, float | int]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, v, now, epoch) for k, v in metrics.items() if math.isfinite(v)]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def _log_histogram(self, tag: str, values: np.ndarray, epoch: int, step: int) -> None:
+        doc = {"epoch": epoch, "step": step, **_histogram(values)}
+        self.client.log_dict(self.run_id, doc, f"chosen_scores/step_{step:03d}.json")
+
+    def _log_final(self, metrics: dict[str, float | int]) -> None:
+        self._log_metrics("test", self.epochs_done, metrics)
+
+    def _log_files(self, run_dir: Path, files: list[Path]) -> None:
+        for path in files:
+            self.client.log_artifact(self.run_id, str(path), "run")
+
+    def _finish(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status)

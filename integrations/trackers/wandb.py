@@ -1,0 +1,103 @@
+"""Weights & Biases: one W&B run per flexsample run, offline unless the user is logged in."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import DEFAULT_PROJECT, Tracker, _import_tool
+
+
+def wandb_mode() -> str | None:
+    """The W&B mode to ask for: W&B's own choice (WANDB_MODE, `wandb offline`, online) when the
+    user is logged in or set WANDB_MODE; otherwise offline (sync later with `wandb sync`).
+
+    Looks for credentials only locally (WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, the netrc
+    entry `wandb login` writes); nothing here touches the network.
+    """
+    if os.environ.get("WANDB_MODE"):
+        return None
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return None
+    return None if _wandb_netrc_key() else "offline"
+
+
+def _wandb_netrc_key() -> bool:
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    try:
+        from wandb.sdk.lib.wbauth.wbnetrc import read_netrc_auth
+
+        return bool(read_netrc_auth(host=base))
+    except ImportError:  # another wandb version: read the netrc file as W&B writes it
+        import netrc
+        from urllib.parse import urlparse
+
+        path = os.environ.get("NETRC") or str(Path.home() / ".netrc")
+        try:
+            return netrc.netrc(path).authenticators(urlparse(base).hostname or "") is not None
+        except (OSError, netrc.NetrcParseError):
+            return False
+    except Exception:
+        return False  # a malformed entry: W&B would refuse it too
+
+
+class WandbTracker(Tracker):
+    """A W&B run (project WANDB_PROJECT or 'flexsample', group = the bench): config, metrics
+    against `epoch`, histograms, test metrics in the summary, the run folder as an artifact.
+
+    Offline unless the user is logged in (see `wandb_mode`); an offline run lies in
+    `<dir>/wandb/offline-run-*` and uploads with `wandb sync`.
+    """
+
+    name = "wandb"
+
+    def __init__(self, folder: Path | None, **common: Any) -> None:
+        super().__init__(**common)
+        self.wandb = _import_tool("wandb")
+        self.folder = None if folder is None else Path(folder)
+        self.mode = wandb_mode()
+        self.run: Any = None
+
+    def _start(self) -> None:
+        options: dict[str, Any] = {}
+        if "WANDB_CONSOLE" not in os.environ:
+            options["console"] = "off"  # progress bars are no log; the run folder has the rest
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self.run = self.wandb.init(
+            project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+            name=self.run_name,
+            group=self.group,
+            config=self.config,
+            dir=None if self.folder is None else str(self.folder),
+            mode=self.mode,
+            reinit="create_new",  # bench cells in one process each get their own run
+            settings=self.wandb.Settings(**options),
+        )
+        self.run.define_metric("epoch")
+        self.run.define_metric("*", step_metric="epoch")
+
+    def _log_metrics(self, section: str, epoch: int, metrics: dict[str, float | int]) -> None:
+        self.run.log({**metrics, "epoch": epoch})
+
+    def _log_histogram(self, tag: str, values: np.ndarray, epoch: int, step: int) -> None:
+        self.run.log({tag: self.wandb.Histogram(values), "epoch": epoch})
+
+    def _log_final(self, metrics: dict[str, float | int]) -> None:
+        self.run.summary.update(metrics)
+
+    def _log_files(self, run_dir: Path, files: list[Path]) -> None:
+        if not files:
+            return
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"run-{self.run_name}")[:120]
+        artifact = self.wandb.Artifact(name, type="run-folder")
+        for path in files:
+            artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
+
+    def _finish(self, status: str) -> None:
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
