@@ -16,18 +16,24 @@ a query step's record at the epoch that closed it), so one x axis serves every c
 Each tool's library is imported when the tracker is made (a missing one: one line naming the
 extra), and a tracker opens its run on the first event, so a run that fails during set-up
 leaves nothing in MLflow or W&B.
+
+Trackers are an open extension point like estimators: each built-in registers itself in the
+`TRACKERS` registry (`@TRACKERS.register("csv")`), and an installed package adds its own through
+the entry-point group `flexsample.trackers`. A tracker subclasses `Tracker`, declares the modules
+it needs (`requires`, checked before the run starts), takes its options as constructor keyword
+parameters (e.g. MLflow's `experiment`) and passes the run-time arguments (`run_dir`, `log_dir`,
+`config`, `run_name`, `group`: `TRACKERS.runtime`) on to `Tracker.__init__`.
 """
 
 from __future__ import annotations
 
 import atexit
-import csv
+import importlib
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -36,10 +42,9 @@ from flexsample._optional import require
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import EpochResult, ValRecord
 from flexsample.engine.loop import Callback, QueryResult, StepRecord
-from flexsample.workflows.outputs import CSV_LOG_DIR, TENSORBOARD_DIR
+from flexsample.engine.registries import TRACKERS
 
-TRACKERS = ("tensorboard", "mlflow", "wandb", "csv")
-ACCEPTED = ", ".join(TRACKERS)
+BUILTIN_ORDER = ("tensorboard", "mlflow", "wandb", "csv")  # how messages list the built-ins
 DEFAULT_PROJECT = "flexsample"  # MLflow experiment / W&B project unless the environment names one
 RESULT_SECTIONS = ("test", "test_last")
 # tables kept in results.json (an artifact), not as one metric per cell
@@ -47,42 +52,69 @@ SKIPPED_RESULT_KEYS = {"confusion_matrix", "calibration"}
 
 
 # -- parsing and construction ------------------------------------------------------------------
+def accepted_trackers() -> list[str]:
+    """Every registered tracker name: the built-ins first, then those plugins added."""
+    names = TRACKERS.names()
+    return [n for n in BUILTIN_ORDER if n in names] + [n for n in names if n not in BUILTIN_ORDER]
+
+
 def parse_log_to(text: str | None) -> list[str]:
     """`--log-to` as a list of tracker names; checks names and installed packages up front.
 
-    Comma-separated, any subset of TRACKERS, duplicates dropped; None, "" or "none": no
-    tracker. A tool that is not installed fails here, before the run starts, naming the extra.
+    Comma-separated, any subset of the registered trackers (`TRACKERS`: the built-ins and
+    those installed packages add), duplicates dropped; None, "" or "none": no tracker. A
+    package a tracker needs (its `requires`) that is not installed fails here, before the run
+    starts, naming what to install.
     """
     if text is None or text.strip().lower() in ("", "none"):
         return []
+    accepted = accepted_trackers()
+    by_lower = {n.lower(): n for n in accepted}
     names: list[str] = []
     for part in text.split(","):
-        name = part.strip().lower()
-        if not name:
+        given = part.strip()
+        if not given:
             continue
-        if name not in TRACKERS:
+        name = given if given in TRACKERS else by_lower.get(given.lower())
+        if name is None:
             raise FlexsampleError(
-                f"unknown tracker '{part.strip()}' in --log-to; accepted: {ACCEPTED} "
+                f"unknown tracker '{given}' in --log-to; accepted: {', '.join(accepted)} "
                 "(any subset, comma-separated, e.g. --log-to tensorboard,csv)"
             )
+        name = TRACKERS.resolve(name)
         if name not in names:
             names.append(name)
     for name in names:
-        _import_tool(name)
+        import_requirements(name)
     return names
 
 
-def _import_tool(name: str) -> Any:
-    """The tracker's library (one FlexsampleError line naming the extra when it is missing)."""
+def import_requirements(name: str) -> list[ModuleType]:
+    """The packages tracker `name` declares (`requires`), imported; a missing one is one
+    FlexsampleError line saying what to install."""
+    factory = TRACKERS.get(name)
+    check = getattr(factory, "check_installed", None)
+    if callable(check):
+        return list(check())
+    return _import_all(name, getattr(factory, "requires", ()), getattr(factory, "extra", None))
+
+
+def _import_all(name: str, modules: Sequence[str], extra: str | None) -> list[ModuleType]:
     feature = f"--log-to {name}"
-    if name == "tensorboard":
-        require("tensorboard", "tensorboard", feature)  # torch's writer needs this package
-        return require("torch.utils.tensorboard", "tensorboard", feature)
-    if name == "mlflow":
-        return require("mlflow", "mlflow", feature)
-    if name == "wandb":
-        return require("wandb", "wandb", feature)
-    return csv
+    found = []
+    for module in modules:
+        if extra:  # a flexsample extra installs it
+            found.append(require(module, extra, feature))
+            continue
+        try:
+            found.append(importlib.import_module(module))
+        except ImportError:
+            top = module.split(".")[0]
+            raise FlexsampleError(
+                f"{feature} needs the package '{top}', which is not installed; install it "
+                f"with: pip install {top}"
+            ) from None
+    return found
 
 
 def make_trackers(
@@ -93,39 +125,51 @@ def make_trackers(
     config: Mapping[str, Any],
     run_name: str,
     group: str | None = None,
-) -> list[Tracker]:
-    """One callback per tracker name, for `execute(callbacks=...)` or a bench cell.
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[Any]:
+    """One callback per tracker name, for `execute(callbacks=...)` or a bench cell, each built
+    through the `TRACKERS` registry (`TRACKERS.build(name, options, **runtime)`).
 
     `run_dir`: the run folder (default home of the TensorBoard / CSV logs and of the offline W&B
     run; its files become artifacts). `log_dir`: TensorBoard / CSV (and W&B) logs go to
     `log_dir/[group/]run_name` instead. `group` (a bench's folder name) becomes the MLflow
-    experiment and the W&B group, and a sub-folder of `log_dir`.
+    experiment and the W&B group, and a sub-folder of `log_dir`. `options`: tracker name ->
+    that tracker's options (e.g. `{"mlflow": {"experiment": "ablations"}}`), checked against
+    what it declares.
     """
     if names is None or isinstance(names, str):
         names = parse_log_to(names)
     else:
         names = parse_log_to(",".join(names))
-    run_dir = Path(run_dir)
-    common = {"config": dict(config), "run_name": run_name, "group": group}
+    chosen = dict(options or {})
+    unused = [n for n in chosen if n not in names]
+    if unused:
+        raise FlexsampleError(
+            f"options given for tracker '{unused[0]}', which is not among the trackers of "
+            f"this run ({', '.join(names) or 'none'})"
+        )
+    runtime = tracker_runtime(
+        run_dir=run_dir, log_dir=log_dir, config=config, run_name=run_name, group=group
+    )
+    return [TRACKERS.build(name, chosen.get(name, {}), **runtime) for name in names]
 
-    def folder(default_sub: str) -> Path:
-        if log_dir is None:
-            return run_dir / default_sub if default_sub else run_dir
-        return Path(log_dir) / group / run_name if group else Path(log_dir) / run_name
 
-    trackers: list[Tracker] = []
-    for name in names:
-        if name == "tensorboard":
-            trackers.append(TensorBoardTracker(folder(TENSORBOARD_DIR), **common))
-        elif name == "csv":
-            trackers.append(CSVTracker(folder(CSV_LOG_DIR), **common))
-        elif name == "mlflow":
-            experiment = group or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_PROJECT
-            trackers.append(MLflowTracker(experiment, run_dir, **common))
-        elif name == "wandb":
-            wandb_dir = None if os.environ.get("WANDB_DIR") else folder("")
-            trackers.append(WandbTracker(wandb_dir, **common))
-    return trackers
+def tracker_runtime(
+    *,
+    run_dir: Path,
+    log_dir: Path | None = None,
+    config: Mapping[str, Any],
+    run_name: str,
+    group: str | None = None,
+) -> dict[str, Any]:
+    """The run-time arguments every tracker's constructor takes (`TRACKERS.runtime`)."""
+    return {
+        "run_dir": Path(run_dir),
+        "log_dir": None if log_dir is None else Path(log_dir),
+        "config": dict(config),
+        "run_name": run_name,
+        "group": group,
+    }
 
 
 # -- what every tracker logs ---------------------------------------------------------------------
@@ -191,19 +235,47 @@ class Tracker(Callback):
     """
 
     name: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()  # modules to import (checked before the run)
+    extra: ClassVar[str | None] = None  # the flexsample extra installing them (None: pip itself)
+    subfolder: ClassVar[str] = ""  # its logs' folder inside the run folder (without --log-dir)
 
     def __init__(
-        self, *, config: Mapping[str, Any], run_name: str, group: str | None = None
+        self,
+        *,
+        config: Mapping[str, Any],
+        run_name: str,
+        group: str | None = None,
+        run_dir: Path | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.config = dict(config)
         self.run_name = run_name
         self.group = group
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.log_dir = None if log_dir is None else Path(log_dir)
         self.started = False
         self.closed = False
         self.epochs_done = 0  # epochs whose end was logged (the next epoch's index)
         self._pending: list[QueryResult] = []
         self._extra: dict[str, float] = {}
         self._subset_size: int | None = None
+
+    @classmethod
+    def check_installed(cls) -> list[ModuleType]:
+        """The modules of `requires`, imported (one line naming what to install if one is
+        missing); `parse_log_to` calls it before the run starts."""
+        return _import_all(cls.name, cls.requires, cls.extra)
+
+    @property
+    def folder(self) -> Path:
+        """Where this tracker's logs go: `log_dir/[group/]run_name` with a log folder, else
+        `run_dir/<subfolder>`."""
+        if self.log_dir is not None:
+            base = self.log_dir / self.group if self.group else self.log_dir
+            return base / self.run_name
+        if self.run_dir is None:
+            raise FlexsampleError(f"tracker '{self.name}' needs run_dir or log_dir")
+        return self.run_dir / self.subfolder if self.subfolder else self.run_dir
 
     # lifecycle ---------------------------------------------------------------------------------
     def _ensure_started(self) -> None:
@@ -334,8 +406,8 @@ def _histogram(values: np.ndarray, bins: int = 30) -> dict[str, Any]:
     return {"bin_edges": edges.tolist(), "counts": counts.tolist(), "n": int(len(values))}
 
 
-
-# the built-in trackers, one module each (imported last: they subclass Tracker)
+# the built-in trackers, one module each, registered in TRACKERS (imported last: they
+# subclass Tracker); others come from the entry-point group `flexsample.trackers`
 from .csv import CSVTracker  # noqa: E402
 from .mlflow import MLflowTracker, mlflow_tracking_uri  # noqa: E402
 from .tensorboard import TensorBoardTracker  # noqa: E402
@@ -343,13 +415,16 @@ from .wandb import WandbTracker, wandb_mode  # noqa: E402
 
 __all__ = [
     "TRACKERS",
-    "mlflow_tracking_uri",
-    "wandb_mode",
     "CSVTracker",
     "MLflowTracker",
     "TensorBoardTracker",
     "Tracker",
     "WandbTracker",
+    "accepted_trackers",
+    "import_requirements",
     "make_trackers",
+    "mlflow_tracking_uri",
     "parse_log_to",
+    "tracker_runtime",
+    "wandb_mode",
 ]

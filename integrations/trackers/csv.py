@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from flexsample.engine.registries import TRACKERS
+from flexsample.workflows.outputs import CSV_LOG_DIR
+
 from . import Tracker
 
 
+@TRACKERS.register("csv")
 class CSVTracker(Tracker):
     """Plain CSV files, one row per event, each written and flushed at once (a killed run keeps
     every row it logged): epochs.csv, queries.csv, steps.csv, chosen_scores.csv, test.csv, and
@@ -23,6 +26,7 @@ class CSVTracker(Tracker):
 
     name = "csv"
     state_key = "tracker-csv"
+    subfolder = CSV_LOG_DIR
     FILES: ClassVar[dict[str, str]] = {
         "epoch": "epochs.csv",
         "query": "queries.csv",
@@ -31,9 +35,8 @@ class CSVTracker(Tracker):
         "test": "test.csv",
     }
 
-    def __init__(self, folder: Path, **common: Any) -> None:
-        super().__init__(**common)
-        self.folder = Path(folder)
+    def __init__(self, **runtime: Any) -> None:
+        super().__init__(**runtime)
         self.rows: dict[str, int] = {}
         self._saved_rows: dict[str, int] | None = None
 

@@ -7,13 +7,16 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
+from flexsample._optional import require
 from flexsample.engine.errors import FlexsampleError
+from flexsample.engine.options import opt
+from flexsample.engine.registries import TRACKERS
 
-from . import Tracker, _histogram, _import_tool
+from . import DEFAULT_PROJECT, Tracker, _histogram
 
 
 def mlflow_tracking_uri() -> str:
@@ -24,7 +27,7 @@ def mlflow_tracking_uri() -> str:
     mlflow-skinny (the `mlflow` extra) does not install; its file store is refused unless
     MLFLOW_ALLOW_FILE_STORE is true, so for the default `mlruns/` that is set (when unset).
     """
-    mlflow = _import_tool("mlflow")
+    mlflow = require("mlflow", "mlflow", "--log-to mlflow")
     if mlflow.is_tracking_uri_set():
         return str(mlflow.get_tracking_uri())
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -36,6 +39,7 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+@TRACKERS.register("mlflow")
 class MLflowTracker(Tracker):
     """An MLflow run (MlflowClient, no global active run): params, metrics by epoch, the chosen
     scores' histograms as JSON artifacts, the run folder's files under `run/`.
@@ -45,15 +49,30 @@ class MLflowTracker(Tracker):
 
     name = "mlflow"
     state_key = "tracker-mlflow"
+    requires = ("mlflow",)
+    extra = "mlflow"
 
-    def __init__(self, experiment: str, run_dir: Path, **common: Any) -> None:
-        super().__init__(**common)
-        _import_tool("mlflow")
+    def __init__(
+        self,
+        experiment: Annotated[
+            str | None,
+            opt(
+                "MLflow experiment [default: the bench's name for bench cells, else "
+                f"MLFLOW_EXPERIMENT_NAME, else '{DEFAULT_PROJECT}']",
+                min_length=1,
+            ),
+        ] = None,
+        **runtime: Any,
+    ) -> None:
+        super().__init__(**runtime)
+        self.check_installed()
         from mlflow.tracking import MlflowClient
 
+        experiment = (
+            experiment or self.group or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_PROJECT
+        )
         self.tracking_uri = mlflow_tracking_uri()
         self.experiment = experiment
-        self.run_dir = Path(run_dir)
         self.run_id: str | None = None
         self._resume_id: str | None = None
         try:  # the store is reachable and the experiment exists before the run starts
@@ -91,7 +110,7 @@ class MLflowTracker(Tracker):
                 self.run_id = self._resume_id
                 self.client.update_run(self.run_id, status="RUNNING")
                 return
-        tags = {"flexsample.run_dir": str(self.run_dir.resolve())}
+        tags = {"flexsample.run_dir": str(Path(self.run_dir or ".").resolve())}
         if self.group:
             tags["flexsample.group"] = self.group
         run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)

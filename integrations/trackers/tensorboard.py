@@ -8,9 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from . import Tracker, _import_tool
+from flexsample.engine.registries import TRACKERS
+from flexsample.workflows.outputs import TENSORBOARD_DIR
+
+from . import Tracker
 
 
+@TRACKERS.register("tensorboard")
 class TensorBoardTracker(Tracker):
     """torch's SummaryWriter: scalars, histograms, the config as text and as HParams.
 
@@ -20,11 +24,13 @@ class TensorBoardTracker(Tracker):
 
     name = "tensorboard"
     state_key = "tracker-tensorboard"
+    requires = ("tensorboard", "torch.utils.tensorboard")  # torch's writer needs the package
+    extra = "tensorboard"
+    subfolder = TENSORBOARD_DIR
 
-    def __init__(self, folder: Path, **common: Any) -> None:
-        super().__init__(**common)
-        self.folder = Path(folder)
-        self._tb = _import_tool("tensorboard")
+    def __init__(self, **runtime: Any) -> None:
+        super().__init__(**runtime)
+        self._tb = self.check_installed()[-1]
         self._purge_step: int | None = None
         self.writer: Any = None
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
-from . import DEFAULT_PROJECT, Tracker, _import_tool
+from flexsample.engine.options import opt
+from flexsample.engine.registries import TRACKERS
+
+from . import DEFAULT_PROJECT, Tracker
 
 
 def wandb_mode() -> str | None:
@@ -45,6 +48,7 @@ def _wandb_netrc_key() -> bool:
         return False  # a malformed entry: W&B would refuse it too
 
 
+@TRACKERS.register("wandb")
 class WandbTracker(Tracker):
     """A W&B run (project WANDB_PROJECT or 'flexsample', group = the bench): config, metrics
     against `epoch`, histograms, test metrics in the summary, the run folder as an artifact.
@@ -54,11 +58,22 @@ class WandbTracker(Tracker):
     """
 
     name = "wandb"
+    requires = ("wandb",)
+    extra = "wandb"
 
-    def __init__(self, folder: Path | None, **common: Any) -> None:
-        super().__init__(**common)
-        self.wandb = _import_tool("wandb")
-        self.folder = None if folder is None else Path(folder)
+    def __init__(
+        self,
+        project: Annotated[
+            str | None,
+            opt(f"W&B project [default: WANDB_PROJECT, else '{DEFAULT_PROJECT}']", min_length=1),
+        ] = None,
+        **runtime: Any,
+    ) -> None:
+        super().__init__(**runtime)
+        self.wandb = self.check_installed()[0]
+        self.project = project
+        # W&B's own WANDB_DIR wins; else the run folder (or --log-dir's folder for this run)
+        self.wandb_dir = None if os.environ.get("WANDB_DIR") else self.folder
         self.mode = wandb_mode()
         self.run: Any = None
 
@@ -66,14 +81,14 @@ class WandbTracker(Tracker):
         options: dict[str, Any] = {}
         if "WANDB_CONSOLE" not in os.environ:
             options["console"] = "off"  # progress bars are no log; the run folder has the rest
-        if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
+        if self.wandb_dir is not None:
+            self.wandb_dir.mkdir(parents=True, exist_ok=True)
         self.run = self.wandb.init(
-            project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+            project=self.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
             name=self.run_name,
             group=self.group,
             config=self.config,
-            dir=None if self.folder is None else str(self.folder),
+            dir=None if self.wandb_dir is None else str(self.wandb_dir),
             mode=self.mode,
             reinit="create_new",  # bench cells in one process each get their own run
             settings=self.wandb.Settings(**options),
