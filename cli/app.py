@@ -211,11 +211,22 @@ def main_callback(
     """Flexible Sampling for long-tailed classification."""
 
 
+OPT_SUFFIX = "_opt"  # --estimator-opt KEY=VALUE -> RunConfig.estimator_options
+
+
 def _config_options() -> list[inspect.Parameter]:
-    """One --flag per RunConfig field, so the CLI, config files and docs never drift apart."""
+    """The run's flags, so the CLI, config files and docs never drift apart: one per run-wide
+    RunConfig field, one per option shortcut (`--knn`, `--patience`: the option's type and
+    help come from the built-in components that declare it, through the catalogue), and
+    `--<kind>-opt KEY=VALUE` for any option of the chosen component, a plugin's included."""
+    from flexsample.workflows.components import KINDS, SHORTCUTS
+
+    from .catalogue import OPTIONS
+
     params = []
     for name, field in RunConfig.model_fields.items():
-        flag = "--" + name.replace("_", "-")
+        if name.endswith("_options"):
+            continue
         panel = (field.json_schema_extra or {}).get("panel")
         default = field.default if field.default_factory is None else []
         shown = "none" if default is None else default
@@ -223,20 +234,75 @@ def _config_options() -> list[inspect.Parameter]:
         ann = field.annotation
         if name == "plugin":
             typ: Any = list[str]
-        elif ann is bool:
-            typ, flag = bool, f"{flag}/--no-{flag[2:]}"
         elif get_origin(ann) is Literal:
             typ = str
         else:
             args = [a for a in get_args(ann) if a is not type(None)]
             typ = args[0] if args else ann
-        option = typer.Option(None, flag, help=text, rich_help_panel=panel, show_default=False)
-        params.append(
-            inspect.Parameter(
-                name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=typ | None
-            )
+        params.append(_flag(name, typ, text, panel))
+    for name, kind in SHORTCUTS.items():
+        rows = [r for r in OPTIONS if r[0] == kind and r[2] == name]
+        if not rows:
+            continue
+        _, _, _, type_, default, accepted, help_ = rows[0]
+        who = ", ".join(sorted({r[1] for r in rows}))
+        values = {r[4] for r in rows}
+        shown = default if len(values) == 1 else "the component's own"
+        tail = f" (accepted: {accepted})" if accepted else ""
+        text = f"{help_}{tail}; an option of {kind} {who} \\[default: {shown}]"
+        typ = {"int": int, "float": float, "bool": bool}.get(type_, str)
+        params.append(_flag(name, typ, text, PANELS[kind]))
+    for kind in KINDS:
+        text = (
+            f"KEY=VALUE: an option of the chosen {kind}, a plugin's included (repeatable); "
+            f"`flexsample list {kind}` shows each {kind}'s options"
         )
+        params.append(_flag(f"{kind.replace('-', '_')}{OPT_SUFFIX}", list[str], text, "Options"))
     return params
+
+
+PANELS = {
+    "dataset": "Data",
+    "estimator": "Scoring",
+    "policy": "Curriculum",
+    "allocation": "Curriculum",
+    "anchors": "Curriculum",
+    "loss": "Long-tail baselines",
+    "sampler": "Long-tail baselines",
+}
+
+
+def _flag(name: str, typ: Any, text: str, panel: str | None) -> inspect.Parameter:
+    flag = "--" + name.replace("_", "-")
+    if typ is bool:
+        flag = f"{flag}/--no-{flag[2:]}"
+    option = typer.Option(None, flag, help=text, rich_help_panel=panel, show_default=False)
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=typ | None
+    )
+
+
+def option_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The parsed flags as `flexsample.run` overrides: each `--<kind>-opt KEY=VALUE` list
+    becomes that kind's `<kind>_options` section (values stay text: each option's type
+    converts them, and refuses what it cannot)."""
+    out = {}
+    for key, value in flags.items():
+        if not key.endswith(OPT_SUFFIX):
+            out[key] = value
+            continue
+        kind = key[: -len(OPT_SUFFIX)]
+        section: dict[str, str] = {}
+        for item in value or []:
+            k, sep, v = item.partition("=")
+            if not sep or not k.strip():
+                raise FlexsampleError(
+                    f"--{kind}-opt '{item}': expected KEY=VALUE, e.g. --{kind}-opt name=3"
+                )
+            section[k.strip().replace("-", "_")] = v
+        if section:
+            out[f"{kind}_options"] = section
+    return out
 
 
 def run(
@@ -274,93 +340,56 @@ def run(
 
     With no arguments: the embedded digits-lt (r = 100), prototype anchors, MC-dropout BALD, a linear schedule with difficulty-aware allocation, on the best device found.
 
-    Writes config.json, rounds.jsonl, selection.npz, scores.npz, results.json, curves.png, checkpoint.pt and best.pt into the run folder. Flags override values of --config.
+    Writes config.json, rounds.jsonl, selection.npz, scores.npz, results.json, curves.png, checkpoint.pt and best.pt into the run folder. Flags override values of --config; a flag of a component that was not chosen is refused. Each component's options: `flexsample list NAME`.
     """  # noqa: E501 (typer keeps line breaks: one line per paragraph)
     with user_errors(debug):
-        from flexsample.workflows.config import resolve_config
-        from flexsample.workflows.distributed import finish
-        from flexsample.workflows.progress import Reporter
-        from flexsample.workflows.run import (
-            build_components,
-            default_out,
-            execute,
-            join_launch,
-            load_plugins,
-            resume_config,
-        )
+        from flexsample.workflows import api
 
         from .console import ProgressDisplay, metrics_table, rounds_table
 
-        if resume and overwrite:
-            raise FlexsampleError(
-                "--resume continues the run in --out and --overwrite replaces it; pass one"
-            )
-        from flexsample.integrations.trackers import make_trackers, parse_log_to
-
-        trackers = parse_log_to(log_to)  # a missing tracker package fails before any work
-        if log_dir is not None and not trackers:
-            raise FlexsampleError("--log-dir is for --log-to tensorboard, csv or wandb; add one")
-        if resume:
-            if out is None:
-                raise FlexsampleError("--resume needs --out RUN_DIR (the run to continue)")
-            cfg = resume_config(out, config, flags)
-        else:
-            cfg = resolve_config(config, flags)
+        overrides = option_flags(flags)
         if print_config:
+            cfg = api.resolve(config, overrides)
             typer.echo(json.dumps(cfg.model_dump(), indent=2))
             raise typer.Exit()
-        if not resume:
-            load_plugins(cfg.plugin)
-            build_components(cfg)  # bad names fail before the folder is touched
-        target = out if out is not None else default_out(cfg)
-        launch, target = join_launch(cfg, target, resume=resume, overwrite=overwrite)
-        main_rank = launch is None or launch.ranks.is_main
-        quiet = quiet or not main_rank  # the other ranks print nothing but errors
         start = time.perf_counter()
-        budget = cfg.rounds * cfg.epochs_per_round
-        display = [] if quiet else [ProgressDisplay(console, budget, start)]
-        logs = (
-            make_trackers(
-                trackers,
-                run_dir=target,
-                log_dir=log_dir,
-                config=cfg.model_dump(),
-                run_name=target.resolve().name,
-            )
-            if main_rank
-            else []
+        hooks = api.Hooks(
+            callbacks=lambda cfg: []
+            if quiet
+            else [ProgressDisplay(console, cfg.rounds * cfg.epochs_per_round, start)],
+            reporter=_reporter(quiet, start),
         )
-        outcome = execute(
-            cfg,
-            target,
-            resume=resume,
+        result = api.run(
+            config,
+            out=out,
             overwrite=overwrite,
-            callbacks=[*display, *logs],
-            reporter=_reporter(quiet, start) if main_rank else Reporter(),
-            launch=launch,
+            resume=resume,
+            log_to=log_to,
+            log_dir=log_dir,
+            hooks=hooks,
+            **overrides,
         )
-        finish(launch)
-        if not main_rank:
+        if not result.main_rank:
             return
-        if outcome.already_finished:
+        if result.already_finished:
             console.print(
-                f"run {target} is already finished (results.json); nothing to resume, nothing "
-                "changed. Pass --overwrite to run it again.",
+                f"run {result.run_dir} is already finished (results.json); nothing to resume, "
+                "nothing changed. Pass --overwrite to run it again.",
                 highlight=False,
                 soft_wrap=True,
                 markup=False,
             )
             return
         if not quiet:
-            res = outcome.results
+            outcome = result.outcome
             console.print(rounds_table(outcome.records, outcome.class_names))
             console.print(
                 metrics_table(
-                    {"best-val checkpoint": res["test"], "last weights": res["test_last"]},
+                    {"best-val checkpoint": result.test, "last weights": result.test_last},
                     outcome.class_names,
                 )
             )
-            console.print(f"outputs in [bold]{target}[/bold]")
+            console.print(f"outputs in [bold]{result.run_dir}[/bold]")
 
 
 def _reporter(quiet: bool, start: float) -> Any:

@@ -70,6 +70,69 @@ BUILTINS: tuple[tuple[str, str, str], ...] = (
     ('sampler', 'instance', 'Every sample once per epoch, shuffled.'),
     ('sampler', 'sqrt', 'Classes drawn ∝ sqrt(n_c): halfway between instance and class-balanced sampling.'),  # noqa: E501
 )
+# (kind, component, option, type, default, accepted, help) of every built-in's options
+OPTIONS: tuple[tuple[str, str, str, str, str, str, str], ...] = (
+    ('estimator', 'badge', 'badge_memory', 'int', 'None', 'an integer, 0 < x', 'bytes the gradient embeddings may take (default: a share of free memory)'),  # noqa: E501
+    ('estimator', 'batchbald', 'mc_samples', 'int', '20', 'an integer, 2 <= x <= 10000', 'MC-dropout draws T'),  # noqa: E501
+    ('estimator', 'batchbald', 'mc_mode', 'str', "'head'", 'one of: head, full', 'MC-dropout mode: head (backbone once) or full (T complete passes)'),  # noqa: E501
+    ('estimator', 'batchbald', 'batchbald_samples', 'int', '10000', 'an integer, 100 <= x <= 10000000', 'sampled joint configurations once exact joint entropies no longer fit'),  # noqa: E501
+    ('estimator', 'density', 'knn', 'int', '10', 'an integer, 1 <= x <= 10000', 'neighbours k of the kNN search'),  # noqa: E501
+    ('estimator', 'density', 'ivf_threshold', 'int', '200000', 'an integer, 1 <= x <= 1000000000', 'use an IVF index above this many samples'),  # noqa: E501
+    ('estimator', 'info-density', 'mc_samples', 'int', '20', 'an integer, 2 <= x <= 10000', 'MC-dropout draws T'),  # noqa: E501
+    ('estimator', 'info-density', 'mc_score', 'str', "'bald'", 'one of: bald, entropy, variation-ratio, std', 'MC-dropout score: bald, entropy, variation-ratio or std'),  # noqa: E501
+    ('estimator', 'info-density', 'mc_mode', 'str', "'head'", 'one of: head, full', 'MC-dropout mode: head (backbone once) or full (T complete passes)'),  # noqa: E501
+    ('estimator', 'info-density', 'knn', 'int', '10', 'an integer, 1 <= x <= 10000', 'neighbours k of the kNN search'),  # noqa: E501
+    ('estimator', 'info-density', 'density_beta', 'float', '1.0', 'a finite number, 0 <= x <= 100', 'exponent of the density term'),  # noqa: E501
+    ('estimator', 'info-density', 'ivf_threshold', 'int', '200000', 'an integer, 1 <= x <= 1000000000', 'use an IVF index above this many samples'),  # noqa: E501
+    ('estimator', 'mcdropout', 'mc_samples', 'int', '20', 'an integer, 2 <= x <= 10000', 'MC-dropout draws T'),  # noqa: E501
+    ('estimator', 'mcdropout', 'mc_score', 'str', "'bald'", 'one of: bald, entropy, variation-ratio, std', 'MC-dropout score: bald, entropy, variation-ratio or std'),  # noqa: E501
+    ('estimator', 'mcdropout', 'mc_mode', 'str', "'head'", 'one of: head, full', 'MC-dropout mode: head (backbone once) or full (T complete passes)'),  # noqa: E501
+    ('estimator', 'typiclust', 'knn', 'int', '20', 'an integer, 1 <= x <= 10000', 'neighbours k of the kNN search'),  # noqa: E501
+    ('estimator', 'typiclust', 'max_clusters', 'int', '500', 'an integer, 1 <= x <= 1000000', 'cap on the number of clusters (|L| + B)'),  # noqa: E501
+    ('estimator', 'typiclust', 'ivf_threshold', 'int', '200000', 'an integer, 1 <= x <= 1000000000', 'use an IVF index above this many samples'),  # noqa: E501
+    ('policy', 'adaptive', 'patience', 'int', '3', 'an integer, 1 <= x <= 100000', 'epochs without improvement before a query'),  # noqa: E501
+    ('policy', 'adaptive', 'query_ratio', 'float', '0.25', 'a finite number, 0 < x <= 1', 'fraction of the remaining pool added per query'),  # noqa: E501
+    ('policy', 'step', 'jumps', 'int', '3', 'an integer, 1 <= x <= 100000', 'number of jumps'),
+    ('allocation', 'difficulty', 'difficulty_floor', 'float', '0.05', 'a finite number, 0 <= x <= 1', 'weight floor, as a fraction of the mean weight'),  # noqa: E501
+    ('anchors', 'prototype', 'anchor_scaling', 'float', '0.1', 'a finite number, 0 < x <= 1', 'anchor imbalance compression s: anchors keep ratio r*s'),  # noqa: E501
+    ('anchors', 'prototype', 'anchor_floor', 'int', '2', 'an integer, 1 <= x <= 1000000', 'minimum anchors per class'),  # noqa: E501
+    ('anchors', 'prototype', 'anchor_features', 'str', "'auto'", 'one of: auto, pixels, pretrained, ssl', 'features the prototypes are computed in: auto, pixels, pretrained or ssl (the run computes them; auto: pixels for tiny images, else pretrained when --pretrained is given, else ssl)'),  # noqa: E501
+    ('anchors', 'random', 'anchor_scaling', 'float', '0.1', 'a finite number, 0 < x <= 1', 'anchor imbalance compression s: anchors keep ratio r*s'),  # noqa: E501
+    ('anchors', 'random', 'anchor_floor', 'int', '2', 'an integer, 1 <= x <= 1000000', 'minimum anchors per class'),  # noqa: E501
+    ('dataset', 'digits-lt', 'imbalance_ratio', 'float', '100.0', 'a finite number, 1 <= x <= 1000000', 'imbalance ratio r = n_max / n_min (ISIC: the official split 100, 200 or 500)'),  # noqa: E501
+    ('dataset', 'digits-lt', 'data_seed', 'int', '0', 'an integer, 0 <= x <= 4294967295', 'seed of the data split (not of training)'),  # noqa: E501
+    ('dataset', 'digits-lt', 'image_size', 'int', 'None', 'an integer, 4 <= x <= 4096', "input resolution (default: the dataset's)"),  # noqa: E501
+    ('dataset', 'imagefolder', 'data_dir', 'str', 'None', 'a string', "folder holding the dataset's images"),  # noqa: E501
+    ('dataset', 'imagefolder', 'imbalance_ratio', 'float', '100.0', 'a finite number, 1 <= x <= 1000000', 'imbalance ratio r = n_max / n_min (ISIC: the official split 100, 200 or 500)'),  # noqa: E501
+    ('dataset', 'imagefolder', 'data_seed', 'int', '0', 'an integer, 0 <= x <= 4294967295', 'seed of the data split (not of training)'),  # noqa: E501
+    ('dataset', 'imagefolder', 'image_size', 'int', 'None', 'an integer, 4 <= x <= 4096', "input resolution (default: the dataset's)"),  # noqa: E501
+    ('dataset', 'imagefolder', 'skip_missing', 'bool', 'False', 'true or false', 'skip images listed but absent or unreadable'),  # noqa: E501
+    ('dataset', 'imagefolder', 'val_per_class', 'int', 'None', 'an integer, 1 <= x', 'validation images per class (default: as many as fit)'),  # noqa: E501
+    ('dataset', 'imagefolder', 'test_per_class', 'int', 'None', 'an integer, 1 <= x', 'test images per class (default: as many as fit)'),  # noqa: E501
+    ('dataset', 'isic-archive14', 'data_dir', 'str', 'None', 'a string', "folder holding the dataset's images"),  # noqa: E501
+    ('dataset', 'isic-archive14', 'splits_dir', 'str', 'None', 'a string', 'folder holding split manifests (default: data dir)'),  # noqa: E501
+    ('dataset', 'isic-archive14', 'image_size', 'int', 'None', 'an integer, 4 <= x <= 4096', "input resolution (default: the dataset's)"),  # noqa: E501
+    ('dataset', 'isic-archive14', 'skip_missing', 'bool', 'False', 'true or false', 'skip images listed but absent or unreadable'),  # noqa: E501
+    ('dataset', 'isic2019', 'imbalance_ratio', 'float', '100.0', 'a finite number, 1 <= x <= 1000000', 'imbalance ratio r = n_max / n_min (ISIC: the official split 100, 200 or 500)'),  # noqa: E501
+    ('dataset', 'isic2019', 'data_dir', 'str', 'None', 'a string', "folder holding the dataset's images"),  # noqa: E501
+    ('dataset', 'isic2019', 'splits_dir', 'str', 'None', 'a string', 'folder holding split manifests (default: data dir)'),  # noqa: E501
+    ('dataset', 'isic2019', 'image_size', 'int', 'None', 'an integer, 4 <= x <= 4096', "input resolution (default: the dataset's)"),  # noqa: E501
+    ('dataset', 'isic2019', 'skip_missing', 'bool', 'False', 'true or false', 'skip images listed but absent or unreadable'),  # noqa: E501
+    ('dataset', 'synthetic-lt', 'profile', 'str', 'None', 'a string', 'class counts: isic2019, isic2019-r100, isic2019-r200, isic2019-r500, isic14, exponential'),  # noqa: E501
+    ('dataset', 'synthetic-lt', 'imbalance_ratio', 'float', '100.0', 'a finite number, 1 <= x <= 1000000', 'imbalance ratio r = n_max / n_min (ISIC: the official split 100, 200 or 500)'),  # noqa: E501
+    ('dataset', 'synthetic-lt', 'data_seed', 'int', '0', 'an integer, 0 <= x <= 4294967295', 'seed of the data split (not of training)'),  # noqa: E501
+    ('dataset', 'synthetic-lt', 'image_size', 'int', 'None', 'an integer, 4 <= x <= 4096', "input resolution (default: the dataset's)"),  # noqa: E501
+    ('dataset', 'synthetic-lt', 'num_classes', 'int', 'None', 'an integer, 2 <= x <= 10000', 'number of classes (exponential profile)'),  # noqa: E501
+    ('loss', 'cb-focal', 'cb_beta', 'float', '0.9999', 'a finite number, 0 <= x < 1', 'class-balanced losses: effective-number beta'),  # noqa: E501
+    ('loss', 'cb-focal', 'focal_gamma', 'float', '2.0', 'a finite number, 0 <= x <= 100', 'focal losses: gamma'),  # noqa: E501
+    ('loss', 'cb-softmax', 'cb_beta', 'float', '0.9999', 'a finite number, 0 <= x < 1', 'class-balanced losses: effective-number beta'),  # noqa: E501
+    ('loss', 'focal', 'focal_gamma', 'float', '2.0', 'a finite number, 0 <= x <= 100', 'focal losses: gamma'),  # noqa: E501
+    ('loss', 'grw', 'grw_exponent', 'float', '1.2', 'a finite number, 0 <= x <= 10', 'exponent of the inverse-frequency weights'),  # noqa: E501
+    ('loss', 'ldam', 'ldam_max_margin', 'float', '0.5', 'a finite number, 0 < x <= 100', 'largest margin'),  # noqa: E501
+    ('loss', 'ldam', 'ldam_scale', 'float', '30.0', 'a finite number, 0 < x <= 1000', 'logit scale'),  # noqa: E501
+    ('loss', 'ldam', 'drw_start', 'float', '0.8', 'a finite number, 0 <= x <= 1', 'fraction of the epoch budget before re-weighting'),  # noqa: E501
+    ('loss', 'ldam', 'cb_beta', 'float', '0.9999', 'a finite number, 0 <= x < 1', 'class-balanced losses: effective-number beta'),  # noqa: E501
+)
 # --- end generated ---
 
 # run options with a fixed set of choices (not registries), listed after the components;
@@ -126,11 +189,46 @@ def render() -> str:
             line = f"    ({reg.kind!r}, {name!r}, {doc!r}),"
             lines.append(line if len(line) <= 100 else line + "  # noqa: E501")
     lines.append(")")
+    lines.append("# (kind, component, option, type, default, accepted, help) of every built-in's options")
+    lines.append("OPTIONS: tuple[tuple[str, str, str, str, str, str, str], ...] = (")
+    for row in option_rows():
+        line = f"    {row!r},"
+        lines.append(line if len(line) <= 100 else line + "  # noqa: E501")
+    lines.append(")")
     return "\n".join(lines)
 
 
+def option_rows(registries_: list[Any] | None = None) -> list[tuple[str, str, str, str, str, str, str]]:
+    """(kind, component, option, type, default, accepted, help) for every registered
+    component's options, from the registries."""
+    from flexsample.engine.options import option_rows as rows_of
+
+    out = []
+    for reg in registries_ or registries():
+        for name in reg.names():
+            model = reg.options(name)
+            for (option, default, accepted, help_), info in zip(
+                rows_of(model), model.model_fields.values(), strict=True
+            ):
+                out.append((reg.kind, name, option, type_name(info.annotation), default,
+                            accepted, help_))
+    return out
+
+
+def type_name(annotation: Any) -> str:
+    """'int', 'float', 'bool' or 'str': how the command line parses an option's value."""
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if typing.get_origin(annotation) is not typing.Literal and args else annotation
+    for t in (bool, int, float):
+        if base is t:
+            return t.__name__
+    return "str"
+
+
 def regenerate(path: Path = Path(__file__)) -> None:
-    """Rewrite the BUILTINS table of this file from the registries."""
+    """Rewrite the BUILTINS and OPTIONS tables of this file from the registries."""
     text = path.read_text(encoding="utf-8")
     head, rest = text.split("# --- generated: python -m flexsample.cli.catalogue ---\n", 1)
     _, tail = rest.split("# --- end generated ---\n", 1)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+import inspect
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from flexsample.engine.errors import FlexsampleError
-from flexsample.engine.registry import Registry, accepted_kwargs
+from flexsample.engine.options import opt
+from flexsample.engine.registry import Registry
 
 
 class Split:
@@ -123,21 +126,52 @@ def exponential_profile(n_max: int, num_classes: int, ratio: float) -> np.ndarra
 
 
 DATASETS: Registry[LTDataset] = Registry(
-    "dataset", "flexsample.datasets", builtins="flexsample.datasets.builtin"
+    "dataset",
+    "flexsample.datasets",
+    builtins="flexsample.datasets.builtin",
+    runtime=("progress", "cache_dir"),
 )
 
+# option types the built-in datasets share: one declaration of each range and help text
+ImbalanceRatio = Annotated[
+    float,
+    opt(
+        "imbalance ratio r = n_max / n_min (ISIC: the official split 100, 200 or 500)",
+        ge=1,
+        le=1_000_000,
+    ),
+]
+DataSeed = Annotated[int, opt("seed of the data split (not of training)", ge=0, le=2**32 - 1)]
+ImageSize = Annotated[int | None, opt("input resolution (default: the dataset's)", ge=4, le=4096)]
+DataDir = Annotated[str | None, opt("folder holding the dataset's images")]
+SplitsDir = Annotated[str | None, opt("folder holding split manifests (default: data dir)")]
+SkipMissing = Annotated[bool, opt("skip images listed but absent or unreadable")]
 
-def build_dataset(name: str, **options: Any) -> LTDataset:
-    """Build a registered dataset, passing only the options its builder declares.
 
-    An `image_size` the builder does not declare would be dropped silently and the run would
-    train at another resolution than asked: that is refused instead.
+def build_dataset(name: str, /, options: Mapping[str, Any] | None = None, **runtime: Any) -> LTDataset:
+    """Build a registered dataset with its options (checked) and the run-time arguments
+    (`progress`, `cache_dir`) its builder takes.
+
+    An `image_size` the builder does not declare would otherwise be one "no option" line;
+    it gets the longer explanation of what to use instead.
     """
-    if options.get("image_size") is not None and "image_size" not in accepted_kwargs(
-        DATASETS.get(name), {"image_size": None}
-    ):
+    options = dict(options or {})
+    if options.get("image_size") is not None and "image_size" not in DATASETS.options(
+        name
+    ).model_fields:
         raise FlexsampleError(
             f"dataset '{name}' has a fixed image size and does not take --image-size; drop it, "
             "or use synthetic-lt or an image folder (--dataset imagefolder) for other sizes"
         )
-    return DATASETS.create(name, **options)
+    factory = DATASETS.get(name)
+    taken = {k: v for k, v in runtime.items() if _takes(factory, k)}
+    return DATASETS.build(name, options, **taken)
+
+
+def _takes(factory: Any, param: str) -> bool:
+    """Whether a dataset builder takes the run-time argument `param` (progress, cache_dir)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return param in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

@@ -7,7 +7,7 @@ import torch
 
 from flexsample.engine.errors import FlexsampleError
 
-from .base import DATASETS, LTDataset, Split, exponential_profile
+from .base import DATASETS, DataSeed, ImageSize, ImbalanceRatio, LTDataset, Split, exponential_profile
 
 TEST_PER_CLASS = 50
 VAL_PER_CLASS = 20
@@ -16,7 +16,7 @@ IMAGE_SIZE = 8  # the images are kept as they are (no resizing): --image-size mu
 
 @DATASETS.register("digits-lt")
 def build_digits_lt(
-    imbalance_ratio: float = 100.0, data_seed: int = 0, image_size: int | None = None
+    imbalance_ratio: ImbalanceRatio = 100.0, data_seed: DataSeed = 0, image_size: ImageSize = None
 ) -> LTDataset:
     """Handwritten digits (1797 real 8x8 images), 10 classes, embedded; no download."""
     from sklearn.datasets import load_digits

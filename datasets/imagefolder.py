@@ -12,13 +12,15 @@ Ids are paths relative to the root (`<class>/<file>`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
 from flexsample.engine.errors import FlexsampleError
 
-from .base import DATASETS, LTDataset
+from flexsample.engine.options import opt
+
+from .base import DATASETS, DataDir, DataSeed, ImageSize, ImbalanceRatio, LTDataset, SkipMissing
 from .images import IMAGE_EXTENSIONS, make_image_splits, resolve_files
 from .isic import check_every_class_trains
 
@@ -52,14 +54,18 @@ def fitted_profile(available: list[int], ratio: float) -> list[int]:
 
 @DATASETS.register("imagefolder")
 def build_imagefolder(
-    data_dir: str | None = None,
-    imbalance_ratio: float = 100.0,
-    data_seed: int = 0,
-    image_size: int | None = None,
-    skip_missing: bool = False,
+    data_dir: DataDir = None,
+    imbalance_ratio: ImbalanceRatio = 100.0,
+    data_seed: DataSeed = 0,
+    image_size: ImageSize = None,
+    skip_missing: SkipMissing = False,
     cache_dir: str | None = None,
-    val_per_class: int | None = None,
-    test_per_class: int | None = None,
+    val_per_class: Annotated[
+        int | None, opt("validation images per class (default: as many as fit)", ge=1)
+    ] = None,
+    test_per_class: Annotated[
+        int | None, opt("test images per class (default: as many as fit)", ge=1)
+    ] = None,
     progress: Any = None,
 ) -> LTDataset:
     """Any class-per-folder image tree, long-tailed train, balanced val/test per class.

@@ -27,7 +27,7 @@ import numpy as np
 
 from flexsample.engine.errors import FlexsampleError
 
-from .base import DATASETS, LTDataset
+from .base import DATASETS, DataDir, ImageSize, ImbalanceRatio, LTDataset, SkipMissing, SplitsDir
 from .images import _preview, find_image, index_images, make_image_splits, resolve_files
 from .profiles import (
     ISIC14_CLASS_NAMES,
@@ -183,11 +183,11 @@ def _build(
 
 @DATASETS.register("isic2019")
 def build_isic2019(
-    imbalance_ratio: float = 100.0,
-    data_dir: str | None = None,
-    splits_dir: str | None = None,
-    image_size: int | None = None,
-    skip_missing: bool = False,
+    imbalance_ratio: ImbalanceRatio = 100.0,
+    data_dir: DataDir = None,
+    splits_dir: SplitsDir = None,
+    image_size: ImageSize = None,
+    skip_missing: SkipMissing = False,
     cache_dir: str | None = None,
     progress: Any = None,
 ) -> LTDataset:
@@ -218,10 +218,10 @@ def build_isic2019(
 
 @DATASETS.register("isic-archive14")
 def build_isic_archive14(
-    data_dir: str | None = None,
-    splits_dir: str | None = None,
-    image_size: int | None = None,
-    skip_missing: bool = False,
+    data_dir: DataDir = None,
+    splits_dir: SplitsDir = None,
+    image_size: ImageSize = None,
+    skip_missing: SkipMissing = False,
     cache_dir: str | None = None,
     progress: Any = None,
 ) -> LTDataset:

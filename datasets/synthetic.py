@@ -25,7 +25,7 @@ rendering nor augmentation depends on the DataLoader worker count.
 from __future__ import annotations
 
 import colorsys
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -33,7 +33,9 @@ from torch.utils.data import Dataset
 
 from flexsample.engine.errors import FlexsampleError
 
-from .base import DATASETS, LTDataset, Split
+from flexsample.engine.options import opt
+
+from .base import DATASETS, DataSeed, ImageSize, ImbalanceRatio, LTDataset, Split
 from .images import Normalize, seeded_augment, split_item, to_chw, train_augmentation
 from .profiles import (
     ISIC14_CLASS_NAMES,
@@ -159,11 +161,19 @@ def _labels(counts: list[int], rng: np.random.Generator) -> np.ndarray:
 
 @DATASETS.register("synthetic-lt")
 def build_synthetic_lt(
-    profile: str | None = None,
-    imbalance_ratio: float = 100.0,
-    data_seed: int = 0,
-    image_size: int | None = None,
-    num_classes: int | None = None,
+    profile: Annotated[
+        str | None,
+        opt(
+            "class counts: isic2019, isic2019-r100, isic2019-r200, isic2019-r500, isic14, "
+            "exponential"
+        ),
+    ] = None,
+    imbalance_ratio: ImbalanceRatio = 100.0,
+    data_seed: DataSeed = 0,
+    image_size: ImageSize = None,
+    num_classes: Annotated[
+        int | None, opt("number of classes (exponential profile)", ge=2, le=10_000)
+    ] = None,
 ) -> LTDataset:
     """Generated long-tailed RGB images; counts from a profile (ISIC-like or exponential)."""
     kind, ratio = parse_profile(profile, imbalance_ratio)

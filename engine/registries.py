@@ -1,4 +1,4 @@
-"""The four plugin registries and their timm-style helper functions."""
+"""The component registries and their timm-style helper functions."""
 
 from __future__ import annotations
 
@@ -21,6 +21,22 @@ ANCHORS: Registry[Anchors] = Registry(
     "anchors", "flexsample.anchors", builtins="flexsample.policies"
 )
 
+# Where a run's metrics go (TensorBoard, MLflow, W&B, CSV: `flexsample.integrations.trackers`)
+# and where bench cells run (local, Ray, Slurm: `flexsample.workflows.launchers`). Both are
+# open like the others: a package adds one through its entry-point group.
+TRACKERS: Registry[Any] = Registry(
+    "tracker",
+    "flexsample.trackers",
+    builtins="flexsample.integrations.trackers",
+    runtime=("run_dir", "log_dir", "config", "run_name", "group"),
+)
+LAUNCHERS: Registry[Any] = Registry(
+    "launcher",
+    "flexsample.launchers",
+    builtins="flexsample.workflows.launchers",
+    runtime=("out", "device", "gpus", "cores"),
+)
+
 # the four plugin kinds, by the `kind` word their messages use
 PLUGIN_REGISTRIES: dict[str, Registry[Any]] = {
     reg.kind: reg for reg in (ESTIMATORS, POLICIES, ALLOCATIONS, ANCHORS)
@@ -31,8 +47,12 @@ def register_estimator(name: str | None = None) -> Callable[[type], type]:
     return ESTIMATORS.register(name)
 
 
-def get_estimator(name: str, /, **options: Any) -> Estimator:
-    return ESTIMATORS.create(name, **options)
+def get_estimator(spec: str, /, **options: Any) -> Estimator:
+    """The estimator `spec` names: one registered name, or several joined by '+' (ranked and
+    merged as `--estimator mcdropout+density` is), with its options checked."""
+    from .combine import build_estimator
+
+    return build_estimator(spec, options)
 
 
 def list_estimators() -> list[str]:

@@ -21,12 +21,13 @@ import inspect
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
 from .errors import FlexsampleError, PluginError, RegistrationError, UnknownNameError
+from .options import Options, closest, options_model, resolve_options
 
 T = TypeVar("T")
 
@@ -128,10 +129,17 @@ def plugin_error(
 class Registry(Generic[T]):
     """A named collection of classes (or factories) of one kind."""
 
-    def __init__(self, kind: str, group: str, builtins: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        group: str,
+        builtins: str | None = None,
+        runtime: tuple[str, ...] = (),
+    ) -> None:
         self.kind = kind
         self.group = group
         self._builtins = builtins
+        self.runtime = runtime  # constructor arguments the caller supplies, not options
         self._items: dict[str, Callable[..., T]] = {}
         self._origin: dict[str, str] = {}  # name -> defining module
         self._source: dict[str, Source | None] = {}  # name -> entry point / --plugin module
@@ -282,18 +290,36 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             raise UnknownNameError(
-                f"unknown {self.kind} '{name}'; available: {', '.join(self.names())}"
+                f"unknown {self.kind} '{name}'{closest(name, self.names())}; available: "
+                f"{', '.join(self.names())}"
             ) from None
 
-    def create(self, name: str, /, **options: Any) -> T:
-        """Instantiate `name`, passing only the options its constructor accepts.
+    def options(self, name: str) -> type[Options]:
+        """The options model of `name` (its declared options, validated: `engine.options`)."""
+        name = self.resolve(name, warn=False)
+        return options_model(self._get(name), self.runtime)
 
-        A plugin's constructor that raises becomes a PluginError naming it (options may hold a
-        key called "name": `name` is positional-only).
+    def resolve_options(self, name: str, values: Mapping[str, Any]) -> Options:
+        """`values` checked against `name`'s options: one OptionError line naming the option."""
+        name = self.resolve(name, warn=False)
+        return resolve_options(self.kind, name, self.options(name), values)
+
+    def create(self, name: str, /, **options: Any) -> T:
+        """Instantiate `name` with `options`, checked against the options it declares
+        (an unknown option or a bad value is one OptionError line naming it)."""
+        return self.build(name, options)
+
+    def build(self, name: str, options: Mapping[str, Any] | Options, /, **runtime: Any) -> T:
+        """Instantiate `name` with its validated `options` and the caller's `runtime`
+        arguments (those named in the registry's `runtime`, such as a loss's class counts).
+
+        A plugin's constructor that raises becomes a PluginError naming it.
         """
         name = self.resolve(name)
         factory = self._get(name)
-        kwargs = accepted_kwargs(factory, options)
+        if not isinstance(options, Options):
+            options = self.resolve_options(name, options)
+        kwargs = {**options.model_dump(), **runtime}
         if self.is_builtin(name):
             return factory(**kwargs)
         try:
@@ -334,17 +360,6 @@ class Registry(Generic[T]):
         """Whether `name` can be looked up (deprecated aliases included)."""
         self._load()
         return name in self._items or name in self._aliases
-
-
-def accepted_kwargs(factory: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
-    """The subset of `options` that `factory` takes (all of them if it takes **kwargs)."""
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return dict(options)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return dict(options)
-    return {k: v for k, v in options.items() if k in params}
 
 
 def _cwd_on_path() -> bool:

@@ -14,6 +14,7 @@ from flexsample.engine.interfaces import Estimator
 from flexsample.engine.registries import register_estimator
 
 from . import functional as F
+from .params import MCMode, MCSamples, MCScore
 
 
 def check_mc_options(mc_samples: int, mc_score: str, mc_mode: str) -> None:
@@ -83,7 +84,9 @@ class MCDropoutEstimator(Estimator):
 
     needs = frozenset({"mc"})
 
-    def __init__(self, mc_samples: int = 20, mc_score: str = "bald", mc_mode: str = "head") -> None:
+    def __init__(
+        self, mc_samples: MCSamples = 20, mc_score: MCScore = "bald", mc_mode: MCMode = "head"
+    ) -> None:
         check_mc_options(mc_samples, mc_score, mc_mode)
         self.mc_samples = int(mc_samples)
         self.mc_score = mc_score

@@ -37,6 +37,7 @@ E_w H(y_n | w) are computed while streaming.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -44,10 +45,12 @@ import torch
 from flexsample.engine.context import ScoringContext, mc_memory_budget
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import Estimator
+from flexsample.engine.options import opt
 from flexsample.engine.registries import register_estimator
 
 from . import functional as F
 from .basic import check_mc_options
+from .params import MCMode, MCSamples
 
 DEFAULT_SAMPLES = 10_000  # batchbald_redux's num_samples in its examples, and --batchbald-samples
 WORK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 25}  # work buffer size (elements) per device type
@@ -253,7 +256,17 @@ class BatchBALDEstimator(Estimator):
     needs = frozenset({"mc"})
 
     def __init__(
-        self, mc_samples: int = 20, mc_mode: str = "head", batchbald_samples: int = DEFAULT_SAMPLES
+        self,
+        mc_samples: MCSamples = 20,
+        mc_mode: MCMode = "head",
+        batchbald_samples: Annotated[
+            int,
+            opt(
+                "sampled joint configurations once exact joint entropies no longer fit",
+                ge=100,
+                le=10_000_000,
+            ),
+        ] = DEFAULT_SAMPLES,
     ) -> None:
         check_mc_options(mc_samples, "bald", mc_mode)
         check_batchbald_samples(batchbald_samples)

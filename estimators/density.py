@@ -11,6 +11,7 @@ CPU search over a large split would then dominate the query step. `search_plan` 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import faiss
 import numpy as np
@@ -19,10 +20,12 @@ import torch
 from flexsample.engine.context import ScoringContext
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import Estimator
+from flexsample.engine.options import opt
 from flexsample.engine.registries import ESTIMATORS, register_estimator
 
 from . import functional as F
 from .basic import check_mc_options
+from .params import IVFThreshold, Knn, MCMode, MCSamples, MCScore
 
 DEFAULT_IVF_THRESHOLD = 200_000
 _GPU_RESOURCES: dict[int, object] = {}
@@ -213,7 +216,7 @@ class DensityEstimator(Estimator):
 
     needs = frozenset({"features"})
 
-    def __init__(self, knn: int = 10, ivf_threshold: int = DEFAULT_IVF_THRESHOLD) -> None:
+    def __init__(self, knn: Knn = 10, ivf_threshold: IVFThreshold = DEFAULT_IVF_THRESHOLD) -> None:
         _check_knn(knn, ivf_threshold)
         self.knn = int(knn)
         self.ivf_threshold = int(ivf_threshold)
@@ -237,12 +240,14 @@ class InfoDensityEstimator(Estimator):
 
     def __init__(
         self,
-        mc_samples: int = 20,
-        mc_score: str = "bald",
-        mc_mode: str = "head",
-        knn: int = 10,
-        density_beta: float = 1.0,
-        ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
+        mc_samples: MCSamples = 20,
+        mc_score: MCScore = "bald",
+        mc_mode: MCMode = "head",
+        knn: Knn = 10,
+        density_beta: Annotated[
+            float, opt("exponent of the density term", ge=0, le=100)
+        ] = 1.0,
+        ivf_threshold: IVFThreshold = DEFAULT_IVF_THRESHOLD,
     ) -> None:
         check_mc_options(mc_samples, mc_score, mc_mode)
         _check_knn(knn, ivf_threshold)

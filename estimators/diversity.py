@@ -13,6 +13,8 @@ decides anything is then computed the plain way.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import faiss
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ from threadpoolctl import threadpool_limits
 from flexsample.engine.context import ScoringContext, _available_ram
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import Estimator
+from flexsample.engine.options import opt
 from flexsample.engine.registries import register_estimator
 
 from .density import _GPU_RESOURCES, faiss_gpu_count
@@ -361,7 +364,13 @@ class BadgeEstimator(Estimator):
 
     needs = frozenset({"features", "probs"})
 
-    def __init__(self, badge_memory: int | None = None) -> None:
+    def __init__(
+        self,
+        badge_memory: Annotated[
+            int | None,
+            opt("bytes the gradient embeddings may take (default: a share of free memory)", gt=0),
+        ] = None,
+    ) -> None:
         if badge_memory is not None and (
             isinstance(badge_memory, bool) or not isinstance(badge_memory, int | np.integer)
             or badge_memory <= 0

@@ -21,6 +21,7 @@ count is capped (`max_clusters`, 500 there) to keep k-means affordable late in a
 from __future__ import annotations
 
 import warnings
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -28,9 +29,11 @@ import torch
 from flexsample.engine.context import ScoringContext
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import Estimator
+from flexsample.engine.options import opt
 from flexsample.engine.registries import register_estimator
 
 from .density import DEFAULT_IVF_THRESHOLD, _check_knn, knn_search, l2_normalize
+from .params import IVFThreshold, Knn
 
 DEFAULT_KNN = 20  # the paper's K
 DEFAULT_MAX_CLUSTERS = 500  # the authors' cap on |L| + B
@@ -192,9 +195,11 @@ class TypiClustEstimator(Estimator):
 
     def __init__(
         self,
-        knn: int = DEFAULT_KNN,
-        max_clusters: int = DEFAULT_MAX_CLUSTERS,
-        ivf_threshold: int = DEFAULT_IVF_THRESHOLD,
+        knn: Knn = DEFAULT_KNN,
+        max_clusters: Annotated[
+            int, opt("cap on the number of clusters (|L| + B)", ge=1, le=1_000_000)
+        ] = DEFAULT_MAX_CLUSTERS,
+        ivf_threshold: IVFThreshold = DEFAULT_IVF_THRESHOLD,
     ) -> None:
         _check_knn(knn, ivf_threshold)
         _check_max_clusters(max_clusters)

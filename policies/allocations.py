@@ -7,9 +7,12 @@ what a class has left, and hand a capped class's excess to the others by weight
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 
 from flexsample.engine.errors import FlexsampleError
+from flexsample.engine.options import opt
 from flexsample.engine.interfaces import Allocation, PolicyState
 from flexsample.engine.registries import register_allocation
 
@@ -60,7 +63,12 @@ class DifficultyAllocation(Allocation):
     back to equal shares. Capped classes pass their excess on by weight.
     """
 
-    def __init__(self, difficulty_floor: float = 0.05) -> None:
+    def __init__(
+        self,
+        difficulty_floor: Annotated[
+            float, opt("weight floor, as a fraction of the mean weight", ge=0, le=1)
+        ] = 0.05,
+    ) -> None:
         if not 0.0 <= difficulty_floor <= 1.0:
             raise FlexsampleError(
                 f"difficulty allocation: difficulty_floor must be in [0, 1], got {difficulty_floor}"

@@ -8,11 +8,13 @@ or only mildly imbalanced. They differ in which samples of a class they take.
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import numpy as np
 
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import Anchors
+from flexsample.engine.options import opt
 from flexsample.engine.registries import register_anchors
 
 
@@ -52,7 +54,15 @@ def anchor_counts(counts: np.ndarray, scaling: float = 0.1, floor: int = 2) -> n
 class _CountedAnchors(Anchors):
     """Shared options and the count rule; subclasses choose `pick(members, k, ...)`."""
 
-    def __init__(self, anchor_scaling: float = 0.1, anchor_floor: int = 2) -> None:
+    def __init__(
+        self,
+        anchor_scaling: Annotated[
+            float, opt("anchor imbalance compression s: anchors keep ratio r*s", gt=0, le=1)
+        ] = 0.1,
+        anchor_floor: Annotated[
+            int, opt("minimum anchors per class", ge=1, le=1_000_000)
+        ] = 2,
+    ) -> None:
         if not 0.0 < anchor_scaling <= 1.0:
             raise FlexsampleError(f"--anchor-scaling must be in (0, 1], got {anchor_scaling}")
         if anchor_floor < 1:
@@ -125,6 +135,24 @@ class PrototypeAnchors(_CountedAnchors):
     """
 
     needs_features = True
+
+    def __init__(
+        self,
+        anchor_scaling: Annotated[
+            float, opt("anchor imbalance compression s: anchors keep ratio r*s", gt=0, le=1)
+        ] = 0.1,
+        anchor_floor: Annotated[int, opt("minimum anchors per class", ge=1, le=1_000_000)] = 2,
+        anchor_features: Annotated[
+            Literal["auto", "pixels", "pretrained", "ssl"],
+            opt(
+                "features the prototypes are computed in: auto, pixels, pretrained or ssl "
+                "(the run computes them; auto: pixels for tiny images, else pretrained when "
+                "--pretrained is given, else ssl)"
+            ),
+        ] = "auto",
+    ) -> None:
+        super().__init__(anchor_scaling, anchor_floor)
+        self.anchor_features = anchor_features
 
     def select(
         self,

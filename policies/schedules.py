@@ -11,9 +11,10 @@ are the two extremes and baselines.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 from flexsample.engine.errors import FlexsampleError
+from flexsample.engine.options import opt
 from flexsample.engine.interfaces import PolicyState, Schedule
 from flexsample.engine.registries import register_policy
 
@@ -104,7 +105,9 @@ class StepSchedule(RoundSchedule):
     the model trains several rounds on each subset.
     """
 
-    def __init__(self, jumps: int = 3) -> None:
+    def __init__(
+        self, jumps: Annotated[int, opt("number of jumps", ge=1, le=100_000)] = 3
+    ) -> None:
         if jumps < 1:
             raise FlexsampleError(f"step schedule: jumps must be >= 1, got {jumps}")
         self.jumps = int(jumps)
@@ -124,7 +127,15 @@ class AdaptiveSchedule(Schedule):
     of the query (the loop calls it once per query); that mark is the schedule's state.
     """
 
-    def __init__(self, patience: int = 3, query_ratio: float = 0.25) -> None:
+    def __init__(
+        self,
+        patience: Annotated[
+            int, opt("epochs without improvement before a query", ge=1, le=100_000)
+        ] = 3,
+        query_ratio: Annotated[
+            float, opt("fraction of the remaining pool added per query", gt=0, le=1)
+        ] = 0.25,
+    ) -> None:
         if patience < 1:
             raise FlexsampleError(f"adaptive schedule: --patience must be >= 1, got {patience}")
         if not 0.0 < query_ratio <= 1.0:

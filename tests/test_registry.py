@@ -1,4 +1,4 @@
-"""Registries: decorator registration, lookups, option filtering, entry points, plugins."""
+"""Registries: decorator registration, lookups, declared options, entry points, plugins."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from flexsample.engine import FlexsampleError, Registry, UnknownNameError, import_plugin
 from flexsample.engine.registries import ESTIMATORS, get_estimator, list_estimators
-from flexsample.engine.registry import accepted_kwargs
+from flexsample.engine.options import OptionError
 
 
 def test_register_get_create_and_names():
@@ -24,7 +24,9 @@ def test_register_get_create_and_names():
 
     assert reg.names() == ["spinner"]
     assert reg.get("spinner") is Spinner and Spinner.name == "spinner"
-    assert reg.create("spinner", speed=3, unrelated=True).speed == 3
+    assert reg.create("spinner", speed=3).speed == 3
+    with pytest.raises(OptionError, match="widget 'spinner' has no option 'unrelated'; its options: speed"):
+        reg.create("spinner", speed=3, unrelated=True)
     assert reg.describe() == [("spinner", "Spins. Second line is not shown.", __name__)]
     with pytest.raises(UnknownNameError, match="unknown widget 'wheel'; available: spinner"):
         reg.get("wheel")
@@ -37,21 +39,31 @@ def test_duplicate_names_from_different_code_are_refused():
         reg.register("a")(type("B", (), {}))
 
 
-def test_accepted_kwargs_filters_by_signature():
-    def f(a, b=1):
-        return a, b
+def test_options_come_from_the_signature_typed_and_checked():
+    reg: Registry = Registry("widget", "flexsample.test-widgets", runtime=("counts",))
 
-    def g(a, **kw):
-        return a, kw
+    @reg.register("gear")
+    class Gear:
+        def __init__(self, counts, teeth: int = 12, ratio: float = 1.5, *args, **kw):
+            self.counts, self.teeth, self.ratio = counts, teeth, ratio
 
-    assert accepted_kwargs(f, {"a": 1, "c": 2}) == {"a": 1}
-    assert accepted_kwargs(g, {"a": 1, "c": 2}) == {"a": 1, "c": 2}
+    assert list(reg.options("gear").model_fields) == ["teeth", "ratio"]  # no runtime, *, **
+    gear = reg.build("gear", {"teeth": "7"}, counts=[1, 2])
+    assert (gear.teeth, gear.ratio, gear.counts) == (7, 1.5, [1, 2])
+    with pytest.raises(OptionError, match=r"invalid widget 'gear' option 'teeth' = 'x'.*an integer"):
+        reg.build("gear", {"teeth": "x"}, counts=[])
+    with pytest.raises(OptionError, match=r"no option 'teth' \(did you mean 'teeth'\?\)"):
+        reg.build("gear", {"teth": 3}, counts=[])
 
 
 def test_builtins_are_registered():
     assert {"mcdropout", "entropy", "random"} <= set(list_estimators())
-    est = get_estimator("mcdropout", mc_samples=7, unrelated_option="x")
+    est = get_estimator("mcdropout", mc_samples=7)
     assert est.mc_samples == 7
+    with pytest.raises(OptionError, match="estimator 'mcdropout' has no option 'unrelated_option'"):
+        get_estimator("mcdropout", unrelated_option="x")
+    both = get_estimator("mcdropout+density", knn=3, mc_samples=4)  # the CLI's '+' specs too
+    assert [p.name for p in both.parts] == ["mcdropout", "density"] and both.parts[1].knn == 3
 
 
 def test_entry_points_are_loaded(monkeypatch):

@@ -11,7 +11,7 @@ quantity finite without special cases.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -19,7 +19,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from flexsample.engine.errors import FlexsampleError
+from flexsample.engine.options import opt
 from flexsample.engine.registry import Registry
+
+FocalGamma = Annotated[float, opt("focal losses: gamma", ge=0, le=100)]
+CBBeta = Annotated[float, opt("class-balanced losses: effective-number beta", ge=0, lt=1)]
 
 
 class Loss(nn.Module):
@@ -48,7 +52,7 @@ class Loss(nn.Module):
 
 
 LOSSES: Registry[Loss] = Registry(
-    "loss", "flexsample.losses", builtins="flexsample.training.losses"
+    "loss", "flexsample.losses", builtins="flexsample.training.losses", runtime=("class_counts",)
 )
 
 
@@ -82,7 +86,7 @@ class CrossEntropy(Loss):
 class FocalLoss(Loss):
     """Softmax focal loss (Lin et al.): down-weights easy samples by (1 − p_t)^focal_gamma."""
 
-    def __init__(self, class_counts: np.ndarray, focal_gamma: float = 2.0) -> None:
+    def __init__(self, class_counts: np.ndarray, focal_gamma: FocalGamma = 2.0) -> None:
         super().__init__(class_counts)
         if focal_gamma < 0:
             raise FlexsampleError(f"focal_gamma must be >= 0, got {focal_gamma}")
@@ -97,7 +101,7 @@ class _ClassBalanced(Loss):
 
     gamma = 0.0
 
-    def __init__(self, class_counts: np.ndarray, cb_beta: float = 0.9999) -> None:
+    def __init__(self, class_counts: np.ndarray, cb_beta: CBBeta = 0.9999) -> None:
         super().__init__(class_counts)
         weights = class_balanced_weights(self.class_counts, cb_beta)
         self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32))
@@ -118,7 +122,7 @@ class ClassBalancedFocal(_ClassBalanced):
     """Softmax focal loss (`focal_gamma`) weighted by the inverse effective number (`cb_beta`)."""
 
     def __init__(
-        self, class_counts: np.ndarray, cb_beta: float = 0.9999, focal_gamma: float = 2.0
+        self, class_counts: np.ndarray, cb_beta: CBBeta = 0.9999, focal_gamma: FocalGamma = 2.0
     ) -> None:
         super().__init__(class_counts, cb_beta)
         if focal_gamma < 0:
@@ -142,10 +146,12 @@ class LDAMLoss(Loss):
     def __init__(
         self,
         class_counts: np.ndarray,
-        ldam_max_margin: float = 0.5,
-        ldam_scale: float = 30.0,
-        drw_start: float = 0.8,
-        cb_beta: float = 0.9999,
+        ldam_max_margin: Annotated[float, opt("largest margin", gt=0, le=100)] = 0.5,
+        ldam_scale: Annotated[float, opt("logit scale", gt=0, le=1000)] = 30.0,
+        drw_start: Annotated[
+            float, opt("fraction of the epoch budget before re-weighting", ge=0, le=1)
+        ] = 0.8,
+        cb_beta: CBBeta = 0.9999,
     ) -> None:
         super().__init__(class_counts)
         if ldam_max_margin < 0 or ldam_scale <= 0:
@@ -183,7 +189,13 @@ class GeneralizedReweighting(Loss):
     Normalised as F.cross_entropy does (divided by the batch's sum of weights).
     """
 
-    def __init__(self, class_counts: np.ndarray, grw_exponent: float = 1.2) -> None:
+    def __init__(
+        self,
+        class_counts: np.ndarray,
+        grw_exponent: Annotated[
+            float, opt("exponent of the inverse-frequency weights", ge=0, le=10)
+        ] = 1.2,
+    ) -> None:
         super().__init__(class_counts)
         if grw_exponent < 0:
             raise FlexsampleError(f"grw_exponent must be >= 0, got {grw_exponent}")
@@ -213,5 +225,6 @@ class BalancedSoftmax(Loss):
         return F.cross_entropy(logits.float() + self.log_prior.to(logits.device), targets)
 
 
-def build_loss(name: str, class_counts: np.ndarray, **params: Any) -> Loss:
-    return LOSSES.create(name, class_counts=class_counts, **params)
+def build_loss(name: str, class_counts: np.ndarray, **options: Any) -> Loss:
+    """Loss `name` for the current `class_counts`, with its options (checked)."""
+    return LOSSES.build(name, options, class_counts=class_counts)

@@ -18,7 +18,10 @@ from flexsample.engine.registry import Registry
 Sampler = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 SAMPLERS: Registry[np.ndarray] = Registry(
-    "sampler", "flexsample.samplers", builtins="flexsample.training.samplers"
+    "sampler",
+    "flexsample.samplers",
+    builtins="flexsample.training.samplers",
+    runtime=("labels", "rng"),
 )
 
 

@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.loop import Callback
 
-from .config import RunConfig, describe_error, read_config_file, validate_config
+from .config import Layer, RunConfig, build_config, read_config_file
 from .progress import Reporter
 
 if TYPE_CHECKING:
@@ -52,6 +50,8 @@ class RunResult:
     rounds: list[dict[str, Any]]
     already_finished: bool = False
     notes: list[str] = field(default_factory=list)
+    outcome: Any = None  # the pipeline's RunOutcome (step records, class names)
+    main_rank: bool = True  # False on the other ranks of a torchrun run (they write nothing)
 
     @property
     def test(self) -> dict[str, Any]:
@@ -68,42 +68,46 @@ class RunResult:
         return list(self.results.get("class_names", []))
 
 
+def config_layers(config: ConfigLike) -> list[Layer]:
+    """The layer `config` adds over the defaults: a RunConfig, a dict or a config file."""
+    if config is None:
+        return []
+    if isinstance(config, RunConfig):
+        return [("the config", config.model_dump())]
+    if isinstance(config, Mapping):
+        return [("the config dict", config)]
+    if isinstance(config, str | os.PathLike):
+        return [(f"config file {config}", read_config_file(config))]
+    raise FlexsampleError(
+        f"config must be a RunConfig, a dict or the path of a TOML, YAML or JSON file, "
+        f"not {type(config).__name__}"
+    )
+
+
+def given(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The overrides that say something: None, [] and {} mean "not given" (as an absent flag)."""
+    return {k: v for k, v in overrides.items() if v is not None and v != [] and v != {}}
+
+
 def resolve(config: ConfigLike, overrides: Mapping[str, Any]) -> RunConfig:
     """defaults < `config` (a RunConfig, a dict or a TOML/YAML/JSON file) < `overrides`.
 
-    Keys may be spelled with '-' or '_'. A bad value is the CLI's one line: it names the
-    key as its flag and where it came from (an override counts as "the command line").
+    Keys may be spelled with '-' or '_'; an option may be given by its shortcut (`knn=5`) or
+    in its section (`estimator_options={"knn": 5}`). A bad value is the CLI's one line: it
+    names the key as its flag and where it came from (an override counts as "the command
+    line").
     """
-    source = "the command line"
-    if config is None:
-        values: dict[str, Any] = {}
-    elif isinstance(config, RunConfig):
-        values = config.model_dump()
-    elif isinstance(config, Mapping):
-        values = _keys(config)
-        source = "the config dict"
-        validate_config(values, source)
-    elif isinstance(config, str | os.PathLike):
-        values = read_config_file(config)
-        source = f"config file {config}"
-        validate_config(values, source)
-    else:
-        raise FlexsampleError(
-            f"config must be a RunConfig, a dict or the path of a TOML, YAML or JSON file, "
-            f"not {type(config).__name__}"
-        )
-    given = _keys(overrides)
-    values.update(given)
-    try:
-        return RunConfig.model_validate(values)
-    except ValidationError as exc:
-        loc = exc.errors()[0]["loc"]
-        where = "the command line" if loc and str(loc[0]) in given else source
-        raise FlexsampleError(describe_error(exc, where)) from None
+    return build_config([*config_layers(config), ("the command line", given(overrides))])
 
 
-def _keys(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {str(k).replace("-", "_"): v for k, v in values.items()}
+@dataclass
+class Hooks:
+    """What a front end adds to a run: its progress display and its reporter (the CLI's rich
+    bars and phases; plain lines or nothing from Python). `callbacks` gets the resolved
+    config (for the epoch budget) and is called on the main rank only."""
+
+    callbacks: Callable[[RunConfig], Sequence[Callback]] = lambda cfg: ()
+    reporter: Reporter | None = None
 
 
 def run(
@@ -117,12 +121,15 @@ def run(
     progress: bool = False,
     log_to: Sequence[str] | str | None = None,
     log_dir: str | os.PathLike[str] | None = None,
+    hooks: Hooks | None = None,
     **overrides: Any,
 ) -> RunResult:
     """Train one configuration into a run folder, like `flexsample run`, and return its results.
 
+    `flexsample run` itself calls this function: every rule applies to both.
     `config`: a `RunConfig`, a dict or a config file; `overrides` use RunConfig's field names
-    (`run(rounds=4, estimator="entropy")`). `out` defaults to the CLI's
+    and the option shortcuts (`run(rounds=4, estimator="entropy", knn=5)`), or a component's
+    options in its section (`estimator_options={"power": 2}`). `out` defaults to the CLI's
     `runs/<timestamp>-<estimator>-<policy>`. `resume=True` continues the run in `out` from its
     last checkpoint (values given must repeat the saved ones, `device` excepted).
     `callbacks`: engine `Callback`s, told of every query, epoch and step. `log_to`: experiment
@@ -130,10 +137,12 @@ def run(
     Under torchrun every rank calls `run()` alike: the work is sharded and rank 0 writes `out`.
     """
     from .distributed import finish
-    from .run import build_components, default_out, execute, join_launch, load_plugins
+    from .run import default_out, execute, join_launch
+    from .setup import build_components
 
     trackers = _tracker_names(log_to)  # names and packages checked before anything else
-
+    if log_dir is not None and not trackers:
+        raise FlexsampleError("--log-dir is for --log-to tensorboard, csv or wandb; add one")
     if resume and overwrite:
         raise FlexsampleError(
             "--resume continues the run in --out and --overwrite replaces it; pass one"
@@ -141,20 +150,25 @@ def run(
     if resume:
         if out is None:
             raise FlexsampleError("--resume needs --out RUN_DIR (the run to continue)")
+        from .resume import resume_config
+
         target = Path(out)
-        cfg = _resume_config(target, config, overrides)
+        cfg = resume_config(target, [*config_layers(config), ("the command line", given(overrides))])
     else:
         cfg = resolve(config, overrides)
         target = Path(out) if out is not None else default_out(cfg)
-        load_plugins(cfg.plugin)
         build_components(cfg)  # bad names fail before the folder is touched
     # under torchrun every rank calls run(): one process group, rank 0's folder
     launch, target = join_launch(cfg, target, resume=resume, overwrite=overwrite)
     main_rank = launch is None or launch.ranks.is_main
     progress = progress and main_rank
     notes: list[str] = []
-    reporter = _PlainReporter(notes) if progress else _QuietReporter(notes)
-    shown = [_PlainProgress(cfg.rounds * cfg.epochs_per_round)] if progress else []
+    if hooks is not None:
+        reporter = hooks.reporter if main_rank and hooks.reporter is not None else Reporter()
+        shown = list(hooks.callbacks(cfg)) if main_rank else []
+    else:
+        reporter = _PlainReporter(notes) if progress else _QuietReporter(notes)
+        shown = [_PlainProgress(cfg.rounds * cfg.epochs_per_round)] if progress else []
     logs: list[Callback] = []
     if trackers and main_rank:
         from flexsample.integrations.trackers import make_trackers
@@ -187,26 +201,9 @@ def run(
         rounds=read_rounds(target),
         already_finished=outcome.already_finished,
         notes=notes,
+        outcome=outcome,
+        main_rank=main_rank,
     )
-
-
-def _resume_config(out: Path, config: ConfigLike, overrides: Mapping[str, Any]) -> RunConfig:
-    """The saved config of `out`; values given (a file, a dict, a RunConfig, overrides) must
-    repeat it, as with `flexsample run --resume`."""
-    from .run import resume_config
-
-    flags: dict[str, Any] = {}
-    file = None
-    if isinstance(config, RunConfig):
-        flags.update(config.model_dump())
-    elif isinstance(config, Mapping):
-        flags.update(_keys(config))
-    elif isinstance(config, str | os.PathLike):
-        file = Path(config)
-    elif config is not None:
-        resolve(config, {})  # the one-line type error
-    flags.update(_keys(overrides))
-    return resume_config(out, file, flags)
 
 
 def read_rounds(run_dir: Path) -> list[dict[str, Any]]:

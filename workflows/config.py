@@ -14,10 +14,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from collections.abc import Mapping, Sequence
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from flexsample.engine.errors import FlexsampleError
+
+from .components import KINDS, SHORTCUTS, is_old_layout, migrate, place_shortcuts, unknown_key
 
 # Upper bounds no study reaches but that keep the program alive: past them a value hangs,
 # overflows a seed or exhausts memory long after the run started.
@@ -64,41 +75,11 @@ class RunConfig(BaseModel):
 
     # data
     dataset: str = _f("digits-lt", "dataset name (see `flexsample list`)", DATA)
-    data_dir: str | None = _f(None, "folder holding the dataset's images", DATA)
-    splits_dir: str | None = _f(None, "folder holding split manifests (default: data dir)", DATA)
-    imbalance_ratio: float = _f(
-        100.0,
-        "imbalance ratio r = n_max / n_min (ISIC: the official split 100, 200 or 500)",
-        DATA,
-        ge=1,
-        le=1_000_000,
-    )
-    data_seed: int = _f(0, "seed of the data split (not of training)", DATA, ge=0, le=SEED_MAX)
-    image_size: int | None = _f(
-        None, "input resolution (default: the dataset's)", DATA, ge=4, le=4096
-    )
-    skip_missing: bool = _f(False, "skip images listed but absent or unreadable", DATA)
     cache_dir: str | None = _f(None, "decoded-image and SSL-weights cache folder", DATA)
-    profile: str | None = _f(
-        None,
-        "synthetic-lt class counts: isic2019, isic2019-r100, "
-        "isic2019-r200, isic2019-r500, isic14, exponential",
-        DATA,
-    )
-    num_classes: int | None = _f(
-        None, "synthetic-lt: number of classes (exponential profile)", DATA, ge=2, le=10_000
-    )
     # curriculum
     policy: str = _f("linear", "schedule: when and how much the subset grows", CURRICULUM)
     allocation: str = _f("difficulty", "how a step's budget splits across classes", CURRICULUM)
     anchors: str = _f("prototype", "anchor strategy: the starting subset", CURRICULUM)
-    anchor_features: Literal["auto", "pixels", "pretrained", "ssl"] = _f(
-        "auto", "features for prototype anchors: auto, pixels, pretrained or ssl", CURRICULUM
-    )
-    anchor_scaling: float = _f(
-        0.1, "anchor imbalance compression s: anchors keep ratio r*s", CURRICULUM, gt=0, le=1
-    )
-    anchor_floor: int = _f(2, "minimum anchors per class", CURRICULUM, ge=1, le=1_000_000)
     ssl_epochs: int = _f(
         20, "epochs of self-supervised pre-training (ssl features)", CURRICULUM, ge=1,
         le=EPOCHS_MAX,
@@ -128,46 +109,9 @@ class RunConfig(BaseModel):
         "every method processes as many training samples as the full-set baseline)",
         CURRICULUM,
     )
-    patience: int = _f(
-        3, "adaptive: epochs without improvement before a query", CURRICULUM, ge=1,
-        le=EPOCHS_MAX,
-    )
-    query_ratio: float = _f(
-        0.25, "adaptive: fraction of the remaining pool added per query", CURRICULUM, gt=0, le=1
-    )
-    jumps: int = _f(3, "step: number of jumps", CURRICULUM, ge=1, le=EPOCHS_MAX)
-    difficulty_floor: float = _f(
-        0.05, "difficulty: weight floor, as a fraction of the mean weight", CURRICULUM, ge=0,
-        le=1,
-    )
     # scoring
     estimator: str = _f(
         "mcdropout", "scoring estimator; combine two with '+', e.g. mcdropout+density", SCORING
-    )
-    mc_samples: int = _f(20, "MC-dropout draws T", SCORING, ge=2, le=10_000)
-    mc_score: Literal["bald", "entropy", "variation-ratio", "std"] = _f(
-        "bald", "MC-dropout score: bald, entropy, variation-ratio or std", SCORING
-    )
-    mc_mode: Literal["head", "full"] = _f(
-        "head", "MC-dropout mode: head (backbone once) or full (T complete passes)", SCORING
-    )
-    knn: int | None = _f(
-        None,
-        "neighbours k of the kNN estimators (default: each estimator's own: density and "
-        "info-density 10, typiclust 20)",
-        SCORING,
-        ge=1,
-        le=10_000,
-    )
-    density_beta: float = _f(
-        1.0, "info-density: exponent of the density term", SCORING, ge=0, le=100
-    )
-    ivf_threshold: int = _f(
-        200_000, "density: use an IVF index above this many samples", SCORING, ge=1,
-        le=1_000_000_000,
-    )
-    combine: Literal["rank-mean", "rank-product"] = _f(
-        "rank-mean", "how '+'-combined estimators merge: rank-mean or rank-product", SCORING
     )
     score_batch_size: int = _f(
         256, "batch size of scoring passes", SCORING, ge=1, le=BATCH_MAX
@@ -189,13 +133,6 @@ class RunConfig(BaseModel):
     )
     snapshots: int = _f(
         5, "snapshots: how many rounds' best weights are kept as draws", SCORING, ge=2, le=1000
-    )
-    batchbald_samples: int = _f(
-        10_000,
-        "batchbald: sampled joint configurations once exact joint entropies no longer fit",
-        SCORING,
-        ge=100,
-        le=10_000_000,
     )
     # model and training
     backbone: str = _f(
@@ -262,16 +199,6 @@ class RunConfig(BaseModel):
     logit_adjust: float = _f(
         0.0, "post-hoc logit adjustment tau at evaluation", LOSSES, ge=0, le=10
     )
-    focal_gamma: float = _f(2.0, "focal losses: gamma", LOSSES, ge=0, le=100)
-    cb_beta: float = _f(0.9999, "class-balanced losses: effective-number beta", LOSSES, ge=0, lt=1)
-    ldam_max_margin: float = _f(0.5, "LDAM: largest margin", LOSSES, gt=0, le=100)
-    ldam_scale: float = _f(30.0, "LDAM: logit scale", LOSSES, gt=0, le=1000)
-    drw_start: float = _f(
-        0.8, "LDAM-DRW: fraction of the epoch budget before re-weighting", LOSSES, ge=0, le=1
-    )
-    grw_exponent: float = _f(
-        1.2, "GRW: exponent of the inverse-frequency weights", LOSSES, ge=0, le=10
-    )
     decouple: Literal["none", "crt", "lws", "tau-norm"] = _f(
         "none",
         "second stage after the run (Kang et al. 2020): crt (classifier re-trained with "
@@ -305,6 +232,45 @@ class RunConfig(BaseModel):
         description="module imported first, registering its estimators or policies (repeatable)",
         json_schema_extra={"panel": RUN},
     )
+    # the options of each chosen component, defaults filled in (see `resolve_components`)
+    dataset_options: dict[str, Any] = Field(default_factory=dict)
+    estimator_options: dict[str, Any] = Field(default_factory=dict)
+    policy_options: dict[str, Any] = Field(default_factory=dict)
+    allocation_options: dict[str, Any] = Field(default_factory=dict)
+    anchors_options: dict[str, Any] = Field(default_factory=dict)
+    loss_options: dict[str, Any] = Field(default_factory=dict)
+    sampler_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> RunConfig:
+        """Each chosen component's options checked against what it declares, defaults filled;
+        run-wide values that only apply to some choices refused when given without them."""
+        from .components import resolve_components
+
+        try:
+            resolve_components(self)
+        except FlexsampleError as exc:
+            raise PydanticCustomError("flexsample", "{message}", {"message": str(exc)}) from None
+        return self
+
+    def option(self, kind: str, name: str, default: Any = None) -> Any:
+        """The value of option `name` of the chosen `kind` component (`default` if it has
+        no such option)."""
+        return getattr(self, f"{kind}_options").get(name, default)
+
+    @property
+    def data_seed(self) -> int:
+        """The dataset's split seed (0 for datasets with fixed splits)."""
+        return int(self.option("dataset", "data_seed", 0))
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        """The values that apply: a run-wide value that only matters for other choices
+        (`acquisition_beta` under `--acquisition topk`) is left out, so that neither
+        config.json nor the config hash carries it."""
+        from .components import inapplicable
+
+        exclude = set(kwargs.pop("exclude", None) or ()) | inapplicable(self)
+        return super().model_dump(exclude=exclude, **kwargs)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -348,10 +314,15 @@ def field_range(name: str) -> str | None:
 def describe_error(exc: ValidationError, source: str) -> str:
     """The first validation problem as one line: key, what is wrong, what is accepted."""
     err = exc.errors()[0]
+    if err["type"] == "flexsample":  # already a whole line (a component's option, a rule)
+        text = str((err.get("ctx") or {}).get("message", err["msg"]))
+        return text if source == "the command line" else f"{text} (in {source})"
     key = ".".join(str(p) for p in err["loc"]) or "config"
     flag = "--" + key.replace("_", "-")
     if err["type"] == "extra_forbidden":
-        return f"unknown key '{key}' in {source}; accepted keys: {', '.join(FIELD_NAMES)}"
+        from .components import unknown_key
+
+        return str(unknown_key(key, source))
     value = err.get("input")
     accepted = field_range(key)
     tail = f"; accepted: {accepted}" if accepted else ""
@@ -359,7 +330,8 @@ def describe_error(exc: ValidationError, source: str) -> str:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Key/value pairs from TOML, YAML or JSON (a run's config.json: its `config` part)."""
+    """Key/value pairs from TOML, YAML or JSON (a run's config.json: its `config` part, in
+    today's layout even when it was written before options were scoped)."""
     p = Path(path)
     if not p.is_file():
         raise FlexsampleError(f"config file {p} does not exist")
@@ -387,37 +359,108 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise FlexsampleError(f"config file {p} must hold a mapping of keys to values")
     if "config" in data and "split_hash" in data:  # a run's config.json
-        data = data["config"]
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+        values = normal_keys(data["config"])
+        return migrate(values) if is_old_layout(values) else values
+    return normal_keys(data)
 
 
-def validate_config(values: dict[str, Any], source: str = "the command line") -> RunConfig:
-    """RunConfig.model_validate with a bad value as one FlexsampleError line naming the flag.
+def normal_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Keys spelled with '-' or '_' (`epochs-per-round`), as field names; option sections'
+    keys too."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        key = str(k).replace("-", "_")
+        if key.endswith("_options") and isinstance(v, Mapping):
+            v = normal_keys(v)
+        out[key] = v
+    return out
 
-    For callers that build configs themselves (a bench grid's swept values, a saved cell).
+
+Layer = tuple[str, Mapping[str, Any]]  # (where the values come from, the values)
+
+
+def merge_layers(layers: Sequence[Layer]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values of `layers` (lowest precedence first) merged, and which layer set each key.
+
+    Component names win like any value; when a layer chooses another component of a kind,
+    the options lower layers gave the old one are dropped (they were options of a component
+    no longer chosen). Shortcuts (`knn`, `patience`) go to the section of the kind declaring
+    them, and are refused when the chosen component does not take them.
     """
-    try:
-        return RunConfig.model_validate(values)
-    except ValidationError as exc:
-        raise FlexsampleError(describe_error(exc, source)) from None
-
-
-def resolve_config(file: str | Path | None, flags: dict[str, Any]) -> RunConfig:
-    """defaults < file < flags (flags given as None are ignored)."""
     values: dict[str, Any] = {}
-    source = "the command line"
-    if file is not None:
-        values.update(read_config_file(file))
-        source = f"config file {file}"
+    origin: dict[str, str] = {}
+    for source, raw in layers:
+        layer = normal_keys(raw)
+        for key in layer:
+            if key not in RunConfig.model_fields and key not in SHORTCUTS:
+                raise unknown_key(key, source)
+        for kind in KINDS:
+            if kind in layer and layer[kind] != values.get(kind):
+                values.pop(f"{kind}_options", None)
+        for key, value in layer.items():
+            if key in SHORTCUTS:
+                continue
+            origin[key] = source
+            if key.endswith("_options"):
+                if not isinstance(value, Mapping):
+                    raise FlexsampleError(
+                        f"{key} in {source} must be a mapping of option names to values "
+                        f"(a [{key}] section), not {value!r}"
+                    )
+                values.setdefault(key, {}).update(value)
+            else:
+                values[key] = value
+        shortcuts = {k: v for k, v in layer.items() if k in SHORTCUTS}
         try:
-            RunConfig.model_validate(values)
-        except ValidationError as exc:
-            raise FlexsampleError(describe_error(exc, source)) from None
-    given = {k: v for k, v in flags.items() if v is not None and v != []}
-    values.update(given)
+            place_shortcuts(values, shortcuts, strict=True)
+        except FlexsampleError as exc:
+            where = "" if source == "the command line" else f" (in {source})"
+            raise FlexsampleError(f"{exc}{where}") from None
+        for key in shortcuts:
+            origin[f"{SHORTCUTS[key]}_options"] = source
+    return values, origin
+
+
+def build_config(layers: Sequence[Layer]) -> RunConfig:
+    """The RunConfig of `layers` (lowest precedence first, over the defaults), with a bad
+    value as one FlexsampleError line naming the key and the layer it came from. Plugins
+    named in any layer are imported first, so their components and options are known."""
+    values, origin = merge_layers(layers)
+    load_plugins(values.get("plugin") or [])
     try:
         return RunConfig.model_validate(values)
     except ValidationError as exc:
-        err_key = str(exc.errors()[0]["loc"][0]) if exc.errors()[0]["loc"] else ""
-        where = "the command line" if err_key in given else source
+        loc = exc.errors()[0]["loc"]
+        where = origin.get(str(loc[0]), "the command line") if loc else "the command line"
+        if not loc:  # a model-level error: blame the highest layer that set a component
+            where = next(
+                (origin[k] for k in [*KINDS, *(f"{k}_options" for k in KINDS)] if k in origin),
+                "the command line",
+            )
         raise FlexsampleError(describe_error(exc, where)) from None
+
+
+def load_plugins(modules: Sequence[str]) -> None:
+    """Import each --plugin module (their decorators register components)."""
+    from flexsample.engine.registry import import_plugin
+
+    for m in modules or []:
+        if not isinstance(m, str):
+            return  # the type error is the model's to report
+        import_plugin(m)
+
+
+def validate_config(values: Mapping[str, Any], source: str = "the command line") -> RunConfig:
+    """A RunConfig from one mapping of values (a bench grid's swept values, a saved cell),
+    with a bad value as one FlexsampleError line naming the flag."""
+    return build_config([(source, values)])
+
+
+def resolve_config(file: str | Path | None, flags: Mapping[str, Any]) -> RunConfig:
+    """defaults < file < flags (flags given as None or [] are ignored)."""
+    layers: list[Layer] = []
+    if file is not None:
+        layers.append((f"config file {file}", read_config_file(file)))
+    given = {k: v for k, v in flags.items() if v is not None and v != [] and v != {}}
+    layers.append(("the command line", given))
+    return build_config(layers)
