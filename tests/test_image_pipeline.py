@@ -114,7 +114,7 @@ def test_cache_is_reused_and_keyed(jpegs: list[str], tmp_path: Path, monkeypatch
     cache = DecodedCache(tmp_path / "cache")
     ref, _ = cache.build("t", jpegs, 16)
     calls = []
-    monkeypatch.setattr(im, "decode_square", lambda *a: calls.append(a))
+    monkeypatch.setattr("flexsample.datasets.cache.decode_square", lambda *a: calls.append(a))
     again, _ = cache.build("t", jpegs, 16)
     assert again == ref and calls == []  # nothing decoded the second time
     monkeypatch.undo()
