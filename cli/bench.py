@@ -10,7 +10,6 @@ import typer
 from flexsample.engine.errors import FlexsampleError
 from flexsample.workflows.bench import BASELINES
 from flexsample.workflows.config import RunConfig
-from flexsample.workflows.launchers import LAUNCHERS
 
 
 def split_list(value: str | None, flag: str, cast: type = str) -> list[Any] | None:
@@ -27,15 +26,6 @@ def split_list(value: str | None, flag: str, cast: type = str) -> list[Any] | No
         ) from None
 
 
-LAUNCHER_FLAGS = {  # flag -> the launchers it applies to
-    "--address": ("ray",),
-    "--partition": ("slurm",),
-    "--time": ("slurm",),
-    "--slurm-array-parallelism": ("slurm",),
-    "--slurm-extra": ("slurm",),
-    "--no-wait": ("slurm",),
-    "--gpus-per-cell": ("ray", "slurm"),
-}
 LAUNCH = "Launching"
 
 
@@ -63,17 +53,19 @@ def bench(
     launcher: str = typer.Option(
         "local",
         help="where cells run: local (this machine), ray (a Ray cluster, or a local Ray "
-        "runtime when none is running) or slurm (one submitit job array)",
+        "runtime when none is running), slurm (one submitit job array), or a launcher an "
+        "installed package adds (entry-point group flexsample.launchers); each launcher "
+        "takes only its own flags below",
         rich_help_panel=LAUNCH,
     ),
     jobs: int = typer.Option(
-        1,
+        None,
         help="local: cells at once; with G GPUs each cell gets its own GPU (jobs <= G x "
-        "--cells-per-gpu), and the cores are split between the cells",
+        "--cells-per-gpu), and the cores are split between the cells [default: 1]",
         rich_help_panel=LAUNCH,
     ),
     cells_per_gpu: int = typer.Option(
-        1, help="local: cells sharing one GPU", rich_help_panel=LAUNCH
+        None, help="local: cells sharing one GPU [default: 1]", rich_help_panel=LAUNCH
     ),
     cpus_per_cell: int = typer.Option(
         None,
@@ -143,37 +135,18 @@ def bench(
         from flexsample.workflows.bench import run_bench
         from flexsample.workflows.config import resolve_config
 
+        # the launcher's own options, as given (each launcher refuses those it does not
+        # declare: workflows.bench.make_launcher)
         given = {
-            "--address": address is not None,
-            "--partition": partition is not None,
-            "--time": time_limit is not None,
-            "--slurm-array-parallelism": slurm_array_parallelism is not None,
-            "--slurm-extra": bool(slurm_extra),
-            "--no-wait": not wait,
-            "--gpus-per-cell": gpus_per_cell is not None,
+            "address": address,
+            "partition": partition,
+            "time": time_limit,
+            "array_parallelism": slurm_array_parallelism,
+            "extra": parse_key_values(slurm_extra, "--slurm-extra") if slurm_extra else None,
+            "wait": None if wait else False,
+            "gpus_per_cell": gpus_per_cell,
         }
-        if launcher not in LAUNCHERS:
-            raise FlexsampleError(
-                f"unknown --launcher '{launcher}'; accepted: {', '.join(LAUNCHERS)}"
-            )
-        for flag, used in given.items():
-            if used and launcher not in LAUNCHER_FLAGS[flag]:
-                raise FlexsampleError(
-                    f"{flag} applies to --launcher {' or '.join(LAUNCHER_FLAGS[flag])}, "
-                    f"not {launcher}"
-                )
-        options: dict[str, Any] = {}
-        if launcher == "ray":
-            options = {"address": address, "gpus_per_cell": gpus_per_cell or 0.0}
-        elif launcher == "slurm":
-            options = {
-                "partition": partition,
-                "gpus_per_cell": gpus_per_cell or 0.0,
-                "time": time_limit,
-                "array_parallelism": slurm_array_parallelism,
-                "extra": parse_key_values(slurm_extra or [], "--slurm-extra"),
-                "wait": wait,
-            }
+        options = {k: v for k, v in given.items() if v is not None}
         flags = _passthrough_flags(ctx)
         base = resolve_config(config, flags)
         bars = _GridBars(console)
@@ -181,7 +154,8 @@ def bench(
 
         def on_plan(cells: list[Any], todo: list[Any], lau: Any) -> None:
             planned.extend(cells)
-            where = f"{jobs} job{'s' if jobs > 1 else ''}" if launcher == "local" else launcher
+            n = jobs or 1
+            where = f"{n} job{'s' if n > 1 else ''}" if lau.name == "local" else lau.name
             console.print(
                 f"{len(cells)} cells, {len(cells) - len(todo)} already finished, "
                 f"{len(todo)} to run ({where})"

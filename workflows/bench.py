@@ -33,9 +33,10 @@ from typing import Any, get_args
 from flexsample._version import __version__
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.faults import fault_point
+from flexsample.engine.registries import LAUNCHERS, TRACKERS
 
 from .config import RunConfig, stable_hash, validate_config
-from .launchers import CellTask, Launcher, Outcome, get_launcher
+from .launchers import CellTask, Launcher, Outcome, build_launcher, check_launcher
 from .outputs import RESULTS, write_json
 
 BASELINES: dict[str, dict[str, Any]] = {
@@ -290,9 +291,7 @@ def _cell_trackers(task: CellTask) -> Callable[[RunConfig, Path], Sequence[Any]]
         return None
 
     def make(cfg: RunConfig, folder: Path) -> Sequence[Any]:
-        from flexsample.integrations.trackers import make_trackers
-
-        return make_trackers(
+        return build_trackers(
             list(task.log_to),
             run_dir=folder,
             log_dir=Path(task.log_dir) if task.log_dir else None,
@@ -575,8 +574,8 @@ def run_bench(
     baselines: list[str] | None = None,
     budgets: list[str] | None = None,
     launcher: str | Launcher = "local",
-    jobs: int = 1,
-    cells_per_gpu: int = 1,
+    jobs: int | None = None,
+    cells_per_gpu: int | None = None,
     cpus_per_cell: int | None = None,
     retries: int = 1,
     launcher_options: dict[str, Any] | None = None,
@@ -591,14 +590,18 @@ def run_bench(
     The library form of `flexsample bench` (the CLI only parses and prints): every name is
     checked before the first cell runs, a bad value raises FlexsampleError with the CLI's
     line. `on_plan(cells, todo, launcher)` is called once the grid is known.
+
+    `launcher` is a registered launcher's name (or a Launcher); `jobs`, `cells_per_gpu`,
+    `cpus_per_cell` and `launcher_options` are its options, checked against those it declares
+    (`make_launcher`); None leaves an option to the launcher's default. `log_to` names
+    registered trackers (`TRACKERS`).
     """
     from .bench_summary import write_summary
     from .run import build_components, load_plugins
 
-    if log_to:
-        from flexsample.integrations.trackers import parse_log_to
-
-        log_to = parse_log_to(",".join(log_to))  # names and packages checked before any cell
+    log_to = check_trackers(log_to)  # names and packages checked before any cell
+    if isinstance(launcher, str):
+        launcher = check_launcher(launcher)  # an unknown name: one line, before any work
     if retries < 0 or retries > 100:
         raise FlexsampleError(f"--retries {retries} is out of range; accepted: 0 <= x <= 100")
     out = Path(out)
@@ -609,27 +612,10 @@ def run_bench(
     for cell in cells:  # every name checked before the first cell runs
         build_components(cell.config)
     if isinstance(launcher, str):
-        if launcher != "local" and jobs != 1:
-            raise FlexsampleError(
-                f"--jobs applies to --launcher local; with {launcher}, the cluster runs as "
-                "many cells at once as its resources allow"
-            )
-        if launcher != "local" and cells_per_gpu != 1:
-            raise FlexsampleError(
-                f"--cells-per-gpu applies to --launcher local, not {launcher}"
-            )
-        options = dict(launcher_options or {})
-        if launcher == "local":
-            options.update(
-                jobs=jobs,
-                cells_per_gpu=cells_per_gpu,
-                cpus_per_cell=cpus_per_cell,
-                device=base.device,
-            )
-        else:
-            options.setdefault("cpus_per_cell", cpus_per_cell)
-            options.setdefault("out", out)
-        launcher = get_launcher(launcher, **options)
+        launcher = make_launcher(
+            launcher, launcher_options, out, base.device,
+            jobs=jobs, cells_per_gpu=cells_per_gpu, cpus_per_cell=cpus_per_cell,
+        )
     out.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells if finished(c) is None]
     skipped = [c for c in cells if c not in todo]
@@ -652,3 +638,109 @@ def run_bench(
     result = BenchResult(out, cells, skipped, report)
     result.summary = write_summary(out, cells, command or "flexsample.workflows.bench.run_bench")
     return result
+
+
+def make_launcher(
+    name: str,
+    options: dict[str, Any] | None,
+    out: Path,
+    device: str = "auto",
+    *,
+    jobs: int | None = None,
+    cells_per_gpu: int | None = None,
+    cpus_per_cell: int | None = None,
+) -> Launcher:
+    """Launcher `name` (registered in LAUNCHERS) with `options` and the grid-wide ones
+    (`jobs`, `cells_per_gpu`, `cpus_per_cell`: None = not given), each checked against the
+    options the launcher declares: a launcher refuses an option it does not declare (one
+    line naming the launchers that take it). The bench folder (`out`) and `--device` are its
+    run-time arguments. `jobs` / `cells_per_gpu` equal to 1, the default of `--launcher
+    local`, count as not given for a launcher that does not take them."""
+    name = check_launcher(name)
+    given = dict(options or {})
+    declared = LAUNCHERS.options(name).model_fields
+    for key, value in (("jobs", jobs), ("cells_per_gpu", cells_per_gpu)):
+        if value is not None and not (value == 1 and key not in declared):
+            given[key] = value
+    if cpus_per_cell is not None:
+        given["cpus_per_cell"] = cpus_per_cell
+    return build_launcher(name, given, out=out, device=device)
+
+
+def check_trackers(names: Sequence[str] | str | None) -> list[str]:
+    """`--log-to` as registered tracker names (`TRACKERS`: the built-ins and those installed
+    packages add), matched case-insensitively, duplicates dropped; None, "" or "none": no
+    tracker. An unknown name is one line listing the accepted ones; a package a tracker needs
+    (its `requires`, or its own `check_installed`, reached through the registry) that is not
+    installed is one line saying what to install: both before any work starts."""
+    given = names.split(",") if isinstance(names, str) else list(names or [])
+    accepted = TRACKERS.names()
+    lower = {n.lower(): n for n in accepted}
+    out: list[str] = []
+    for raw in given:
+        text = str(raw).strip()
+        if not text or (text.lower() == "none" and len(given) == 1):
+            continue
+        name = text if text in TRACKERS else lower.get(text.lower())
+        if name is None:
+            raise FlexsampleError(
+                f"unknown tracker '{text}' in --log-to; accepted: {', '.join(accepted)} "
+                "(any subset, comma-separated, e.g. --log-to tensorboard,csv)"
+            )
+        name = TRACKERS.resolve(name)
+        if name not in out:
+            out.append(name)
+    for name in out:
+        factory = TRACKERS.get(name)
+        check = getattr(factory, "check_installed", None)
+        if callable(check):
+            check()
+        else:
+            _require_packages(name, getattr(factory, "requires", ()))
+    return out
+
+
+def _require_packages(name: str, modules: Sequence[str]) -> None:
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            top = module.split(".")[0]
+            raise FlexsampleError(
+                f"--log-to {name} needs the package '{top}', which is not installed; install "
+                f"it with: pip install {top}"
+            ) from None
+
+
+def build_trackers(
+    names: Sequence[str],
+    *,
+    run_dir: Path,
+    log_dir: Path | None = None,
+    config: dict[str, Any],
+    run_name: str,
+    group: str | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
+) -> list[Any]:
+    """One tracker callback per name (checked with `check_trackers`), each built through the
+    registry, `TRACKERS.build(name, options, **runtime)`, with the run-time arguments every
+    tracker takes: `run_dir` (the run folder), `log_dir` (logs go to `log_dir/[group/]run_name`
+    instead), `config`, `run_name` and `group` (a bench's name: MLflow experiment, W&B group).
+    `options`: tracker name -> its options (e.g. `{"mlflow": {"experiment": "ablations"}}`)."""
+    chosen = dict(options or {})
+    unused = [n for n in chosen if n not in names]
+    if unused:
+        raise FlexsampleError(
+            f"options given for tracker '{unused[0]}', which is not among the trackers of "
+            f"this run ({', '.join(names) or 'none'})"
+        )
+    runtime = {
+        "run_dir": Path(run_dir),
+        "log_dir": None if log_dir is None else Path(log_dir),
+        "config": dict(config),
+        "run_name": run_name,
+        "group": group,
+    }
+    return [TRACKERS.build(name, chosen.get(name, {}), **runtime) for name in names]

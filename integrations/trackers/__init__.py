@@ -43,8 +43,8 @@ from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import EpochResult, ValRecord
 from flexsample.engine.loop import Callback, QueryResult, StepRecord
 from flexsample.engine.registries import TRACKERS
+from flexsample.workflows.bench import build_trackers, check_trackers
 
-BUILTIN_ORDER = ("tensorboard", "mlflow", "wandb", "csv")  # how messages list the built-ins
 DEFAULT_PROJECT = "flexsample"  # MLflow experiment / W&B project unless the environment names one
 RESULT_SECTIONS = ("test", "test_last")
 # tables kept in results.json (an artifact), not as one metric per cell
@@ -52,69 +52,18 @@ SKIPPED_RESULT_KEYS = {"confusion_matrix", "calibration"}
 
 
 # -- parsing and construction ------------------------------------------------------------------
-def accepted_trackers() -> list[str]:
-    """Every registered tracker name: the built-ins first, then those plugins added."""
-    names = TRACKERS.names()
-    return [n for n in BUILTIN_ORDER if n in names] + [n for n in names if n not in BUILTIN_ORDER]
-
-
 def parse_log_to(text: str | None) -> list[str]:
     """`--log-to` as a list of tracker names; checks names and installed packages up front.
 
     Comma-separated, any subset of the registered trackers (`TRACKERS`: the built-ins and
     those installed packages add), duplicates dropped; None, "" or "none": no tracker. A
     package a tracker needs (its `requires`) that is not installed fails here, before the run
-    starts, naming what to install.
+    starts, naming what to install. (`workflows.bench.check_trackers`, which the workflows
+    layer calls without importing this package.)
     """
     if text is None or text.strip().lower() in ("", "none"):
         return []
-    accepted = accepted_trackers()
-    by_lower = {n.lower(): n for n in accepted}
-    names: list[str] = []
-    for part in text.split(","):
-        given = part.strip()
-        if not given:
-            continue
-        name = given if given in TRACKERS else by_lower.get(given.lower())
-        if name is None:
-            raise FlexsampleError(
-                f"unknown tracker '{given}' in --log-to; accepted: {', '.join(accepted)} "
-                "(any subset, comma-separated, e.g. --log-to tensorboard,csv)"
-            )
-        name = TRACKERS.resolve(name)
-        if name not in names:
-            names.append(name)
-    for name in names:
-        import_requirements(name)
-    return names
-
-
-def import_requirements(name: str) -> list[ModuleType]:
-    """The packages tracker `name` declares (`requires`), imported; a missing one is one
-    FlexsampleError line saying what to install."""
-    factory = TRACKERS.get(name)
-    check = getattr(factory, "check_installed", None)
-    if callable(check):
-        return list(check())
-    return _import_all(name, getattr(factory, "requires", ()), getattr(factory, "extra", None))
-
-
-def _import_all(name: str, modules: Sequence[str], extra: str | None) -> list[ModuleType]:
-    feature = f"--log-to {name}"
-    found = []
-    for module in modules:
-        if extra:  # a flexsample extra installs it
-            found.append(require(module, extra, feature))
-            continue
-        try:
-            found.append(importlib.import_module(module))
-        except ImportError:
-            top = module.split(".")[0]
-            raise FlexsampleError(
-                f"{feature} needs the package '{top}', which is not installed; install it "
-                f"with: pip install {top}"
-            ) from None
-    return found
+    return check_trackers(text)
 
 
 def make_trackers(
@@ -141,35 +90,35 @@ def make_trackers(
         names = parse_log_to(names)
     else:
         names = parse_log_to(",".join(names))
-    chosen = dict(options or {})
-    unused = [n for n in chosen if n not in names]
-    if unused:
-        raise FlexsampleError(
-            f"options given for tracker '{unused[0]}', which is not among the trackers of "
-            f"this run ({', '.join(names) or 'none'})"
-        )
-    runtime = tracker_runtime(
-        run_dir=run_dir, log_dir=log_dir, config=config, run_name=run_name, group=group
+    return build_trackers(
+        names,
+        run_dir=run_dir,
+        log_dir=log_dir,
+        config=dict(config),
+        run_name=run_name,
+        group=group,
+        options={k: dict(v) for k, v in (options or {}).items()},
     )
-    return [TRACKERS.build(name, chosen.get(name, {}), **runtime) for name in names]
 
 
-def tracker_runtime(
-    *,
-    run_dir: Path,
-    log_dir: Path | None = None,
-    config: Mapping[str, Any],
-    run_name: str,
-    group: str | None = None,
-) -> dict[str, Any]:
-    """The run-time arguments every tracker's constructor takes (`TRACKERS.runtime`)."""
-    return {
-        "run_dir": Path(run_dir),
-        "log_dir": None if log_dir is None else Path(log_dir),
-        "config": dict(config),
-        "run_name": run_name,
-        "group": group,
-    }
+def _import_all(name: str, modules: Sequence[str], extra: str | None) -> list[ModuleType]:
+    """`modules` imported for `--log-to name`; a missing one is one FlexsampleError line naming
+    the flexsample `extra` that installs it (or the package itself)."""
+    feature = f"--log-to {name}"
+    found = []
+    for module in modules:
+        if extra:
+            found.append(require(module, extra, feature))
+            continue
+        try:
+            found.append(importlib.import_module(module))
+        except ImportError:
+            top = module.split(".")[0]
+            raise FlexsampleError(
+                f"{feature} needs the package '{top}', which is not installed; install it "
+                f"with: pip install {top}"
+            ) from None
+    return found
 
 
 # -- what every tracker logs ---------------------------------------------------------------------
@@ -420,11 +369,8 @@ __all__ = [
     "TensorBoardTracker",
     "Tracker",
     "WandbTracker",
-    "accepted_trackers",
-    "import_requirements",
     "make_trackers",
     "mlflow_tracking_uri",
     "parse_log_to",
-    "tracker_runtime",
     "wandb_mode",
 ]

@@ -6,18 +6,27 @@ submitit) and reports each cell's `Outcome`. The grid driver (`workflows.bench.r
 owns everything else: which cells run, retries, failure records, progress. A launcher never
 decides what a cell computes: every cell is `workflows.bench.cell_entry(task)`, so the same
 grid gives the same results whatever the launcher (at the same threads per cell).
+
+Launchers are an open extension point like estimators: each built-in registers itself in the
+`LAUNCHERS` registry (`@LAUNCHERS.register("local")`) and an installed package adds its own
+through the entry-point group `flexsample.launchers`. A launcher's options are its
+constructor's keyword parameters (`Annotated[type, opt(help, ge=...)]`); an option of another
+launcher is refused because the chosen one does not declare it (`launcher_options`). The
+bench supplies the run-time arguments `out` (the bench folder) and `device` (`--device`) to
+the launchers whose constructors take them.
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from flexsample.engine.errors import FlexsampleError
-
-LAUNCHERS = ("local", "ray", "slurm")
+from flexsample.engine.options import OptionError, Options, closest, describe_option
+from flexsample.engine.registries import LAUNCHERS
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,13 @@ class Launcher(ABC):
 
     name: str = ""
     slots: int | None = 1
+    # option -> the `flexsample bench` flag that sets it, where it is not --<option-with-dashes>
+    flags: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def flag(cls, option: str) -> str:
+        """The `flexsample bench` flag that sets `option` (for messages)."""
+        return cls.flags.get(option) or "--" + option.replace("_", "-")
 
     def start(self, tasks: Sequence[CellTask]) -> None:  # noqa: B027 - optional hook
         """Called once before the first submit with every task of the grid (start a runtime,
@@ -95,18 +111,92 @@ class Launcher(ABC):
         return True
 
 
+def launcher_names() -> list[str]:
+    """Every registered launcher: the built-ins and those installed packages add."""
+    return LAUNCHERS.names()
+
+
+def check_launcher(name: str) -> str:
+    """`name` if a launcher is registered under it, else one line listing the accepted ones."""
+    if name in LAUNCHERS:
+        return LAUNCHERS.resolve(name)
+    names = LAUNCHERS.names()
+    raise FlexsampleError(
+        f"unknown --launcher '{name}'{closest(name, names)}; accepted: {', '.join(names)}"
+    )
+
+
+def _flag(option: str) -> str:
+    """The flag of `option` as the launchers that declare it spell it."""
+    for other in LAUNCHERS.names():
+        if option in LAUNCHERS.options(other).model_fields:
+            return LAUNCHERS.get(other).flag(option)  # type: ignore[attr-defined, no-any-return]
+    return "--" + option.replace("_", "-")
+
+
+def launcher_options(name: str, values: Mapping[str, Any]) -> Options:
+    """`values` checked against the options launcher `name` declares.
+
+    An option the launcher does not declare is refused: when other launchers declare it, one
+    line says which (`--partition applies to --launcher slurm, not local`); a value outside
+    what the launcher accepts is one line naming the flag and the accepted values.
+    """
+    name = check_launcher(name)
+    try:
+        return LAUNCHERS.resolve_options(name, values)
+    except OptionError as exc:
+        option = exc.option
+        if option is None:
+            raise
+        fields = LAUNCHERS.options(name).model_fields
+        if option not in fields:
+            takers = [
+                other
+                for other in LAUNCHERS.names()
+                if option in LAUNCHERS.options(other).model_fields
+            ]
+            if not takers:
+                raise
+            raise FlexsampleError(
+                f"{_flag(option)} applies to --launcher {' or '.join(takers)}, not {name}"
+            ) from None
+        flag = LAUNCHERS.get(name).flag(option)  # type: ignore[attr-defined]
+        value = values[option]
+        accepted = describe_option(fields[option])
+        tail = f"; accepted: {accepted}" if accepted else ""
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise FlexsampleError(f"{flag} {value:g} is out of range{tail}") from None
+        raise FlexsampleError(f"invalid {flag} {value!r}{tail}") from None
+
+
+def build_launcher(name: str, options: Mapping[str, Any] | Options, /, **runtime: Any) -> Launcher:
+    """Launcher `name` with its checked `options` (`launcher_options`) and those of the
+    `runtime` arguments (`out`, `device`) its constructor takes."""
+    name = check_launcher(name)
+    if not isinstance(options, Options):
+        options = launcher_options(name, options)
+    return LAUNCHERS.build(name, options, **_taken(LAUNCHERS.get(name), runtime))  # type: ignore[no-any-return]
+
+
+def _taken(factory: Any, runtime: Mapping[str, Any]) -> dict[str, Any]:
+    """The run-time arguments `factory` takes (all of them with a **kwargs)."""
+    target = factory.__init__ if isinstance(factory, type) else factory
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return dict(runtime)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return dict(runtime)
+    return {k: v for k, v in runtime.items() if k in params}
+
+
 def get_launcher(name: str, **options: Any) -> Launcher:
-    """The launcher called `name`, built with its options (see each module)."""
-    if name == "local":
-        from .local import LocalLauncher
+    """The launcher called `name`, built with its options (see each module); run-time
+    arguments (`LAUNCHERS.runtime`: out, device ...) may be passed among them."""
+    runtime = {k: options.pop(k) for k in list(options) if k in LAUNCHERS.runtime}
+    return build_launcher(name, options, **runtime)
 
-        return LocalLauncher(**options)
-    if name == "ray":
-        from .ray import RayLauncher
 
-        return RayLauncher(**options)
-    if name == "slurm":
-        from .slurm import SlurmLauncher
-
-        return SlurmLauncher(**options)
-    raise FlexsampleError(f"unknown --launcher '{name}'; accepted: {', '.join(LAUNCHERS)}")
+# the built-in launchers, one module each, registered in LAUNCHERS (imported last: they
+# subclass Launcher); others come from the entry-point group `flexsample.launchers`
+from . import local, ray, slurm  # noqa: E402, F401

@@ -20,9 +20,11 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
-from typing import Any
+from typing import Annotated, Any
 
 from flexsample.engine.errors import FlexsampleError
+from flexsample.engine.options import opt
+from flexsample.engine.registries import LAUNCHERS
 
 from . import CellTask, Launcher, Outcome
 
@@ -106,6 +108,7 @@ def plan_slots(
     ]
 
 
+@LAUNCHERS.register("local")
 class LocalLauncher(Launcher):
     """`--launcher local` (the default): `jobs` cells at a time on this machine."""
 
@@ -113,9 +116,18 @@ class LocalLauncher(Launcher):
 
     def __init__(
         self,
-        jobs: int = 1,
-        cells_per_gpu: int = 1,
-        cpus_per_cell: int | None = None,
+        jobs: Annotated[
+            int,
+            opt(
+                "cells at once; with G GPUs each cell gets its own GPU (jobs <= G x "
+                "cells_per_gpu), and the cores are split between the cells",
+                ge=1,
+            ),
+        ] = 1,
+        cells_per_gpu: Annotated[int, opt("cells sharing one GPU", ge=1)] = 1,
+        cpus_per_cell: Annotated[
+            int | None, opt("threads (CPU cores) per cell [default: cores / jobs]", ge=1)
+        ] = None,
         device: str = "auto",
         gpus: Sequence[str] | None = None,
         cores: int | None = None,

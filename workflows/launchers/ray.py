@@ -20,10 +20,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from flexsample._optional import require
 from flexsample.engine.errors import FlexsampleError
+from flexsample.engine.options import opt
+from flexsample.engine.registries import LAUNCHERS
 
 from . import CellTask, Launcher, Outcome
 
@@ -43,6 +45,7 @@ class RayJob:
     submitted: float
 
 
+@LAUNCHERS.register("ray")
 class RayLauncher(Launcher):
     """Cells as Ray tasks; `slots` is None, so the whole grid is submitted at once and Ray
     queues what the cluster cannot run yet (its resources decide how many run together)."""
@@ -52,11 +55,27 @@ class RayLauncher(Launcher):
 
     def __init__(
         self,
-        address: str | None = None,
-        gpus_per_cell: float | None = 0.0,
-        cpus_per_cell: int | None = None,
+        address: Annotated[
+            str | None,
+            opt(
+                "the cluster, auto or ray://HOST:PORT [default: RAY_ADDRESS, else a new local "
+                "runtime]"
+            ),
+        ] = None,
+        gpus_per_cell: Annotated[
+            float | None,
+            opt(
+                "GPUs per cell, a fraction such as 0.5 shares one, 0 = the cell sees no GPU",
+                ge=0,
+            ),
+        ] = 0.0,
+        cpus_per_cell: Annotated[
+            int | None, opt("threads (CPU cores) per cell [default: 1]", ge=1)
+        ] = None,
         out: Path | str | None = None,
-        num_cpus: int | None = None,
+        num_cpus: Annotated[
+            int | None, opt("a local runtime's CPUs [default: this machine's cores]", ge=1)
+        ] = None,
     ) -> None:
         self._ray = require("ray", "cluster", "--launcher ray")
         cpus = 1 if cpus_per_cell is None else cpus_per_cell

@@ -37,10 +37,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 from flexsample._optional import require
 from flexsample.engine.errors import FlexsampleError
+from flexsample.engine.options import opt
+from flexsample.engine.registries import LAUNCHERS
 
 from . import CellTask, Launcher, Outcome
 
@@ -154,24 +156,42 @@ def sbatch_script(folder: Path | str, cells: int, **flags: Any) -> str:
     )
 
 
+@LAUNCHERS.register("slurm")
 class SlurmLauncher(Launcher):
     """The grid as one submitit job array; see the module docstring."""
 
     name = "slurm"
     slots = None
+    flags: ClassVar[dict[str, str]] = {
+        "array_parallelism": "--slurm-array-parallelism",
+        "extra": "--slurm-extra",
+        "wait": "--no-wait",
+    }
 
     def __init__(
         self,
-        partition: str | None = None,
-        gpus_per_cell: float | None = 0.0,
-        cpus_per_cell: int | None = None,
-        time: str | None = None,
-        array_parallelism: int | None = None,
-        extra: Mapping[str, str] | None = None,
-        wait: bool = True,
+        partition: Annotated[str | None, opt("the partition")] = None,
+        gpus_per_cell: Annotated[float | None, opt("whole GPUs per cell", ge=0)] = 0.0,
+        cpus_per_cell: Annotated[
+            int | None, opt("CPUs (and torch threads) per cell [default: 1]", ge=1)
+        ] = None,
+        time: Annotated[
+            str | None, opt(f"time limit per cell, {TIME_FORMS} (required on Slurm)")
+        ] = None,
+        array_parallelism: Annotated[
+            int | None, opt("at most this many array tasks at once", ge=1)
+        ] = None,
+        extra: Annotated[
+            Mapping[str, str] | None, opt("extra sbatch parameters, KEY -> VALUE")
+        ] = None,
+        wait: Annotated[
+            bool, opt("wait for the array; False returns after submitting")
+        ] = True,
         out: Path | str | None = None,
-        cluster: str | None = None,
-        name: str = JOB_NAME,
+        cluster: Annotated[
+            str | None, opt(f"slurm or local [default: {CLUSTER_ENV}, else slurm]")
+        ] = None,
+        name: Annotated[str, opt("the job name")] = JOB_NAME,
     ) -> None:
         self._submitit = require("submitit", "cluster", "--launcher slurm")
         cluster = cluster or os.environ.get(CLUSTER_ENV) or "slurm"
