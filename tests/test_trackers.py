@@ -351,7 +351,7 @@ def test_resume_after_interrupt_logs_each_epoch_once(tmp_path: Path, monkeypatch
 def test_unknown_tracker_is_one_line_exit_2(cli, tmp_path: Path) -> None:
     line = one_error_line(cli("run", *TINY, "--out", tmp_path / "x", "--log-to", "csv,neptune"))
     assert "unknown tracker 'neptune'" in line
-    assert "accepted: tensorboard, mlflow, wandb, csv" in line
+    assert "accepted: csv, mlflow, tensorboard, wandb" in line  # TRACKERS.names(), sorted
     assert not (tmp_path / "x").exists()
 
 
