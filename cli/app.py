@@ -441,38 +441,75 @@ def eval_cmd(
 
 @app.command("list")
 def list_cmd(
+    name: str = typer.Argument(
+        None,
+        help="a component (mcdropout) or a kind (estimator, policy, ...): show its options",
+        show_default=False,
+    ),
     plugin: list[str] = typer.Option(None, help="module to import first (repeatable)"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Every registered estimator, policy, allocation, anchor strategy, dataset, loss and
-    sampler, then the fixed choices of --acquisition, --mc-source and --decouple."""
+    sampler, then the fixed choices of --acquisition, --mc-source and --decouple. With NAME:
+    the options of that component (or of every component of that kind), each with its type,
+    default, accepted values and help; set them with their flag or --<kind>-opt KEY=VALUE."""
     with user_errors(debug):
         from . import catalogue
 
-        if plugin or catalogue.needs_registries():
+        fresh = bool(plugin) or catalogue.needs_registries()
+        if fresh:
             from flexsample.engine.registry import import_plugin
 
             for module in plugin or []:
                 import_plugin(module)
+            regs = catalogue.registries()
             rows = [
-                (reg.kind, name, doc, origin)
-                for reg in catalogue.registries()
-                for name, doc, origin in reg.describe()
+                (reg.kind, n, doc, origin) for reg in regs for n, doc, origin in reg.describe()
             ]
+            options = catalogue.option_rows(regs)
         else:  # only built-ins: their names without importing them (and torch)
-            rows = [(kind, name, doc, catalogue.__name__) for kind, name, doc in catalogue.BUILTINS]
-        rows += [(kind, name, doc, catalogue.__name__) for kind, name, doc in catalogue.CHOICES]
+            rows = [(kind, n, doc, catalogue.__name__) for kind, n, doc in catalogue.BUILTINS]
+            options = list(catalogue.OPTIONS)
+        if name is not None:
+            _print_options(name, rows, options)
+            return
+        rows += [(kind, n, doc, catalogue.__name__) for kind, n, doc in catalogue.CHOICES]
         width = max(len(r[1]) for r in rows)
         kind_width = max(len(r[0]) for r in rows)
-        for kind, name, doc, origin in rows:
+        for kind, n, doc, origin in rows:
             builtin = origin.startswith("flexsample.")
             source = "" if builtin else f"  [plugin: {origin}]"
             console.print(
-                f"{kind:<{kind_width}} {name:<{width}}  {doc}{source}",
+                f"{kind:<{kind_width}} {n:<{width}}  {doc}{source}",
                 soft_wrap=True,
                 highlight=False,
                 markup=False,
             )
+
+
+def _print_options(
+    name: str, rows: list[tuple[str, str, str, str]], options: list[tuple[str, ...]]
+) -> None:
+    """The options of component `name` (or of each component of kind `name`)."""
+    from flexsample.engine.options import closest
+
+    chosen = [r for r in rows if r[1] == name or r[0] == name]
+    if not chosen:
+        every = sorted({r[1] for r in rows} | {r[0] for r in rows})
+        raise FlexsampleError(
+            f"no component or kind named '{name}'{closest(name, every)}; see `flexsample list`"
+        )
+    for kind, n, doc, _ in chosen:
+        mine = [o for o in options if o[0] == kind and o[1] == n]
+        console.print(f"{kind} {n}: {doc}", soft_wrap=True, highlight=False, markup=False)
+        if not mine:
+            console.print("  no options", highlight=False, markup=False)
+        for _, _, option, type_, default, accepted, help_ in mine:
+            flag = f"--{kind}-opt {option}=..."
+            text = f"  {option} ({type_}, default {default}): {help_}"
+            if accepted:
+                text += f"; accepted: {accepted}"
+            console.print(f"{text}  [{flag}]", soft_wrap=True, highlight=False, markup=False)
 
 
 def _register_optional_commands() -> None:

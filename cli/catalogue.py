@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# the entry-point groups of the seven registries, in `list`'s order
+# the entry-point groups of the nine registries, in `list`'s order
 GROUPS = (
     "flexsample.estimators",
     "flexsample.policies",
@@ -24,6 +24,8 @@ GROUPS = (
     "flexsample.datasets",
     "flexsample.losses",
     "flexsample.samplers",
+    "flexsample.trackers",
+    "flexsample.launchers",
 )
 
 # (kind, name, first line of its docstring), in `list`'s order
@@ -69,6 +71,13 @@ BUILTINS: tuple[tuple[str, str, str], ...] = (
     ('sampler', 'class-balanced', 'Every class equally likely per draw (re-sampling, RS), as many draws as samples.'),  # noqa: E501
     ('sampler', 'instance', 'Every sample once per epoch, shuffled.'),
     ('sampler', 'sqrt', 'Classes drawn ∝ sqrt(n_c): halfway between instance and class-balanced sampling.'),  # noqa: E501
+    ('tracker', 'csv', 'Plain CSV files, one row per event, each written and flushed at once (a killed run keeps'),  # noqa: E501
+    ('tracker', 'mlflow', 'An MLflow run (MlflowClient, no global active run): params, metrics by epoch, the chosen'),  # noqa: E501
+    ('tracker', 'tensorboard', "torch's SummaryWriter: scalars, histograms, the config as text and as HParams."),  # noqa: E501
+    ('tracker', 'wandb', "A W&B run (project WANDB_PROJECT or 'flexsample', group = the bench): config, metrics"),  # noqa: E501
+    ('launcher', 'local', '`--launcher local` (the default): `jobs` cells at a time on this machine.'),  # noqa: E501
+    ('launcher', 'ray', 'Cells as Ray tasks; `slots` is None, so the whole grid is submitted at once and Ray'),  # noqa: E501
+    ('launcher', 'slurm', 'The grid as one submitit job array; see the module docstring.'),
 )
 # (kind, component, option, type, default, accepted, help) of every built-in's options
 OPTIONS: tuple[tuple[str, str, str, str, str, str, str], ...] = (
@@ -132,6 +141,24 @@ OPTIONS: tuple[tuple[str, str, str, str, str, str, str], ...] = (
     ('loss', 'ldam', 'ldam_scale', 'float', '30.0', 'a finite number, 0 < x <= 1000', 'logit scale'),  # noqa: E501
     ('loss', 'ldam', 'drw_start', 'float', '0.8', 'a finite number, 0 <= x <= 1', 'fraction of the epoch budget before re-weighting'),  # noqa: E501
     ('loss', 'ldam', 'cb_beta', 'float', '0.9999', 'a finite number, 0 <= x < 1', 'class-balanced losses: effective-number beta'),  # noqa: E501
+    ('tracker', 'mlflow', 'experiment', 'str', 'None', 'a string', "MLflow experiment [default: the bench's name for bench cells, else MLFLOW_EXPERIMENT_NAME, else 'flexsample']"),  # noqa: E501
+    ('tracker', 'wandb', 'project', 'str', 'None', 'a string', "W&B project [default: WANDB_PROJECT, else 'flexsample']"),  # noqa: E501
+    ('launcher', 'local', 'jobs', 'int', '1', 'an integer, 1 <= x', 'cells at once; with G GPUs each cell gets its own GPU (jobs <= G x cells_per_gpu), and the cores are split between the cells'),  # noqa: E501
+    ('launcher', 'local', 'cells_per_gpu', 'int', '1', 'an integer, 1 <= x', 'cells sharing one GPU'),  # noqa: E501
+    ('launcher', 'local', 'cpus_per_cell', 'int', 'None', 'an integer, 1 <= x', 'threads (CPU cores) per cell [default: cores / jobs]'),  # noqa: E501
+    ('launcher', 'ray', 'address', 'str', 'None', 'a string', 'the cluster, auto or ray://HOST:PORT [default: RAY_ADDRESS, else a new local runtime]'),  # noqa: E501
+    ('launcher', 'ray', 'gpus_per_cell', 'float', '0.0', 'a finite number, 0 <= x', 'GPUs per cell, a fraction such as 0.5 shares one, 0 = the cell sees no GPU'),  # noqa: E501
+    ('launcher', 'ray', 'cpus_per_cell', 'int', 'None', 'an integer, 1 <= x', 'threads (CPU cores) per cell [default: 1]'),  # noqa: E501
+    ('launcher', 'ray', 'num_cpus', 'int', 'None', 'an integer, 1 <= x', "a local runtime's CPUs [default: this machine's cores]"),  # noqa: E501
+    ('launcher', 'slurm', 'partition', 'str', 'None', 'a string', 'the partition'),
+    ('launcher', 'slurm', 'gpus_per_cell', 'float', '0.0', 'a finite number, 0 <= x', 'whole GPUs per cell'),  # noqa: E501
+    ('launcher', 'slurm', 'cpus_per_cell', 'int', 'None', 'an integer, 1 <= x', 'CPUs (and torch threads) per cell [default: 1]'),  # noqa: E501
+    ('launcher', 'slurm', 'time', 'str', 'None', 'a string', 'time limit per cell, HH:MM:SS or D-HH:MM:SS (e.g. 04:00:00, 1-12:00:00) (required on Slurm)'),  # noqa: E501
+    ('launcher', 'slurm', 'array_parallelism', 'int', 'None', 'an integer, 1 <= x', 'at most this many array tasks at once'),  # noqa: E501
+    ('launcher', 'slurm', 'extra', 'str', 'None', '', 'extra sbatch parameters, KEY -> VALUE'),
+    ('launcher', 'slurm', 'wait', 'bool', 'True', 'true or false', 'wait for the array; False returns after submitting'),  # noqa: E501
+    ('launcher', 'slurm', 'cluster', 'str', 'None', 'a string', 'slurm or local [default: FLEXSAMPLE_SLURM_CLUSTER, else slurm]'),  # noqa: E501
+    ('launcher', 'slurm', 'name', 'str', "'flexsample-bench'", 'a string', 'the job name'),
 )
 # --- end generated ---
 
@@ -151,13 +178,22 @@ CHOICES: tuple[tuple[str, str, str], ...] = (
 
 
 def registries() -> list[Any]:
-    """The seven registries, built-ins loaded (this imports torch)."""
+    """The nine registries, built-ins loaded (this imports torch)."""
     from flexsample.datasets.base import DATASETS
-    from flexsample.engine.registries import ALLOCATIONS, ANCHORS, ESTIMATORS, POLICIES
+    from flexsample.engine.registries import (
+        ALLOCATIONS,
+        ANCHORS,
+        ESTIMATORS,
+        LAUNCHERS,
+        POLICIES,
+        TRACKERS,
+    )
     from flexsample.training.losses import LOSSES
     from flexsample.training.samplers import SAMPLERS
 
-    return [ESTIMATORS, POLICIES, ALLOCATIONS, ANCHORS, DATASETS, LOSSES, SAMPLERS]
+    return [
+        ESTIMATORS, POLICIES, ALLOCATIONS, ANCHORS, DATASETS, LOSSES, SAMPLERS, TRACKERS, LAUNCHERS
+    ]
 
 
 # modules whose import registers built-ins (and, through them, any plugin that loaded)
@@ -167,6 +203,8 @@ REGISTERING = (
     "flexsample.datasets.builtin",
     "flexsample.training.losses",
     "flexsample.training.samplers",
+    "flexsample.integrations.trackers",
+    "flexsample.workflows.launchers",
 )
 
 

@@ -9,9 +9,9 @@ bad input, naming the file or value.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 import inspect
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np

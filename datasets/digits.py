@@ -7,7 +7,15 @@ import torch
 
 from flexsample.engine.errors import FlexsampleError
 
-from .base import DATASETS, DataSeed, ImageSize, ImbalanceRatio, LTDataset, Split, exponential_profile
+from .base import (
+    DATASETS,
+    DataSeed,
+    ImageSize,
+    ImbalanceRatio,
+    LTDataset,
+    Split,
+    exponential_profile,
+)
 
 TEST_PER_CLASS = 50
 VAL_PER_CLASS = 20

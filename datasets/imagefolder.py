@@ -17,7 +17,6 @@ from typing import Annotated, Any
 import numpy as np
 
 from flexsample.engine.errors import FlexsampleError
-
 from flexsample.engine.options import opt
 
 from .base import DATASETS, DataDir, DataSeed, ImageSize, ImbalanceRatio, LTDataset, SkipMissing

@@ -32,7 +32,6 @@ import torch
 from torch.utils.data import Dataset
 
 from flexsample.engine.errors import FlexsampleError
-
 from flexsample.engine.options import opt
 
 from .base import DATASETS, DataSeed, ImageSize, ImbalanceRatio, LTDataset, Split

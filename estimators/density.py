@@ -19,6 +19,7 @@ import torch
 
 from flexsample.engine.context import ScoringContext
 from flexsample.engine.errors import FlexsampleError
+from flexsample.engine.features import class_prototypes, l2_normalize
 from flexsample.engine.interfaces import Estimator
 from flexsample.engine.options import opt
 from flexsample.engine.registries import ESTIMATORS, register_estimator
@@ -29,14 +30,6 @@ from .params import IVFThreshold, Knn, MCMode, MCSamples, MCScore
 
 DEFAULT_IVF_THRESHOLD = 200_000
 _GPU_RESOURCES: dict[int, object] = {}
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """A float32, C-contiguous, row-normalised copy (all-zero rows stay zero)."""
-    out = np.array(x, dtype=np.float32, order="C", copy=True)
-    if out.size:
-        faiss.normalize_L2(out)
-    return out
 
 
 def faiss_gpu_count() -> int:
@@ -265,18 +258,6 @@ class InfoDensityEstimator(Estimator):
         features = ctx.features(np.arange(ctx.num_items))
         rho = knn_density(features, candidates, self.knn, self.ivf_threshold, ctx.device)
         return u * np.clip((1.0 + rho) / 2.0, 0.0, 1.0) ** self.density_beta
-
-
-def class_prototypes(
-    features: np.ndarray, labels: np.ndarray, num_classes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(C, D) unit-norm class means of L2-normalised features, and which classes had rows."""
-    f = l2_normalize(features).astype(np.float64)
-    sums = np.zeros((num_classes, f.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, f)
-    present = np.bincount(labels, minlength=num_classes)[:num_classes] > 0
-    norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    return sums / np.maximum(norms, 1e-12), present
 
 
 @register_estimator("prototype-cosine")

@@ -143,14 +143,52 @@ def default_val_outputs(outputs: Any, batch: Any) -> tuple[torch.Tensor, torch.T
     return preds, labels
 
 
+CURRICULUM_OPTIONS = ("acquisition", "acquisition_beta", "mc_source", "snapshots")
+
+
+def _scope_options(
+    options: Mapping[str, Any], policy: Any, allocation: Any, estimator: Any, anchors: Any
+) -> dict[str, dict[str, Any]]:
+    """`options` split by the named components that declare each key (as the run's shortcut
+    flags are); a key no named component declares is one line saying so."""
+    from flexsample.engine.combine import split_spec
+    from flexsample.engine.registries import PLUGIN_REGISTRIES
+
+    named = {"policy": policy, "allocation": allocation, "estimator": estimator, "anchors": anchors}
+    takes: dict[str, set[str]] = {}
+    for kind, name in named.items():
+        if not isinstance(name, str):
+            continue
+        reg = PLUGIN_REGISTRIES[kind]
+        parts = split_spec(name) if kind == "estimator" else [name]
+        takes[kind] = set().union(*(reg.options(p).model_fields for p in parts))
+        if kind == "estimator" and len(parts) > 1:
+            takes[kind].add("combine")
+    out: dict[str, dict[str, Any]] = {kind: {} for kind in named}
+    for key, value in options.items():
+        if key in CURRICULUM_OPTIONS:
+            continue
+        owners = [kind for kind, keys in takes.items() if key in keys]
+        if not owners:
+            chosen = ", ".join(f"{k} '{n}'" for k, n in named.items() if isinstance(n, str))
+            raise FlexsampleError(
+                f"FlexSampling option '{key}' is not an option of {chosen or 'any component'}"
+                f" (nor one of {', '.join(CURRICULUM_OPTIONS)}); drop it"
+            )
+        for kind in owners:
+            out[kind][key] = value
+    return out
+
+
 class FlexSampling(pl.Callback):
     """Grows the training subset of a Lightning fit with flexsample's curriculum.
 
     The epoch budget is `rounds * epochs_per_round` (`Trainer(max_epochs=...)` must not exceed
     it). `policy`, `allocation`, `estimator` and `anchors` are registered names (as in
-    `flexsample run`, built with `options` such as `mc_samples` or `anchor_scaling`; the
-    options `acquisition`, `acquisition_beta`, `mc_source` and `snapshots` go to the
-    curriculum itself) or instances; `anchors` may also be an array of training indices.
+    `flexsample run`, built with `options` such as `mc_samples` or `anchor_scaling`: each option
+    goes to the named components that declare it, and one that none of them declares is
+    refused; the options `acquisition`, `acquisition_beta`, `mc_source` and `snapshots` go to
+    the curriculum itself) or instances; `anchors` may also be an array of training indices.
     Prototype anchors need `anchor_features` (N, D). `inputs` is what scoring reads: a dataset
     with the same indices as `train_dataset` (e.g. without augmentation) or an engine InputFn;
     default the training dataset itself. `labels` are the training labels, indexed like
@@ -184,6 +222,7 @@ class FlexSampling(pl.Callback):
         from flexsample.estimators import build_estimator
 
         opts = dict(options or {})
+        scoped = _scope_options(opts, policy, allocation, estimator, anchors)
         self.train_dataset = train_dataset
         self.labels = np.asarray(labels)
         if len(self.labels) != len(train_dataset):  # type: ignore[arg-type]
@@ -200,7 +239,9 @@ class FlexSampling(pl.Callback):
                 "them from loader_options (batch_size is an argument of its own)"
             )
         self.pool = Pool(self.labels, num_classes)
-        self.anchors = get_anchors(anchors, **opts) if isinstance(anchors, str) else anchors
+        self.anchors = (
+            get_anchors(anchors, **scoped["anchors"]) if isinstance(anchors, str) else anchors
+        )
         self.anchor_features = anchor_features
         self.batch_size = int(batch_size)
         self.loader_options = dict(loader_options or {})
@@ -211,9 +252,13 @@ class FlexSampling(pl.Callback):
         self._learner = _ModuleLearner()
         self.curriculum = Curriculum(
             self.pool,
-            get_policy(policy, **opts) if isinstance(policy, str) else policy,
-            get_allocation(allocation, **opts) if isinstance(allocation, str) else allocation,
-            build_estimator(estimator, **opts) if isinstance(estimator, str) else estimator,
+            get_policy(policy, **scoped["policy"]) if isinstance(policy, str) else policy,
+            get_allocation(allocation, **scoped["allocation"])
+            if isinstance(allocation, str)
+            else allocation,
+            build_estimator(estimator, scoped["estimator"])
+            if isinstance(estimator, str)
+            else estimator,
             self._learner,
             inputs,
             rounds=rounds,

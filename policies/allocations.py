@@ -12,8 +12,8 @@ from typing import Annotated
 import numpy as np
 
 from flexsample.engine.errors import FlexsampleError
-from flexsample.engine.options import opt
 from flexsample.engine.interfaces import Allocation, PolicyState
+from flexsample.engine.options import opt
 from flexsample.engine.registries import register_allocation
 
 from .apportion import apportion

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import numpy as np
 
 from flexsample.engine.errors import FlexsampleError
+from flexsample.engine.features import class_prototypes, l2_normalize
 from flexsample.engine.interfaces import Anchors
 from flexsample.engine.options import opt
 from flexsample.engine.registries import register_anchors
@@ -97,12 +98,6 @@ class RandomAnchors(_CountedAnchors):
         return np.sort(np.concatenate(picks)).astype(np.int64)
 
 
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
-
-
 def nearest_to_prototype(features: np.ndarray, k: int) -> np.ndarray:
     """Positions of the k rows most cosine-similar to their prototype (best first), via FAISS.
 
@@ -111,11 +106,12 @@ def nearest_to_prototype(features: np.ndarray, k: int) -> np.ndarray:
     """
     import faiss
 
-    f = np.ascontiguousarray(l2_normalise(features))
+    f = l2_normalize(features)
     k = int(min(k, len(f)))
     if k <= 0:
         return np.zeros(0, np.int64)
-    proto = l2_normalise(f.mean(axis=0, keepdims=True))
+    protos, _ = class_prototypes(f, np.zeros(len(f), np.int64), 1)
+    proto = protos.astype(np.float32)
     index = faiss.IndexFlatIP(f.shape[1])
     index.add(f)
     # rank the whole class, then break float ties by position so the choice is reproducible

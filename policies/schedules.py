@@ -14,8 +14,8 @@ import math
 from typing import Annotated, Any
 
 from flexsample.engine.errors import FlexsampleError
-from flexsample.engine.options import opt
 from flexsample.engine.interfaces import PolicyState, Schedule
+from flexsample.engine.options import opt
 from flexsample.engine.registries import register_policy
 
 

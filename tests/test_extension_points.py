@@ -189,11 +189,6 @@ def test_python_api_applies_the_cli_launcher_rules(tmp_path: Path) -> None:
     assert not (tmp_path / "b").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/catalogue.py (`flexsample list`) does not list the tracker and launcher "
-    "registries yet",
-)
 def test_list_shows_the_installed_tracker_and_launcher(installed: Path) -> None:
     res = flexsample(installed, "list")
     assert res.returncode == 0, res.stderr

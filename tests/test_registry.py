@@ -8,8 +8,8 @@ import types
 import pytest
 
 from flexsample.engine import FlexsampleError, Registry, UnknownNameError, import_plugin
-from flexsample.engine.registries import ESTIMATORS, get_estimator, list_estimators
 from flexsample.engine.options import OptionError
+from flexsample.engine.registries import ESTIMATORS, get_estimator, list_estimators
 
 
 def test_register_get_create_and_names():

@@ -171,10 +171,10 @@ def run(
         shown = [_PlainProgress(cfg.rounds * cfg.epochs_per_round)] if progress else []
     logs: list[Callback] = []
     if trackers and main_rank:
-        from flexsample.integrations.trackers import make_trackers
+        from .tracking import build_trackers
 
         logs = list(
-            make_trackers(
+            build_trackers(
                 trackers,
                 run_dir=target,
                 log_dir=Path(log_dir) if log_dir is not None else None,
@@ -280,11 +280,9 @@ def bench(
 
 
 def _tracker_names(log_to: Sequence[str] | str | None) -> list[str]:
-    if not log_to:
-        return []
-    from flexsample.integrations.trackers import parse_log_to
+    from .tracking import check_trackers
 
-    return parse_log_to(log_to if isinstance(log_to, str) else ",".join(log_to))
+    return check_trackers(log_to)
 
 
 def _as_list(value: Any) -> list[Any] | None:

@@ -33,11 +33,13 @@ from typing import Any, get_args
 from flexsample._version import __version__
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.faults import fault_point
-from flexsample.engine.registries import LAUNCHERS, TRACKERS
+from flexsample.engine.registries import LAUNCHERS
 
-from .config import RunConfig, stable_hash, validate_config
+from .components import KINDS, option_fields
+from .config import Layer, RunConfig, build_config, stable_hash, validate_config
 from .launchers import CellTask, Launcher, Outcome, build_launcher, check_launcher
 from .outputs import RESULTS, write_json
+from .tracking import build_trackers, check_trackers
 
 BASELINES: dict[str, dict[str, Any]] = {
     "ce": {"loss": "ce"},
@@ -144,13 +146,16 @@ def plan_cells(
         if all(c.out != cell.out for c in cells):  # a name given twice is one cell
             cells.append(cell)
 
+    base_ratio = base.option("dataset", "imbalance_ratio")
     for ds in datasets or [base.dataset]:
-        for ratio in ratios or [base.imbalance_ratio]:
+        for ratio in ratios or [base_ratio]:
             for budget in budgets or [base.budget]:
-                group = out / (f"{ds}-r{ratio:g}" + ("" if budget == "epochs" else f"-{budget}"))
+                tag = f"-r{ratio:g}" if ratio is not None else ""
+                group = out / (f"{ds}{tag}" + ("" if budget == "epochs" else f"-{budget}"))
                 for seed in seeds or [base.seed]:
-                    common = {"dataset": ds, "imbalance_ratio": ratio, "budget": budget,
-                              "seed": seed}
+                    common: dict[str, Any] = {"dataset": ds, "budget": budget, "seed": seed}
+                    if ratios:
+                        common["imbalance_ratio"] = ratio
                     plan_seed(add, base, group, common, estimators, policies, baselines)
     return cells
 
@@ -168,14 +173,32 @@ def plan_seed(
     if estimators is not None or policies is not None or not baselines:
         for est in estimators or [base.estimator]:
             for pol in policies or [base.policy]:
-                values = {**base.model_dump(), **common, "estimator": est}
-                cfg = validate_config({**values, "policy": pol}, "the bench grid")
+                grid = {**common, "estimator": est, "policy": pol}
+                cfg = build_config(
+                    [("the bench's base config", base.model_dump()), carried(base, grid)]
+                )
                 method = f"{est}/{pol}"
                 add(method, False, cfg, group / method.replace("/", "-"))
     for name in baselines or []:
-        values = {**base.model_dump(), **BASELINE_BASE, **BASELINES[name], **common}
-        cfg = validate_config(values, "the bench grid")
+        grid = {**BASELINE_BASE, **BASELINES[name], **common}
+        cfg = build_config([("the bench's base config", base.model_dump()), carried(base, grid)])
         add(f"baseline:{name}", True, cfg, group / f"baseline-{name}")
+
+
+def carried(base: RunConfig, grid: dict[str, Any]) -> Layer:
+    """The grid's layer over the base config: where the grid chooses another component of a
+    kind, the base's values of the options the new one also declares come along (the base's
+    --data-seed for each swept dataset, --mc-samples for each MC estimator)."""
+    layer = dict(grid)
+    for kind in KINDS:
+        name = grid.get(kind)
+        if name is None or name == getattr(base, kind):
+            continue
+        takes = option_fields(kind, name)
+        mine = {k: v for k, v in base.option_section(kind).items() if k in takes and k not in grid}
+        if mine:
+            layer[f"{kind}_options"] = mine
+    return ("the bench grid", layer)
 
 
 # --- one cell --------------------------------------------------------------------------------
@@ -667,80 +690,3 @@ def make_launcher(
     return build_launcher(name, given, out=out, device=device)
 
 
-def check_trackers(names: Sequence[str] | str | None) -> list[str]:
-    """`--log-to` as registered tracker names (`TRACKERS`: the built-ins and those installed
-    packages add), matched case-insensitively, duplicates dropped; None, "" or "none": no
-    tracker. An unknown name is one line listing the accepted ones; a package a tracker needs
-    (its `requires`, or its own `check_installed`, reached through the registry) that is not
-    installed is one line saying what to install: both before any work starts."""
-    given = names.split(",") if isinstance(names, str) else list(names or [])
-    accepted = TRACKERS.names()
-    lower = {n.lower(): n for n in accepted}
-    out: list[str] = []
-    for raw in given:
-        text = str(raw).strip()
-        if not text or (text.lower() == "none" and len(given) == 1):
-            continue
-        name = text if text in TRACKERS else lower.get(text.lower())
-        if name is None:
-            raise FlexsampleError(
-                f"unknown tracker '{text}' in --log-to; accepted: {', '.join(accepted)} "
-                "(any subset, comma-separated, e.g. --log-to tensorboard,csv)"
-            )
-        name = TRACKERS.resolve(name)
-        if name not in out:
-            out.append(name)
-    for name in out:
-        factory = TRACKERS.get(name)
-        check = getattr(factory, "check_installed", None)
-        if callable(check):
-            check()
-        else:
-            _require_packages(name, getattr(factory, "requires", ()))
-    return out
-
-
-def _require_packages(name: str, modules: Sequence[str]) -> None:
-    import importlib
-
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            top = module.split(".")[0]
-            raise FlexsampleError(
-                f"--log-to {name} needs the package '{top}', which is not installed; install "
-                f"it with: pip install {top}"
-            ) from None
-
-
-def build_trackers(
-    names: Sequence[str],
-    *,
-    run_dir: Path,
-    log_dir: Path | None = None,
-    config: dict[str, Any],
-    run_name: str,
-    group: str | None = None,
-    options: dict[str, dict[str, Any]] | None = None,
-) -> list[Any]:
-    """One tracker callback per name (checked with `check_trackers`), each built through the
-    registry, `TRACKERS.build(name, options, **runtime)`, with the run-time arguments every
-    tracker takes: `run_dir` (the run folder), `log_dir` (logs go to `log_dir/[group/]run_name`
-    instead), `config`, `run_name` and `group` (a bench's name: MLflow experiment, W&B group).
-    `options`: tracker name -> its options (e.g. `{"mlflow": {"experiment": "ablations"}}`)."""
-    chosen = dict(options or {})
-    unused = [n for n in chosen if n not in names]
-    if unused:
-        raise FlexsampleError(
-            f"options given for tracker '{unused[0]}', which is not among the trackers of "
-            f"this run ({', '.join(names) or 'none'})"
-        )
-    runtime = {
-        "run_dir": Path(run_dir),
-        "log_dir": None if log_dir is None else Path(log_dir),
-        "config": dict(config),
-        "run_name": run_name,
-        "group": group,
-    }
-    return [TRACKERS.build(name, chosen.get(name, {}), **runtime) for name in names]

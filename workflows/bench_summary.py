@@ -17,6 +17,7 @@ import numpy as np
 
 from . import bench_stats
 from .bench import Cell, CellRecord, FailedRecord, collect_failed, collect_finished
+from .components import flat_view, is_old_layout, migrate
 from .config import RunConfig
 from .outputs import ROUNDS
 
@@ -76,7 +77,8 @@ ERROR_CHARS = 200  # of a failed cell's error in summary.md (bench.csv keeps it 
 
 
 def _flags(record: CellRecord | FailedRecord) -> dict[str, Any]:
-    return {**record.config, "flexsample_version": record.version}
+    config = record.config if not is_old_layout(record.config) else migrate(record.config)
+    return {**flat_view(config), "flexsample_version": record.version}
 
 
 def varying_flags(records: Sequence[CellRecord | FailedRecord]) -> list[str]:
@@ -85,7 +87,8 @@ def varying_flags(records: Sequence[CellRecord | FailedRecord]) -> list[str]:
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         by_method[r.method].append(_flags(r))
-    names = [*RunConfig.model_fields, "flexsample_version"]
+    names = [n for n in RunConfig.model_fields if not n.endswith("_options")]
+    names.append("flexsample_version")
     names += sorted({k for r in records for k in r.config} - set(names))
     varying = set()
     for flags in by_method.values():
@@ -453,7 +456,8 @@ def write_summary_md(
         stats = group_statistics(entries)
         star = stats.reference if stats.reference_is_baseline else -1
         lines += [
-            f"## {ds}, r = {ratio:g}" + (f", budget = {budget}" if budgets else ""),
+            f"## {ds}" + ("" if ratio is None else f", r = {ratio:g}")
+            + (f", budget = {budget}" if budgets else ""),
             "",
             "Ranked by mean test balanced accuracy (best-validation checkpoint); "
             "mean ± std over seeds (percent; a single seed shows its value alone). "
@@ -570,7 +574,9 @@ def plot_summary(path: Path, summary: list[dict[str, Any]]) -> None:
     fig, axes = plt.subplots(len(groups), 3, figsize=(21, 4.8 * max(1, len(groups))), squeeze=False)
     for row, (ds, ratio, budget) in enumerate(groups):
         entries = [e for e in summary if group_key(e) == (ds, ratio, budget)]
-        where = f"{ds}, r={ratio:g}" + (f", budget={budget}" if budgets else "")
+        where = f"{ds}" + ("" if ratio is None else f", r={ratio:g}") + (
+            f", budget={budget}" if budgets else ""
+        )
         ax = axes[row, 0]
         names = [label(e) + ("" if e["in_grid"] else " †") for e in entries]
         means = [100 * e["test_balanced_accuracy"][0] for e in entries]

@@ -170,6 +170,7 @@ class Rule:
     applies: Callable[[RunConfig], bool]
     when: str  # "with --acquisition power, softmax or softrank"
     now: Callable[[RunConfig], str]  # what the run has instead: "--acquisition topk"
+    controls: tuple[str, ...]  # the fields `applies` reads
 
 
 def _uses_ssl(cfg: RunConfig) -> bool:
@@ -188,24 +189,28 @@ RULES: tuple[Rule, ...] = (
         lambda c: c.acquisition != "topk",
         "with --acquisition power, softmax or softrank",
         lambda c: f"--acquisition {c.acquisition}",
+        ("acquisition",),
     ),
     Rule(
         "snapshots",
         lambda c: c.mc_source == "snapshots",
         "with --mc-source snapshots",
         lambda c: f"--mc-source {c.mc_source}",
+        ("mc_source",),
     ),
     Rule(
         "tau",
         lambda c: c.decouple == "tau-norm",
         "with --decouple tau-norm",
         lambda c: f"--decouple {c.decouple}",
+        ("decouple",),
     ),
     Rule(
         "decouple_epochs",
         lambda c: c.decouple == "crt",
         "with --decouple crt (lws is solved, tau-norm has no epochs)",
         lambda c: f"--decouple {c.decouple}",
+        ("decouple",),
     ),
     *(
         Rule(
@@ -214,10 +219,29 @@ RULES: tuple[Rule, ...] = (
             "with self-supervised features (--init ssl, or --anchor-features ssl or auto on "
             "prototype anchors)",
             _ssl_now,
+            ("init", "anchors", "anchors_options"),
         )
         for name in ("ssl_epochs", "ssl_method", "ssl_batch_size")
     ),
 )
+
+
+def drop_overruled(values: dict[str, Any], layer_of: Mapping[str, int]) -> None:
+    """Drop run-wide values a higher layer made meaningless: a base config's `tau` once the
+    bench grid's baseline sets `--decouple none` (as options of a component no longer chosen
+    are dropped). A value given in the same layer as its condition, or above it, stays, and
+    is refused if it does not apply."""
+    from .config import RunConfig
+
+    probe = RunConfig.model_construct(
+        **{k: v for k, v in values.items() if k in RunConfig.model_fields}
+    )
+    for rule in RULES:
+        if rule.field not in values or rule.applies(probe):
+            continue
+        top = max((layer_of.get(c, -1) for c in rule.controls), default=-1)
+        if layer_of.get(rule.field, -1) < top:
+            del values[rule.field]
 
 
 def inapplicable(cfg: RunConfig) -> set[str]:
@@ -289,6 +313,22 @@ def migrate(values: Mapping[str, Any]) -> dict[str, Any]:
             del out[rule.field]
     if out.get("mc_source") == "snapshots":
         out.get("estimator_options", {}).pop("mc_samples", None)
+    return out
+
+
+def flat_view(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config as one flat mapping: run values, and each chosen component's options under
+    their own names (a combination's parts as `part.option`), for tables that compare cells."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if not (key.endswith("_options") and isinstance(value, Mapping)):
+            out[key] = value
+            continue
+        for option, v in value.items():
+            if isinstance(v, Mapping):
+                out.update({f"{option}.{k}": x for k, x in v.items()})
+            else:
+                out[option] = v
     return out
 
 

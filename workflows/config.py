@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from collections.abc import Mapping, Sequence
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,7 +28,15 @@ from pydantic_core import PydanticCustomError
 
 from flexsample.engine.errors import FlexsampleError
 
-from .components import KINDS, SHORTCUTS, is_old_layout, migrate, place_shortcuts, unknown_key
+from .components import (
+    KINDS,
+    SHORTCUTS,
+    drop_overruled,
+    is_old_layout,
+    migrate,
+    place_shortcuts,
+    unknown_key,
+)
 
 # Upper bounds no study reaches but that keep the program alive: past them a value hangs,
 # overflows a seed or exhausts memory long after the run started.
@@ -258,6 +266,10 @@ class RunConfig(BaseModel):
         no such option)."""
         return getattr(self, f"{kind}_options").get(name, default)
 
+    def option_section(self, kind: str) -> dict[str, Any]:
+        """The resolved options of the chosen `kind` component."""
+        return dict(getattr(self, f"{kind}_options"))
+
     @property
     def data_seed(self) -> int:
         """The dataset's split seed (0 for datasets with fixed splits)."""
@@ -389,7 +401,8 @@ def merge_layers(layers: Sequence[Layer]) -> tuple[dict[str, Any], dict[str, str
     """
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    for source, raw in layers:
+    layer_of: dict[str, int] = {}
+    for index, (source, raw) in enumerate(layers):
         layer = normal_keys(raw)
         for key in layer:
             if key not in RunConfig.model_fields and key not in SHORTCUTS:
@@ -401,6 +414,7 @@ def merge_layers(layers: Sequence[Layer]) -> tuple[dict[str, Any], dict[str, str
             if key in SHORTCUTS:
                 continue
             origin[key] = source
+            layer_of[key] = index
             if key.endswith("_options"):
                 if not isinstance(value, Mapping):
                     raise FlexsampleError(
@@ -418,6 +432,8 @@ def merge_layers(layers: Sequence[Layer]) -> tuple[dict[str, Any], dict[str, str
             raise FlexsampleError(f"{exc}{where}") from None
         for key in shortcuts:
             origin[f"{SHORTCUTS[key]}_options"] = source
+            layer_of[f"{SHORTCUTS[key]}_options"] = index
+    drop_overruled(values, layer_of)
     return values, origin
 
 

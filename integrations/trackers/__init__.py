@@ -43,7 +43,7 @@ from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import EpochResult, ValRecord
 from flexsample.engine.loop import Callback, QueryResult, StepRecord
 from flexsample.engine.registries import TRACKERS
-from flexsample.workflows.bench import build_trackers, check_trackers
+from flexsample.workflows.tracking import build_trackers, check_trackers
 
 DEFAULT_PROJECT = "flexsample"  # MLflow experiment / W&B project unless the environment names one
 RESULT_SECTIONS = ("test", "test_last")
