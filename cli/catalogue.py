@@ -99,6 +99,10 @@ OPTIONS: tuple[tuple[str, str, str, str, str, str, str], ...] = (
     ('estimator', 'typiclust', 'knn', 'int', '20', 'an integer, 1 <= x <= 10000', 'neighbours k of the kNN search'),  # noqa: E501
     ('estimator', 'typiclust', 'max_clusters', 'int', '500', 'an integer, 1 <= x <= 1000000', 'cap on the number of clusters (|L| + B)'),  # noqa: E501
     ('estimator', 'typiclust', 'ivf_threshold', 'int', '200000', 'an integer, 1 <= x <= 1000000000', 'use an IVF index above this many samples'),  # noqa: E501
+    ('estimator', 'typiclust', 'min_cluster_size', 'int', '5', 'an integer, 0 <= x <= 1000000', "clusters of this many points or fewer are visited only when no larger one has a candidate left (the authors' code: 5; 0 keeps all)"),  # noqa: E501
+    ('estimator', 'typiclust', 'knn_rule', 'str', "'half'", 'one of: half, all', "neighbours K among a cluster's m candidates: half = min(knn, m // 2) (the authors' code) or all = min(knn, m - 1) (the paper's text)"),  # noqa: E501
+    ('estimator', 'typiclust', 'order', 'str', "'static'", 'one of: static, greedy', "cluster order: static = ranked once (fewest labelled, largest) and visited in turn (the authors' code) or greedy = re-ranked after each pick"),  # noqa: E501
+    ('estimator', 'typiclust', 'distance', 'str', "'squared'", 'one of: squared, euclidean', "typicality's distance: squared (mean squared distance, the authors' code) or euclidean (the paper's formula)"),  # noqa: E501
     ('policy', 'adaptive', 'patience', 'int', '3', 'an integer, 1 <= x <= 100000', 'epochs without improvement before a query'),  # noqa: E501
     ('policy', 'adaptive', 'query_ratio', 'float', '0.25', 'a finite number, 0 < x <= 1', 'fraction of the remaining pool added per query'),  # noqa: E501
     ('policy', 'step', 'jumps', 'int', '3', 'an integer, 1 <= x <= 100000', 'number of jumps'),

@@ -84,3 +84,79 @@ class DifficultyAllocation(Allocation):
 
     def quotas(self, state: PolicyState, budget: int) -> np.ndarray:
         return apportion(self.weights(state), budget, state.remaining_counts)
+
+
+def remaining_difficulty_weights(recall: np.ndarray | None, num_classes: int) -> np.ndarray:
+    """The authors' p_c = (1 − acc_c) · K / Σ_j (1 − acc_j): mean 1, all 1 when every class is
+    perfect (Σ_j (1 − acc_j) < 1e-8, the authors' test) or before any validation.
+
+    Recall outside [0, 1] is clipped and NaN read as 0 (the authors read a class with no
+    validation image as accuracy 0)."""
+    if recall is None or len(recall) != num_classes:
+        return np.ones(num_classes)
+    acc = np.clip(np.nan_to_num(np.asarray(recall, dtype=np.float64), nan=0.0), 0.0, 1.0)
+    raw = 1.0 - acc
+    total = float(raw.sum())
+    if total < 1e-8:
+        return np.ones(num_classes)
+    return raw * (num_classes / total)
+
+
+def remaining_difficulty_quotas(
+    remaining: np.ndarray, recall: np.ndarray | None, query_fraction: float
+) -> np.ndarray:
+    """The authors' step (FlexSampling `CurriculumSampler.query`): per class
+    n_c = min(pool_c, max(1, floor(pool_c · q · p_c))), 0 for a class with nothing left."""
+    pool = np.asarray(remaining, dtype=np.int64)
+    p = remaining_difficulty_weights(recall, len(pool))
+    raw = np.floor(pool.astype(np.float64) * float(query_fraction) * p).astype(np.int64)
+    return np.where(pool > 0, np.minimum(pool, np.maximum(1, raw)), 0)
+
+
+@register_allocation("remaining-difficulty")
+class RemainingDifficultyAllocation(Allocation):
+    """The authors' quotas: each class's own remaining pool scaled by its relative difficulty.
+
+    n_c = min(pool_c, max(1, floor(pool_c · q · p_c))), p_c = (1 − recall_c) · K / Σ_j (1 −
+    recall_j) from the last validation (all 1 when every class is perfect or before any
+    validation), q = `query_fraction`, pool_c what class c has left (0 when nothing is left).
+
+    These quotas define a step's size rather than split one. The budget still rules, as for
+    every allocation (quotas sum to min(budget, remaining)): a budget equal to Σ n_c gets n
+    exactly; that is what the `plateau` policy asks with the same `query_fraction`, so the
+    pair is the authors' step 4. A smaller budget trims n in proportion (never above n_c); a
+    larger one (a policy's final fill) gives n plus the extra split over what is left beyond
+    n, in proportion to (pool_c − n_c) · p_c.
+    """
+
+    def __init__(
+        self,
+        query_fraction: Annotated[
+            float, opt("q: a class's quota is about q x its remaining pool x p_c", gt=0, le=1)
+        ] = 0.1,
+    ) -> None:
+        if not 0.0 < query_fraction <= 1.0:
+            raise FlexsampleError(
+                f"remaining-difficulty allocation: query_fraction must be in (0, 1], got "
+                f"{query_fraction}"
+            )
+        self.query_fraction = float(query_fraction)
+
+    def authors_quotas(self, state: PolicyState) -> np.ndarray:
+        """n_c of the formula, before the budget is applied."""
+        return remaining_difficulty_quotas(
+            state.remaining_counts, state.last_recall, self.query_fraction
+        )
+
+    def quotas(self, state: PolicyState, budget: int) -> np.ndarray:
+        remaining = np.asarray(state.remaining_counts, dtype=np.int64)
+        n = self.authors_quotas(state)
+        budget = int(min(max(budget, 0), remaining.sum()))
+        total = int(n.sum())
+        if budget == total:
+            return n
+        if budget < total:
+            return apportion(n.astype(np.float64), budget, n)
+        rest = remaining - n
+        weights = rest * remaining_difficulty_weights(state.last_recall, len(n))
+        return n + apportion(weights, budget - total, rest)

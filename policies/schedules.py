@@ -14,12 +14,12 @@ import math
 from typing import Annotated, Any
 
 from flexsample.engine.errors import FlexsampleError
-from flexsample.engine.interfaces import PolicyState, Schedule
+from flexsample.engine.interfaces import Policy, PolicyState
 from flexsample.engine.options import opt
 from flexsample.engine.registries import register_policy
 
 
-class RoundSchedule(Schedule):
+class RoundSchedule(Policy):
     """Queries at round boundaries up to a target size given by `fraction(round, rounds)`.
 
     `fraction` must be non-decreasing with fraction(0) = 0 (the anchors alone in the first
@@ -117,7 +117,7 @@ class StepSchedule(RoundSchedule):
 
 
 @register_policy("adaptive")
-class AdaptiveSchedule(Schedule):
+class AdaptiveSchedule(Policy):
     """The paper's rule: query when validation stops improving, then finish on the full set.
 
     Before an epoch, if validation balanced accuracy over the epochs trained on the current
@@ -180,8 +180,145 @@ class AdaptiveSchedule(Schedule):
         self.last_query_epoch = int(state.get("last_query_epoch", 0))
 
 
+def share_to_epochs(share: float, epoch_budget: int, least: int = 0) -> int:
+    """A fraction of the epoch budget as a whole number of epochs: round half up, >= least."""
+    return max(int(least), math.floor(float(share) * int(epoch_budget) + 0.5 + 1e-9))
+
+
+@register_policy("plateau")
+class PlateauSchedule(Policy):
+    """The authors' query rule (FlexSampling `FlexSamplingTrainer.run`): after a warm-up, query
+    on a validation plateau or a fixed interval after the last query, whichever comes first.
+
+    Epoch counts are fractions of the epoch budget B (rounded half up), so one setting serves
+    any budget; the defaults are the authors' 20, 7 and 5 of 120 epochs. W = `warmup_fraction`
+    x B, P = `patience_fraction` x B (at least 1), I = `interval_fraction` x B (at least 1;
+    0: no interval queries). As in the authors' loop, after each trained epoch e (0-based):
+
+    - the plateau count is the number of epochs since validation balanced accuracy last rose
+      above the best so far (which starts at 0, over the whole run, anchors included);
+    - for e >= W the interval count grows by one;
+    - a query comes when e >= W and (plateau count >= P or interval count >= I) and anything
+      is left; it resets the interval count, and the plateau count when the plateau fired.
+
+    So the anchors alone train at least W + 1 epochs. The engine asks before epoch e + 1; the
+    query's samples join from that epoch on. The step's size is the authors' too:
+    Σ_c min(pool_c, max(1, floor(pool_c · q · p_c))) with q = `query_fraction` and p_c from the
+    last validation (`policies.allocations.remaining_difficulty_quotas`); pair it with the
+    `remaining-difficulty` allocation at the same q for the authors' per-class quotas. With
+    `fill_last` whatever is left joins at the start of the last round (the authors: never, so
+    the run may end before the full set is used). The query epochs and which rule fired are
+    the policy's state.
+    """
+
+    def __init__(
+        self,
+        warmup_fraction: Annotated[
+            float, opt("warm-up on the anchors, as a fraction of the epoch budget", ge=0, le=1)
+        ] = 20 / 120,
+        patience_fraction: Annotated[
+            float,
+            opt("epochs without improvement before a query, as a fraction of the epoch "
+                "budget (at least 1 epoch)", ge=0, le=1),
+        ] = 7 / 120,
+        interval_fraction: Annotated[
+            float,
+            opt("epochs after the last query that force the next one, as a fraction of the "
+                "epoch budget (0: off; else at least 1 epoch)", ge=0, le=1),
+        ] = 5 / 120,
+        query_fraction: Annotated[
+            float, opt("q: a step adds sum_c min(pool_c, max(1, floor(pool_c q p_c)))",
+                       gt=0, le=1),
+        ] = 0.1,
+        fill_last: Annotated[
+            bool, opt("whether the rest of the pool joins at the start of the last round")
+        ] = False,
+    ) -> None:
+        for key, value in (("warmup_fraction", warmup_fraction),
+                           ("patience_fraction", patience_fraction),
+                           ("interval_fraction", interval_fraction)):
+            if not 0.0 <= value <= 1.0:
+                raise FlexsampleError(f"plateau policy: {key} must be in [0, 1], got {value}")
+        if not 0.0 < query_fraction <= 1.0:
+            raise FlexsampleError(
+                f"plateau policy: query_fraction must be in (0, 1], got {query_fraction}"
+            )
+        self.warmup_fraction = float(warmup_fraction)
+        self.patience_fraction = float(patience_fraction)
+        self.interval_fraction = float(interval_fraction)
+        self.query_fraction = float(query_fraction)
+        self.fill_last = bool(fill_last)
+        # state.epoch of each query -> True when the plateau rule fired (it resets that count)
+        self.queries: dict[int, bool] = {}
+
+    def epochs(self, epoch_budget: int) -> tuple[int, int, int]:
+        """(warm-up W, patience P, interval I; 0 = off) in epochs for this budget."""
+        interval = (
+            share_to_epochs(self.interval_fraction, epoch_budget, 1)
+            if self.interval_fraction > 0 else 0
+        )
+        return (
+            share_to_epochs(self.warmup_fraction, epoch_budget),
+            share_to_epochs(self.patience_fraction, epoch_budget, 1),
+            interval,
+        )
+
+    def triggers(self, state: PolicyState) -> tuple[bool, bool]:
+        """(plateau, interval) after the last trained epoch, replaying the authors' counters
+        over the validation history and the past queries."""
+        warmup, patience, interval = self.epochs(state.epoch_budget)
+        best, stale, since, last = 0.0, 0, 0, -1
+        for rec in state.val_history:
+            if rec.epoch >= state.epoch:
+                break
+            if rec.balanced_accuracy > best:
+                best, stale = rec.balanced_accuracy, 0
+            else:
+                stale += 1
+            if rec.epoch >= warmup:
+                since += 1
+            last = rec.epoch
+            fired = self.queries.get(rec.epoch + 1)
+            if fired is not None and rec.epoch + 1 < state.epoch:  # a past query's resets
+                since = 0
+                if fired:
+                    stale = 0
+        if last < warmup or last != state.epoch - 1:
+            return False, False
+        return stale >= patience, interval > 0 and since >= interval
+
+    def _in_last_round(self, state: PolicyState) -> bool:
+        return self.fill_last and state.round >= state.rounds - 1
+
+    def should_query(self, state: PolicyState) -> bool:
+        if int(state.remaining_counts.sum()) <= 0:
+            return False
+        return self._in_last_round(state) or any(self.triggers(state))
+
+    def budget(self, state: PolicyState) -> int:
+        from .allocations import remaining_difficulty_quotas
+
+        remaining = int(state.remaining_counts.sum())
+        if remaining <= 0:
+            return 0
+        plateau, _ = self.triggers(state)
+        self.queries[int(state.epoch)] = plateau
+        if self._in_last_round(state):
+            return remaining
+        quotas = remaining_difficulty_quotas(
+            state.remaining_counts, state.last_recall, self.query_fraction
+        )
+        return int(quotas.sum())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"queries": [[e, bool(p)] for e, p in sorted(self.queries.items())]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.queries = {int(e): bool(p) for e, p in state.get("queries", [])}
+
+
 @register_policy("full")
-class FullSchedule(Schedule):
+class FullSchedule(Policy):
     """All training data from the first epoch: the plain long-tailed baseline."""
 
     def should_query(self, state: PolicyState) -> bool:
@@ -192,7 +329,7 @@ class FullSchedule(Schedule):
 
 
 @register_policy("balanced")
-class BalancedSchedule(Schedule):
+class BalancedSchedule(Policy):
     """The anchors only, never grown: the under-sampling baseline."""
 
     def should_query(self, state: PolicyState) -> bool:

@@ -1,5 +1,6 @@
-"""TypiClust against brute-force NumPy references, and the `typicality` -> `prototype-cosine`
-rename (a deprecated alias in the registry)."""
+"""TypiClust against brute-force NumPy references (the paper's text, and the authors' code:
+avihu111/TypiClust `TypiClust.select_samples`, written out here), and the `typicality` ->
+`prototype-cosine` rename (a deprecated alias in the registry)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from flexsample.estimators import build_estimator
 from flexsample.estimators import typiclust as typiclust_mod
 from flexsample.estimators.density import PrototypeCosineEstimator, l2_normalize
 from flexsample.estimators.typiclust import (
+    PAPER_TEXT,
     TypiClustEstimator,
     kmeans_labels,
     typicality,
@@ -34,10 +36,12 @@ DEPRECATION = (
 # -- references -------------------------------------------------------------------------------
 
 
-def brute_typicality(x: np.ndarray, k: int) -> np.ndarray:
-    """1 / (mean distance to the min(k, n-1) nearest other rows + 1e-8); 0 for a lone row."""
+def brute_typicality(x: np.ndarray, k: int, squared: bool = False) -> np.ndarray:
+    """1 / (mean (squared) distance to the min(k, n-1) nearest other rows + 1e-8); 0 for a
+    lone row."""
     f = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    d = np.sqrt(((f[:, None, :] - f[None, :, :]) ** 2).sum(-1))
+    d = ((f[:, None, :] - f[None, :, :]) ** 2).sum(-1)
+    d = d if squared else np.sqrt(d)
     np.fill_diagonal(d, np.inf)
     k = min(k, len(x) - 1)
     if k <= 0:
@@ -109,7 +113,8 @@ def test_picks_follow_the_greedy_rule_of_a_brute_force_reference() -> None:
     for n_lab, k in [(0, 3), (4, 5), (10, 12)]:  # the last one revisits clusters
         labelled = np.zeros(len(x), bool)
         labelled[rng.choice(len(x), n_lab, replace=False)] = True
-        got = typiclust_picks(x, labelled, k, knn=4, random_state=7, max_clusters=14)
+        got = typiclust_picks(x, labelled, k, knn=4, random_state=7, max_clusters=14,
+                              **PAPER_TEXT)
         assign = kmeans_labels(l2_normalize(x), min(n_lab + k, 14), 7)
         assert got.tolist() == brute_picks(x, labelled, k, assign, 4)
 
@@ -120,7 +125,7 @@ def test_k_distinct_unlabelled_picks_from_distinct_clusters() -> None:
     labelled = np.zeros(len(x), bool)
     labelled[rng.choice(len(x), 9, replace=False)] = True
     k = 11
-    got = typiclust_picks(x, labelled, k, random_state=5)
+    got = typiclust_picks(x, labelled, k, random_state=5, **PAPER_TEXT)
     assert len(set(got.tolist())) == k and not labelled[got].any()
     assign = kmeans_labels(l2_normalize(x), 9 + k, 5)  # the clustering select used
     assert len(set(assign[got].tolist())) == k  # one per cluster
@@ -144,6 +149,106 @@ def test_a_covered_blob_is_not_picked_again_while_others_are_uncovered() -> None
     got = typiclust_picks(x, labelled, 2, random_state=0)
     nearest = np.linalg.norm(x[got][:, None] - centres[None], axis=2).argmin(axis=1)
     assert sorted(nearest.tolist()) == [2, 3]
+
+
+def authors_select(features: np.ndarray, labelled: np.ndarray, budget: int,
+                   clusters: np.ndarray) -> list[int]:
+    """avihu111/TypiClust `TypiClust.select_samples` on given cluster ids, written out:
+    relevant = lSet then uSet; clusters of <= MIN_CLUSTER_SIZE = 5 points dropped; the rest
+    sorted once by (existing count, -size) (a stable sort: ties keep cluster-id order); pick i
+    from the (i % #clusters)-th; typicality = 1 / (mean of the K = min(20, m // 2) smallest
+    squared distances to the cluster's other unlabelled points + 1e-5)."""
+    lset = np.flatnonzero(labelled)
+    uset = np.flatnonzero(~labelled)
+    relevant = np.concatenate([lset, uset])
+    feats = features[relevant]
+    feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)  # their features are normalised
+    labels = clusters[relevant].copy()
+    existing = np.arange(len(lset))
+    ids, sizes = np.unique(labels, return_counts=True)
+    existing_count = [int((labels[existing] == c).sum()) for c in ids]
+    table = [(c, int(n), e) for c, n, e in zip(ids, sizes, existing_count, strict=True)]
+    table = [row for row in table if row[1] > 5]
+    table = sorted(table, key=lambda row: (row[2], -row[1]))
+    labels[existing] = -1
+    selected = []
+    for i in range(budget):
+        cluster = table[i % len(table)][0]
+        indices = np.flatnonzero(labels == cluster)
+        rel = feats[indices]
+        k = min(20, len(indices) // 2)
+        d2 = ((rel[:, None, :] - rel[None, :, :]) ** 2).sum(-1)
+        # faiss search of k + 1 neighbours, the first (itself) dropped
+        nearest = np.sort(d2, axis=1)[:, 1 : k + 1]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # k = 0: mean of nothing
+            typ = 1 / (nearest.mean(axis=1) + 1e-5)
+        idx = indices[typ.argmax()]
+        selected.append(int(idx))
+        labels[idx] = -1
+    return relevant[selected].tolist()
+
+
+def fixed_clusters(monkeypatch, assign: np.ndarray) -> None:
+    """Make `typiclust_picks` use the given cluster ids instead of k-means."""
+    monkeypatch.setattr(typiclust_mod, "kmeans_labels", lambda x, n, seed: assign.copy())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_picks_follow_the_authors_code_on_given_clusters(monkeypatch, seed: int) -> None:
+    """Clusters of 1-40 points (some of 5 or fewer), labelled points in some, budgets that
+    stay within the kept clusters and that wrap around them (the authors' i % #clusters)."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.choice([1, 2, 3, 5, 6, 7, 9, 14, 25, 40], size=10)
+    sizes[:2] = [30, 12]  # at least two kept clusters
+    assign = rng.permutation(np.repeat(np.arange(10), sizes))
+    x = rng.normal(size=(len(assign), 6)) + 4 * rng.normal(size=(10, 6))[assign]
+    labelled = np.zeros(len(assign), bool)
+    labelled[rng.choice(len(assign), int(rng.integers(0, 8)), replace=False)] = True
+    kept_free = sum(int(((assign == c) & ~labelled).sum()) for c in range(10) if sizes[c] > 5)
+    fixed_clusters(monkeypatch, assign)
+    for budget in (1, 3, 9, min(15, kept_free // 2)):
+        got = typiclust_picks(x, labelled, budget, random_state=seed)
+        assert got.tolist() == authors_select(x, labelled, budget, assign), budget
+
+
+def test_picks_follow_the_authors_code_after_k_means() -> None:
+    """Unpatched: |L| + B k-means clusters (capped), then the authors' rule on them."""
+    rng = np.random.default_rng(11)
+    x = np.concatenate([rng.normal(size=(n, 5)) + 3 * rng.normal(size=5)
+                        for n in (40, 25, 12, 6, 3, 2)])
+    for n_lab, k, cap in [(0, 4, 500), (5, 6, 500), (3, 12, 8)]:
+        labelled = np.zeros(len(x), bool)
+        labelled[rng.choice(len(x), n_lab, replace=False)] = True
+        got = typiclust_picks(x, labelled, k, random_state=3, max_clusters=cap)
+        assign = kmeans_labels(l2_normalize(x), min(n_lab + k, cap), 3)
+        assert got.tolist() == authors_select(x, labelled, k, assign)
+
+
+def test_small_clusters_are_avoided_and_used_only_as_a_last_resort(monkeypatch) -> None:
+    rng = np.random.default_rng(4)
+    assign = np.repeat([0, 1, 2, 3], [8, 1, 2, 5])  # one kept cluster, three small ones
+    x = rng.normal(size=(len(assign), 3)) + 5 * rng.normal(size=(4, 3))[assign]
+    labelled = np.zeros(len(assign), bool)
+    fixed_clusters(monkeypatch, assign)
+    got = typiclust_picks(x, labelled, 8, random_state=0)
+    assert (assign[got] == 0).all()  # singletons and pairs are never picked while 0 has any
+    got = typiclust_picks(x, labelled, 12, random_state=0)  # 0 runs out: then 3, 2, 1, ...
+    assert (assign[got[:8]] == 0).all() and assign[got[8:]].tolist() == [3, 2, 1, 3]
+    assert len(set(got.tolist())) == 12
+    # the paper's text: every cluster, the singleton included, before any is revisited
+    paper = typiclust_picks(x, labelled, 4, random_state=0, **PAPER_TEXT)
+    assert sorted(assign[paper].tolist()) == [0, 1, 2, 3]
+    everything_small = typiclust_picks(x, labelled, 3, random_state=0, min_cluster_size=10)
+    assert assign[everything_small].tolist() == [0, 3, 2]  # no kept cluster: all in turn
+
+
+def test_neighbour_rules() -> None:
+    from flexsample.estimators.typiclust import neighbours
+
+    assert [neighbours(20, m) for m in (1, 2, 3, 10, 41, 100)] == [0, 1, 1, 5, 20, 20]
+    assert [neighbours(20, m, "all") for m in (1, 2, 3, 10, 41, 100)] == [0, 1, 2, 9, 20, 20]
+    assert neighbours(3, 10, "half") == 3
 
 
 def test_bad_pick_count_is_refused() -> None:
@@ -203,18 +308,36 @@ def test_select_is_deterministic_for_a_seed_and_step(setup) -> None:
 def test_score_is_typicality_within_each_class_of_candidates(setup) -> None:
     labels, subset, feats = setup["labels"], setup["subset"], setup["feats"]
     cand = np.random.default_rng(0).permutation(np.setdiff1d(np.arange(setup["n"]), subset))
-    got = score_candidates(build_estimator("typiclust", knn=6), setup["ctx"](), cand)
-    want = np.zeros(len(cand))
+    got = score_candidates(build_estimator("typiclust", knn=6, **PAPER_TEXT), setup["ctx"](),
+                           cand)
+    authors = score_candidates(build_estimator("typiclust", knn=40), setup["ctx"](), cand)
+    want, want_authors = np.zeros(len(cand)), np.zeros(len(cand))
     for c in range(3):
         pos = np.flatnonzero(labels[cand] == c)
         want[pos] = brute_typicality(feats[cand[pos]], 6)
+        # the authors' K = min(knn, m // 2) on m candidates, squared distances
+        want_authors[pos] = brute_typicality(feats[cand[pos]], len(pos) // 2, squared=True)
     np.testing.assert_allclose(got, want, rtol=1e-5)
+    np.testing.assert_allclose(authors, want_authors, rtol=1e-5)
 
 
 def test_typiclust_options() -> None:
     est = build_estimator("typiclust", knn=None)
     assert isinstance(est, TypiClustEstimator) and est.knn == 20  # the paper's K
     assert est.needs == {"features", "labels"} and est.max_clusters == 500
+    # the authors' code: MIN_CLUSTER_SIZE = 5, K = min(K_NN, m // 2), one static ranking,
+    # faiss IndexFlatL2 (squared) distances
+    assert (est.min_cluster_size, est.knn_rule, est.order, est.distance) == (
+        5, "half", "static", "squared")
+    paper = build_estimator("typiclust", **PAPER_TEXT)
+    assert (paper.min_cluster_size, paper.knn_rule, paper.order, paper.distance) == (
+        0, "all", "greedy", "euclidean")
+    for bad in ({"min_cluster_size": -1}, {"knn_rule": "third"}, {"order": "random"},
+                {"distance": "cosine"}):
+        with pytest.raises(FlexsampleError, match=next(iter(bad))):
+            build_estimator("typiclust", **bad)
+        with pytest.raises(FlexsampleError, match=next(iter(bad))):
+            TypiClustEstimator(**bad)
     assert build_estimator("typiclust", knn=7).knn == 7
     with pytest.raises(FlexsampleError, match="knn"):
         build_estimator("typiclust", knn=0)
