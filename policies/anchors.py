@@ -35,6 +35,12 @@ def anchor_counts(counts: np.ndarray, scaling: float = 0.1, floor: int = 2) -> n
     r = n_max / n_min, s = `scaling` in (0, 1], m = `floor`. Since n_min · r·s = s · n_max,
     each class keeps all its samples up to s · n_max (rounded down) and never fewer than m,
     nor more than it has. s = 1 keeps the whole split; with r·s <= 1 the set is balanced.
+
+    The authors' code (FlexSampling `AnchorSelector.select`) has the same formula but
+    truncates the float product `int(n_min * min(n_c / n_min, r * s))`, which sometimes
+    lands just below a whole number (e.g. n_min 1, n_max 330, s 0.7: 230.99999999999997, so
+    230 where the formula gives 231): there a class gets one anchor fewer. Here the
+    formula's exact value is taken.
     """
     n = np.asarray(counts, dtype=np.int64)
     if n.ndim != 1 or len(n) == 0 or (n <= 0).any():
@@ -121,13 +127,32 @@ def nearest_to_prototype(features: np.ndarray, k: int) -> np.ndarray:
     return ids[order[:k]]
 
 
+def nearest_to_mean(features: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k rows nearest (Euclidean) to the mean of the raw rows, best first.
+
+    The authors' rule (FlexSampling `AnchorSelector.select`: prototype = mean of the pooled
+    features, not normalised; `np.linalg.norm(f - proto)`, ascending). Distances are computed
+    in float64; equal distances keep the lower position first (the authors' `np.argsort` leaves
+    that order unspecified).
+    """
+    f = np.asarray(features, dtype=np.float64)
+    k = int(min(k, len(f)))
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    dist = np.linalg.norm(f - f.mean(axis=0), axis=1)
+    return np.argsort(dist, kind="stable")[:k].astype(np.int64)
+
+
 @register_anchors("prototype")
 class PrototypeAnchors(_CountedAnchors):
-    """Per class, the samples nearest (cosine) to the class prototype in feature space.
+    """Per class, the samples nearest to the class prototype in feature space.
 
-    The prototype is the mean of the class's L2-normalised features (DESIGN.md, step 2);
-    these most typical samples make a clean, near-balanced start. Needs a feature matrix
-    for the whole training split (`training.anchor_features`).
+    `distance` cosine (default): the prototype is the mean of the class's L2-normalised
+    features and samples rank by cosine similarity to it (DESIGN.md, step 2). `distance`
+    euclidean: the prototype is the mean of the raw features and samples rank by Euclidean
+    distance to it, as the authors' code does. These most typical samples make a clean,
+    near-balanced start. Needs a feature matrix for the whole training split
+    (`training.anchor_features`).
     """
 
     needs_features = True
@@ -146,9 +171,22 @@ class PrototypeAnchors(_CountedAnchors):
                 "--pretrained is given, else ssl)"
             ),
         ] = "auto",
+        distance: Annotated[
+            Literal["cosine", "euclidean"],
+            opt(
+                "how samples rank against the class prototype: cosine (to the mean of the "
+                "L2-normalised features) or euclidean (to the mean of the raw features, the "
+                "authors' code)"
+            ),
+        ] = "cosine",
     ) -> None:
         super().__init__(anchor_scaling, anchor_floor)
         self.anchor_features = anchor_features
+        if distance not in ("cosine", "euclidean"):
+            raise FlexsampleError(
+                f"prototype anchors: distance must be cosine or euclidean, got {distance!r}"
+            )
+        self.distance = distance
 
     def select(
         self,
@@ -174,5 +212,6 @@ class PrototypeAnchors(_CountedAnchors):
         picks = []
         for c in range(num_classes):
             members = np.flatnonzero(labels == c)
-            picks.append(members[nearest_to_prototype(features[members], int(k[c]))])
+            nearest = nearest_to_mean if self.distance == "euclidean" else nearest_to_prototype
+            picks.append(members[nearest(features[members], int(k[c]))])
         return np.sort(np.concatenate(picks)).astype(np.int64)
