@@ -61,3 +61,35 @@ def class_balanced_sampler(labels: np.ndarray, rng: np.random.Generator) -> np.n
 def sqrt_sampler(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Classes drawn ∝ sqrt(n_c): halfway between instance and class-balanced sampling."""
     return class_power_sampler(labels, rng, 0.5)
+
+
+@SAMPLERS.register("class-aware")
+def class_aware_sampler(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The authors' class-aware sampler (FlexSampling `ClassAwareSampler`, after OLTR): as many
+    draws as samples, in cycles that visit every class once in a fresh random order, each class
+    yielding the next member of its own shuffled stream (a new shuffle each time it runs out).
+
+    Class-uniform like `class-balanced`, but stratified: every class appears once per cycle of
+    K draws (not i.i.d. draws), and a class's members repeat only after all have been drawn
+    (not with replacement). (The authors fall back to a plain shuffle when the subset is no
+    larger than a batch; a sampler here does not know the batch size and stays class-aware.)
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    classes = np.unique(labels)
+    k = len(classes)
+    cycles = -(-n // k)
+    # each row a fresh random order of the classes, read row by row and cut to n draws
+    drawn = np.argsort(rng.random((cycles, k)), axis=1, kind="stable").ravel()[:n]
+    out = np.empty(n, np.int64)
+    for j, c in enumerate(classes):
+        slots = np.flatnonzero(drawn == j)
+        if len(slots) == 0:
+            continue
+        members = np.flatnonzero(labels == c)
+        reps = -(-len(slots) // len(members))
+        stream = np.argsort(rng.random((reps, len(members))), axis=1, kind="stable").ravel()
+        out[slots] = members[stream[: len(slots)]]
+    return out

@@ -11,6 +11,16 @@ and N the full training set, so small early subsets take smaller steps (with `no
 epoch's rate is scaled by its subset instead). A round's optimizer is built at its first
 epoch, where the subset is known.
 
+`optimizer` adamw (default) or sgd: SGD with `momentum` and `weight_decay` (L2, coupled),
+no Nesterov, as the authors' FlexSampling trainer; `restart` applies to either (warm keeps
+SGD's momentum buffers). `cosine` (with `restart` none only): epochs (default) steps the one
+cosine once per epoch over the epoch budget; steps steps it after every batch over
+epoch_budget x ceil(N / batch_size) steps, N the full training set (or `samples_per_epoch`),
+the authors' schedule: an epoch on a small early subset has few batches and uses little of
+the cosine, nothing resets it at a query, and training on the full set from the start ends
+at rate 0. (The authors count floor(N / batch_size) steps an epoch, their loader dropping a
+last partial batch; here a partial batch trains, so an epoch of N samples takes the ceil.)
+
 An epoch is one pass of the sampler over the subset, or with `samples_per_epoch` (the
 `--budget samples` of a run: the full training set's size) that many samples: the sampler's
 order over the subset drawn again and again (each repetition its own seeded draw) and cut to
@@ -64,6 +74,8 @@ from .metrics import per_class_recall
 from .samplers import SAMPLERS
 
 RESTARTS = ("fresh", "warm", "none")
+OPTIMIZERS = ("adamw", "sgd")
+COSINES = ("epochs", "steps")
 ORDER_SALT = 0xDA7A  # of the epoch order's generator: (seed, epoch, salt[, repetition])
 
 
@@ -87,8 +99,26 @@ class TrainConfig:
     samples_per_epoch: int | None = None
     restart: str = "fresh"  # fresh | warm | none, see the module docstring
     lr_subset_scale: float = 0.0  # Q: peak lr x (subset / full train set)^Q; 0 = off
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.9  # sgd only
+    cosine: str = "epochs"  # epochs | steps (restart none only), see the module docstring
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise FlexsampleError(
+                f"unknown optimizer '{self.optimizer}'; accepted: {', '.join(OPTIMIZERS)}"
+            )
+        if not 0.0 <= self.momentum < 1.0:
+            raise FlexsampleError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.cosine not in COSINES:
+            raise FlexsampleError(
+                f"unknown cosine '{self.cosine}'; accepted: {', '.join(COSINES)}"
+            )
+        if self.cosine == "steps" and self.restart != "none":
+            raise FlexsampleError(
+                f"cosine 'steps' (one cosine over the budget's steps) needs restart 'none', "
+                f"got restart '{self.restart}'"
+            )
         if self.restart not in RESTARTS:
             raise FlexsampleError(
                 f"unknown restart '{self.restart}'; accepted: {', '.join(RESTARTS)}"
@@ -194,12 +224,28 @@ class Trainer:
             return
         self._pending_epochs = max(1, int(num_epochs))
 
+    def _new_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD(
+                self.model.parameters(), lr=lr, momentum=self.cfg.momentum,
+                weight_decay=self.cfg.weight_decay, nesterov=False,
+            )
+        return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=self.cfg.weight_decay)
+
+    def full_epoch_steps(self) -> int:
+        """Optimizer steps of one epoch over the full training set (or `samples_per_epoch`):
+        what `cosine` steps counts per epoch of the budget."""
+        n = self.cfg.samples_per_epoch or len(self.train_split.labels)
+        return max(1, -(-int(n) // int(self.cfg.batch_size)))
+
     def _begin_span(self, subset_size: int) -> None:
         """Build the optimizer / scheduler that `start_round` asked for (see `restart`)."""
         epochs = self._pending_epochs or self.cfg.epochs_per_round
         self._pending_epochs = None
-        if self.cfg.restart == "none":  # one AdamW, one cosine over the budget; scaled per epoch
+        if self.cfg.restart == "none":  # one optimizer, one cosine over the budget
             peak, epochs = self.cfg.lr, max(1, self.cfg.epoch_budget)
+            if self.cfg.cosine == "steps":
+                epochs *= self.full_epoch_steps()
         else:
             peak = self.cfg.lr * subset_lr_scale(
                 subset_size, len(self.train_split.labels), self.cfg.lr_subset_scale
@@ -209,9 +255,7 @@ class Trainer:
                 group["lr"] = peak
                 group["initial_lr"] = peak
         else:
-            self.optimizer = torch.optim.AdamW(
-                self.model.parameters(), lr=peak, weight_decay=self.cfg.weight_decay
-            )
+            self.optimizer = self._new_optimizer(peak)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs)
 
     def _loss_for(self, counts: np.ndarray) -> Loss:
@@ -229,6 +273,8 @@ class Trainer:
             self._begin_span(len(indices))
         groups = self.optimizer.param_groups
         cosine = [g["lr"] for g in groups]  # this epoch's (cosine) rate
+        per_step = self.cfg.cosine == "steps"  # the cosine steps after every batch
+        scale = 1.0
         if self.cfg.restart == "none" and self.cfg.lr_subset_scale > 0:
             scale = subset_lr_scale(
                 len(indices), len(self.train_split.labels), self.cfg.lr_subset_scale
@@ -268,13 +314,22 @@ class Trainer:
             else:  # DDP averages over ranks: weight each rank by its share of the batch
                 (loss * (batch.local * world / batch.size)).backward()
             self.optimizer.step()
+            if per_step:  # the cosine steps on from its own value, then the scale again
+                for g, rate in zip(groups, cosine, strict=True):
+                    g["lr"] = rate
+                self.scheduler.step()
+                cosine = [g["lr"] for g in groups]
+                if scale != 1.0:
+                    for g, rate in zip(groups, cosine, strict=True):
+                        g["lr"] = rate * scale
             total += float(loss.detach()) * len(y)
             seen += len(y)
             if self.progress is not None:
                 self.progress(len(y) if self.ranks is None else batch.size)
         for g, rate in zip(groups, cosine, strict=True):
             g["lr"] = rate  # the cosine steps on from its own value, not the scaled one
-        self.scheduler.step()
+        if not per_step:
+            self.scheduler.step()
         if self.ranks is not None:
             broadcast_buffers(self.model, self.ranks)  # every rank ends as rank 0
             total, seen = (float(v) for v in all_sum([total, seen], self.ranks))
@@ -343,9 +398,7 @@ class Trainer:
         if state["optimizer"] is not None:
             # any optimizer and scheduler: the loaded states (moments, rates, cosine position
             # and length) replace what they were built with
-            self.optimizer = torch.optim.AdamW(
-                self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
-            )
+            self.optimizer = self._new_optimizer(self.cfg.lr)
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=1)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
