@@ -32,7 +32,7 @@ from flexsample.cli import (
     mark_interrupt_reported,
     sigterm_received,
 )
-from flexsample.engine.errors import FlexsampleError
+from flexsample.engine.errors import FlexsampleError, ParameterError
 from flexsample.workflows.config import RunConfig
 
 try:  # typer >= 0.29 carries its own copy of click
@@ -139,7 +139,8 @@ def user_errors(debug: bool) -> Iterator[None]:
     except FlexsampleError as exc:
         if debug:
             traceback.print_exc()
-        _fail("error: ", " ".join(str(exc).split()), 2)
+        text = exc.as_flags() if isinstance(exc, ParameterError) else str(exc)
+        _fail("error: ", " ".join(text.split()), 2)
     except OSError as exc:
         if exc.errno not in ENVIRONMENT_ERRNOS:
             _internal(exc, debug)
@@ -252,7 +253,7 @@ def _config_options() -> list[inspect.Parameter]:
         text = f"{help_}{tail}; an option of {kind} {who} \\[default: {shown}]"
         typ = {"int": int, "float": float, "bool": bool}.get(type_, str)
         params.append(_flag(name, typ, text, PANELS[kind]))
-    for kind in KINDS:
+    for kind in (*KINDS, "recipe"):
         text = (
             f"KEY=VALUE: an option of the chosen {kind}, a plugin's included (repeatable); "
             f"`flexsample list {kind}` shows each {kind}'s options"
@@ -349,8 +350,16 @@ def run(
 
         overrides = option_flags(flags)
         if print_config:
-            cfg = api.resolve(config, overrides)
+            cfg, from_recipe = api.explain(config, overrides)
             typer.echo(json.dumps(cfg.model_dump(), indent=2))
+            if from_recipe:  # on stderr: stdout stays a config file --config loads
+                err_console.print(
+                    f"from --recipe {cfg.recipe} (flags and --config override them): "
+                    + ", ".join(from_recipe),
+                    highlight=False,
+                    soft_wrap=True,
+                    markup=False,
+                )
             raise typer.Exit()
         start = time.perf_counter()
         hooks = api.Hooks(

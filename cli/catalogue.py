@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# the entry-point groups of the nine registries, in `list`'s order
+# the entry-point groups of the ten registries, in `list`'s order
 GROUPS = (
     "flexsample.estimators",
     "flexsample.policies",
@@ -26,6 +26,7 @@ GROUPS = (
     "flexsample.samplers",
     "flexsample.trackers",
     "flexsample.launchers",
+    "flexsample.recipes",
 )
 
 # (kind, name, first line of its docstring), in `list`'s order
@@ -50,14 +51,16 @@ BUILTINS: tuple[tuple[str, str, str], ...] = (
     ('policy', 'exponential', 'Geometric growth: the subset size is multiplied by the same factor every round.'),  # noqa: E501
     ('policy', 'full', 'All training data from the first epoch: the plain long-tailed baseline.'),
     ('policy', 'linear', 'Subset size grows linearly from the anchors (first round) to the full split (last).'),  # noqa: E501
+    ('policy', 'plateau', "The authors' query rule (FlexSampling `FlexSamplingTrainer.run`): after a warm-up, query"),  # noqa: E501
     ('policy', 'step', 'A few large jumps: the pool joins in `jumps` equal parts, the last one in the last round.'),  # noqa: E501
     ('allocation', 'balanced', "Equal shares for every class with samples left; a capped class's excess goes to the rest."),  # noqa: E501
     ('allocation', 'difficulty', "Quotas ∝ 1 − validation recall of each class (harder classes get more); the paper's."),  # noqa: E501
     ('allocation', 'proportional', 'Quotas proportional to what each class has left: every class interpolates to full.'),  # noqa: E501
-    ('anchors', 'prototype', 'Per class, the samples nearest (cosine) to the class prototype in feature space.'),  # noqa: E501
+    ('allocation', 'remaining-difficulty', "The authors' quotas: each class's own remaining pool scaled by its relative difficulty."),  # noqa: E501
+    ('anchors', 'prototype', 'Per class, the samples nearest to the class prototype in feature space.'),  # noqa: E501
     ('anchors', 'random', 'Per class, a seeded random draw of the anchor count (the ablation of `prototype`).'),  # noqa: E501
     ('dataset', 'digits-lt', 'Handwritten digits (1797 real 8x8 images), 10 classes, embedded; no download.'),  # noqa: E501
-    ('dataset', 'imagefolder', 'Any class-per-folder image tree, long-tailed train, balanced val/test per class.'),  # noqa: E501
+    ('dataset', 'imagefolder', "A folder of one's own images: class folders or train/val/test folders, used as given."),  # noqa: E501
     ('dataset', 'isic-archive14', 'ISIC archive, 14 classes, one long-tailed split (val/test keep the imbalance).'),  # noqa: E501
     ('dataset', 'isic2019', 'ISIC 2019, 8 classes, long-tailed train (r = 100/200/500 official), balanced val/test.'),  # noqa: E501
     ('dataset', 'synthetic-lt', 'Generated long-tailed RGB images; counts from a profile (ISIC-like or exponential).'),  # noqa: E501
@@ -68,6 +71,7 @@ BUILTINS: tuple[tuple[str, str, str], ...] = (
     ('loss', 'focal', 'Softmax focal loss (Lin et al.): down-weights easy samples by (1 − p_t)^focal_gamma.'),  # noqa: E501
     ('loss', 'grw', 'Generalised re-weighting (Zhang et al., Distribution Alignment, CVPR 2021).'),
     ('loss', 'ldam', 'LDAM (Cao et al., NeurIPS 2019) with deferred re-weighting (DRW).'),
+    ('sampler', 'class-aware', "The authors' class-aware sampler (FlexSampling `ClassAwareSampler`, after OLTR): as many"),  # noqa: E501
     ('sampler', 'class-balanced', 'Every class equally likely per draw (re-sampling, RS), as many draws as samples.'),  # noqa: E501
     ('sampler', 'instance', 'Every sample once per epoch, shuffled.'),
     ('sampler', 'sqrt', 'Classes drawn ∝ sqrt(n_c): halfway between instance and class-balanced sampling.'),  # noqa: E501
@@ -78,10 +82,14 @@ BUILTINS: tuple[tuple[str, str, str], ...] = (
     ('launcher', 'local', '`--launcher local` (the default): `jobs` cells at a time on this machine.'),  # noqa: E501
     ('launcher', 'ray', 'Cells as Ray tasks; `slots` is None, so the whole grid is submitted at once and Ray'),  # noqa: E501
     ('launcher', 'slurm', 'The grid as one submitit job array; see the module docstring.'),
+    ('recipe', 'paper', "Flexible Sampling as the authors' trainer runs it (see `flexsample list recipe`)."),  # noqa: E501
+    ('recipe', 'paper-control', "The paper recipe's training on the full set from the first epoch (the authors' control)."),  # noqa: E501
 )
-# (kind, component, option, type, default, accepted, help) of every built-in's options
+# (kind, component, option, type, default, accepted, help) per built-in option
 OPTIONS: tuple[tuple[str, str, str, str, str, str, str], ...] = (
     ('estimator', 'badge', 'badge_memory', 'int', 'None', 'an integer, 0 < x', 'bytes the gradient embeddings may take (default: a share of free memory)'),  # noqa: E501
+    ('estimator', 'badge', 'badge_seeding', 'str', "'authors'", 'one of: authors, greedy', "k-means++ seeding: authors (largest gradient, then D^2 sampling, as JordanAsh/badge) or greedy (scikit-learn's kmeans_plusplus)"),  # noqa: E501
+    ('estimator', 'badge', 'badge_bias', 'bool', 'False', 'true or false', "append the head bias's gradient columns to the embedding (the authors do not)"),  # noqa: E501
     ('estimator', 'batchbald', 'mc_samples', 'int', '20', 'an integer, 2 <= x <= 10000', 'MC-dropout draws T'),  # noqa: E501
     ('estimator', 'batchbald', 'mc_mode', 'str', "'head'", 'one of: head, full', 'MC-dropout mode: head (backbone once) or full (T complete passes)'),  # noqa: E501
     ('estimator', 'batchbald', 'batchbald_samples', 'int', '10000', 'an integer, 100 <= x <= 10000000', 'sampled joint configurations once exact joint entropies no longer fit'),  # noqa: E501
@@ -105,23 +113,30 @@ OPTIONS: tuple[tuple[str, str, str, str, str, str, str], ...] = (
     ('estimator', 'typiclust', 'distance', 'str', "'squared'", 'one of: squared, euclidean', "typicality's distance: squared (mean squared distance, the authors' code) or euclidean (the paper's formula)"),  # noqa: E501
     ('policy', 'adaptive', 'patience', 'int', '3', 'an integer, 1 <= x <= 100000', 'epochs without improvement before a query'),  # noqa: E501
     ('policy', 'adaptive', 'query_ratio', 'float', '0.25', 'a finite number, 0 < x <= 1', 'fraction of the remaining pool added per query'),  # noqa: E501
+    ('policy', 'plateau', 'warmup_fraction', 'float', '0.16666666666666666', 'a finite number, 0 <= x <= 1', 'warm-up on the anchors, as a fraction of the epoch budget'),  # noqa: E501
+    ('policy', 'plateau', 'patience_fraction', 'float', '0.058333333333333334', 'a finite number, 0 <= x <= 1', 'epochs without improvement before a query, as a fraction of the epoch budget (at least 1 epoch)'),  # noqa: E501
+    ('policy', 'plateau', 'interval_fraction', 'float', '0.041666666666666664', 'a finite number, 0 <= x <= 1', 'epochs after the last query that force the next one, as a fraction of the epoch budget (0: off; else at least 1 epoch)'),  # noqa: E501
+    ('policy', 'plateau', 'query_fraction', 'float', '0.1', 'a finite number, 0 < x <= 1', 'q: a step adds sum_c min(pool_c, max(1, floor(pool_c q p_c)))'),  # noqa: E501
+    ('policy', 'plateau', 'fill_last', 'bool', 'False', 'true or false', 'whether the rest of the pool joins at the start of the last round'),  # noqa: E501
     ('policy', 'step', 'jumps', 'int', '3', 'an integer, 1 <= x <= 100000', 'number of jumps'),
     ('allocation', 'difficulty', 'difficulty_floor', 'float', '0.05', 'a finite number, 0 <= x <= 1', 'weight floor, as a fraction of the mean weight'),  # noqa: E501
+    ('allocation', 'remaining-difficulty', 'query_fraction', 'float', '0.1', 'a finite number, 0 < x <= 1', "q: a class's quota is about q x its remaining pool x p_c"),  # noqa: E501
     ('anchors', 'prototype', 'anchor_scaling', 'float', '0.1', 'a finite number, 0 < x <= 1', 'anchor imbalance compression s: anchors keep ratio r*s'),  # noqa: E501
     ('anchors', 'prototype', 'anchor_floor', 'int', '2', 'an integer, 1 <= x <= 1000000', 'minimum anchors per class'),  # noqa: E501
     ('anchors', 'prototype', 'anchor_features', 'str', "'auto'", 'one of: auto, pixels, pretrained, ssl', 'features the prototypes are computed in: auto, pixels, pretrained or ssl (the run computes them; auto: pixels for tiny images, else pretrained when --pretrained is given, else ssl)'),  # noqa: E501
+    ('anchors', 'prototype', 'distance', 'str', "'cosine'", 'one of: cosine, euclidean', "how samples rank against the class prototype: cosine (to the mean of the L2-normalised features) or euclidean (to the mean of the raw features, the authors' code)"),  # noqa: E501
     ('anchors', 'random', 'anchor_scaling', 'float', '0.1', 'a finite number, 0 < x <= 1', 'anchor imbalance compression s: anchors keep ratio r*s'),  # noqa: E501
     ('anchors', 'random', 'anchor_floor', 'int', '2', 'an integer, 1 <= x <= 1000000', 'minimum anchors per class'),  # noqa: E501
     ('dataset', 'digits-lt', 'imbalance_ratio', 'float', '100.0', 'a finite number, 1 <= x <= 1000000', 'imbalance ratio r = n_max / n_min (ISIC: the official split 100, 200 or 500)'),  # noqa: E501
     ('dataset', 'digits-lt', 'data_seed', 'int', '0', 'an integer, 0 <= x <= 4294967295', 'seed of the data split (not of training)'),  # noqa: E501
     ('dataset', 'digits-lt', 'image_size', 'int', 'None', 'an integer, 4 <= x <= 4096', "input resolution (default: the dataset's)"),  # noqa: E501
     ('dataset', 'imagefolder', 'data_dir', 'str', 'None', 'a string', "folder holding the dataset's images"),  # noqa: E501
-    ('dataset', 'imagefolder', 'imbalance_ratio', 'float', '100.0', 'a finite number, 1 <= x <= 1000000', 'imbalance ratio r = n_max / n_min (ISIC: the official split 100, 200 or 500)'),  # noqa: E501
+    ('dataset', 'imagefolder', 'imbalance_ratio', 'float', 'None', 'a finite number, 1 <= x <= 1000000', "resample the training split to imbalance ratio r = n_max / n_min (default: keep the data's own distribution and use every training image)"),  # noqa: E501
     ('dataset', 'imagefolder', 'data_seed', 'int', '0', 'an integer, 0 <= x <= 4294967295', 'seed of the data split (not of training)'),  # noqa: E501
     ('dataset', 'imagefolder', 'image_size', 'int', 'None', 'an integer, 4 <= x <= 4096', "input resolution (default: the dataset's)"),  # noqa: E501
     ('dataset', 'imagefolder', 'skip_missing', 'bool', 'False', 'true or false', 'skip images listed but absent or unreadable'),  # noqa: E501
-    ('dataset', 'imagefolder', 'val_per_class', 'int', 'None', 'an integer, 1 <= x', 'validation images per class (default: as many as fit)'),  # noqa: E501
-    ('dataset', 'imagefolder', 'test_per_class', 'int', 'None', 'an integer, 1 <= x', 'test images per class (default: as many as fit)'),  # noqa: E501
+    ('dataset', 'imagefolder', 'val_per_class', 'int', 'None', 'an integer, 1 <= x', 'validation images per class when val is carved from training (default: as many as fit)'),  # noqa: E501
+    ('dataset', 'imagefolder', 'test_per_class', 'int', 'None', 'an integer, 1 <= x', 'test images per class when test is carved from training (default: as many as fit)'),  # noqa: E501
     ('dataset', 'isic-archive14', 'data_dir', 'str', 'None', 'a string', "folder holding the dataset's images"),  # noqa: E501
     ('dataset', 'isic-archive14', 'splits_dir', 'str', 'None', 'a string', 'folder holding split manifests (default: data dir)'),  # noqa: E501
     ('dataset', 'isic-archive14', 'image_size', 'int', 'None', 'an integer, 4 <= x <= 4096', "input resolution (default: the dataset's)"),  # noqa: E501
@@ -163,6 +178,8 @@ OPTIONS: tuple[tuple[str, str, str, str, str, str, str], ...] = (
     ('launcher', 'slurm', 'wait', 'bool', 'True', 'true or false', 'wait for the array; False returns after submitting'),  # noqa: E501
     ('launcher', 'slurm', 'cluster', 'str', 'None', 'a string', 'slurm or local [default: FLEXSAMPLE_SLURM_CLUSTER, else slurm]'),  # noqa: E501
     ('launcher', 'slurm', 'name', 'str', "'flexsample-bench'", 'a string', 'the job name'),
+    ('recipe', 'paper', 'pretrained', 'bool', 'True', 'true or false', "on ISIC, start from the authors' ImageNet weights (timm's resnet50, downloaded once into the Hugging Face cache)"),  # noqa: E501
+    ('recipe', 'paper-control', 'pretrained', 'bool', 'True', 'true or false', "on ISIC, start from the authors' ImageNet weights (timm's resnet50, downloaded once into the Hugging Face cache)"),  # noqa: E501
 )
 # --- end generated ---
 
@@ -182,7 +199,7 @@ CHOICES: tuple[tuple[str, str, str], ...] = (
 
 
 def registries() -> list[Any]:
-    """The nine registries, built-ins loaded (this imports torch)."""
+    """The ten registries, built-ins loaded (this imports torch)."""
     from flexsample.datasets.base import DATASETS
     from flexsample.engine.registries import (
         ALLOCATIONS,
@@ -194,9 +211,11 @@ def registries() -> list[Any]:
     )
     from flexsample.training.losses import LOSSES
     from flexsample.training.samplers import SAMPLERS
+    from flexsample.workflows.recipes import RECIPES
 
     return [
-        ESTIMATORS, POLICIES, ALLOCATIONS, ANCHORS, DATASETS, LOSSES, SAMPLERS, TRACKERS, LAUNCHERS
+        ESTIMATORS, POLICIES, ALLOCATIONS, ANCHORS, DATASETS, LOSSES, SAMPLERS, TRACKERS,
+        LAUNCHERS, RECIPES,
     ]
 
 
@@ -209,6 +228,7 @@ REGISTERING = (
     "flexsample.training.samplers",
     "flexsample.integrations.trackers",
     "flexsample.workflows.launchers",
+    "flexsample.workflows.recipes",
 )
 
 
@@ -231,7 +251,7 @@ def render() -> str:
             line = f"    ({reg.kind!r}, {name!r}, {doc!r}),"
             lines.append(line if len(line) <= 100 else line + "  # noqa: E501")
     lines.append(")")
-    lines.append("# (kind, component, option, type, default, accepted, help) of every built-in's options")
+    lines.append("# (kind, component, option, type, default, accepted, help) per built-in option")
     lines.append("OPTIONS: tuple[tuple[str, str, str, str, str, str, str], ...] = (")
     for row in option_rows():
         line = f"    {row!r},"
@@ -240,7 +260,10 @@ def render() -> str:
     return "\n".join(lines)
 
 
-def option_rows(registries_: list[Any] | None = None) -> list[tuple[str, str, str, str, str, str, str]]:
+OptionRow = tuple[str, str, str, str, str, str, str]
+
+
+def option_rows(registries_: list[Any] | None = None) -> list[OptionRow]:
     """(kind, component, option, type, default, accepted, help) for every registered
     component's options, from the registries."""
     from flexsample.engine.options import option_rows as rows_of

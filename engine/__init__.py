@@ -24,8 +24,8 @@ if TYPE_CHECKING:
         Estimator,
         Learner,
         ModelLike,
+        Policy,
         PolicyState,
-        Schedule,
         ValRecord,
     )
     from .loop import Callback, Curriculum, LoopResult, QueryResult, StepRecord
@@ -58,7 +58,8 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     ".errors": ("EstimatorError", "FlexsampleError", "UnknownNameError"),
     ".interfaces": (
         "Allocation", "Anchors", "EpochResult", "Estimator", "Learner", "ModelLike",
-        "PolicyState", "Schedule", "ValRecord",
+        "PolicyState", "Policy", "ValRecord",
+        "Schedule",  # the deprecated name of Policy: one FutureWarning
     ),
     ".loop": ("Callback", "Curriculum", "LoopResult", "QueryResult", "StepRecord"),
     ".pool": ("Pool",),
@@ -76,7 +77,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
 __all__ = [
     "ALLOCATIONS", "ANCHORS", "ESTIMATORS", "POLICIES", "Allocation", "Anchors", "Callback",
     "Curriculum", "EpochResult", "Estimator", "EstimatorError", "FlexsampleError", "Learner",
-    "LoopResult", "ModelLike", "PolicyState", "Pool", "QueryResult", "Registry", "Schedule",
+    "LoopResult", "ModelLike", "PolicyState", "Pool", "QueryResult", "Registry", "Policy",
     "ScoringContext", "StepRecord", "UnknownNameError", "ValRecord", "get_allocation",
     "get_anchors", "get_estimator", "get_policy", "import_plugin", "list_allocations",
     "list_anchors", "list_estimators", "list_policies", "load_checkpoint", "register_allocation",

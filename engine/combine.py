@@ -158,7 +158,9 @@ def estimator_options(spec: str, values: Mapping[str, Any] | None = None) -> dic
     return out
 
 
-def build_estimator(spec: str, /, options: Mapping[str, Any] | None = None, **kwargs: Any) -> Estimator:
+def build_estimator(
+    spec: str, /, options: Mapping[str, Any] | None = None, **kwargs: Any
+) -> Estimator:
     """The estimator for `--estimator SPEC`: a registered name, or names joined by '+'.
 
     `options` (or keyword arguments) as `estimator_options` takes them; None values mean

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .distributed import Ranks
-from .errors import EstimatorError, FlexsampleError
+from .errors import EstimatorError, FlexsampleError, ParameterError
 from .faults import fault_point
 from .interfaces import NEEDS
 from .masks import MaskSampler, hashed_dropouts
@@ -303,9 +303,11 @@ class ScoringContext:
         self._require("mc")
         root = self._root()
         if root.snapshots is None and samples < 2:
-            raise FlexsampleError(f"--mc-samples must be >= 2, got {samples}")
+            raise ParameterError(f"mc_samples must be >= 2, got {samples}", "mc_samples")
         if mode not in MC_MODES:
-            raise FlexsampleError(f"unknown --mc-mode '{mode}'; accepted: {', '.join(MC_MODES)}")
+            raise ParameterError(
+                f"unknown mc_mode '{mode}'; accepted: {', '.join(MC_MODES)}", "mc_mode"
+            )
         return root
 
     def _iter_mc_local(

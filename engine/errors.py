@@ -31,3 +31,25 @@ class PluginError(FlexsampleError):
 class RegistrationError(FlexsampleError, ValueError):
     """A registration that cannot be accepted: a name taken by a built-in or another plugin,
     or no name at all. A ValueError too, as registration errors were before."""
+
+
+class ParameterError(FlexsampleError, ValueError):
+    """A bad value of a named parameter of the engine (`Curriculum(rounds=0)`).
+
+    The message names the parameters as Python callers spell them (`rounds`); `params` lists
+    them, so that the command line can say `--rounds` instead (`as_flags`).
+    """
+
+    def __init__(self, message: str, *params: str) -> None:
+        super().__init__(message)
+        self.params = params
+
+    def as_flags(self) -> str:
+        """The message with each parameter named as its flag (`rounds` -> `--rounds`)."""
+        import re
+
+        text = str(self)
+        for param in self.params:
+            flag = "--" + param.replace("_", "-")
+            text = re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flag, text)
+        return text

@@ -118,11 +118,12 @@ class PolicyState:
         return np.asarray(self.val_history[-1].per_class_recall, dtype=np.float64)
 
 
-class Schedule(Stateful):
-    """When to query (`should_query`, asked before every epoch) and how many in total.
+class Policy(Stateful):
+    """When to query (`should_query`, asked before every epoch) and how many in total
+    (`--policy`; called `Schedule` before, a name kept as a deprecated alias).
 
     `should_query` answers a bool and `budget` a finite integer >= 0; the engine checks both
-    (engine.validation) and names the schedule in any error.
+    (engine.validation) and names the policy in any error.
     """
 
     name: ClassVar[str] = ""
@@ -195,3 +196,18 @@ class Learner(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def __getattr__(name: str) -> Any:
+    """`Schedule`, the old name of `Policy`, with one deprecation warning."""
+    if name == "Schedule":
+        import warnings
+
+        warnings.warn(
+            "flexsample's Schedule is deprecated: it is now called Policy (the --policy "
+            "component)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return Policy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

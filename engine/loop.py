@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from .errors import FlexsampleError
+from .errors import FlexsampleError, ParameterError
 from .faults import fault_point
 from .interfaces import (
     Allocation,
     EpochResult,
     Estimator,
     Learner,
+    Policy,
     PolicyState,
-    Schedule,
     ValRecord,
 )
 from .pool import Pool
@@ -131,7 +131,7 @@ class Curriculum:
     def __init__(
         self,
         pool: Pool,
-        schedule: Schedule,
+        schedule: Policy,
         allocation: Allocation,
         estimator: Estimator,
         learner: Learner,
@@ -152,9 +152,11 @@ class Curriculum:
         checkpoint_on: str = "val",
     ) -> None:
         if rounds < 1:
-            raise FlexsampleError(f"--rounds must be >= 1, got {rounds}")
+            raise ParameterError(f"rounds must be >= 1, got {rounds}", "rounds")
         if epochs_per_round < 1:
-            raise FlexsampleError(f"--epochs-per-round must be >= 1, got {epochs_per_round}")
+            raise ParameterError(
+                f"epochs_per_round must be >= 1, got {epochs_per_round}", "epochs_per_round"
+            )
         from .validation import plugin_call  # a plugin's exception names the plugin
 
         plugin_call("policy", schedule, "validate", rounds, epochs_per_round)
@@ -179,9 +181,10 @@ class Curriculum:
 
         check_acquisition(acquisition, estimator)
         if checkpoint_on not in CHECKPOINT_RULES:
-            raise FlexsampleError(
-                f"unknown --checkpoint-on '{checkpoint_on}'; accepted: "
-                f"{', '.join(CHECKPOINT_RULES)}"
+            raise ParameterError(
+                f"unknown checkpoint_on '{checkpoint_on}'; accepted: "
+                f"{', '.join(CHECKPOINT_RULES)}",
+                "checkpoint_on",
             )
         self.checkpoint_on = checkpoint_on
         self.acquisition = acquisition

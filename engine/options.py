@@ -204,6 +204,7 @@ def option_rows(model: type[BaseModel]) -> list[tuple[str, str, str, str]]:
     """(option, default, accepted, help) for each option: what `flexsample list NAME` shows."""
     rows = []
     for key, info in model.model_fields.items():
-        default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
+        required = info.is_required()
+        default = "required" if required else repr(info.get_default(call_default_factory=True))
         rows.append((key, default, describe_option(info), info.description or ""))
     return rows

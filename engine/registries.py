@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .interfaces import Allocation, Anchors, Estimator, Schedule
+from .interfaces import Allocation, Anchors, Estimator, Policy
 from .registry import Registry
 
 ESTIMATORS: Registry[Estimator] = Registry(
     "estimator", "flexsample.estimators", builtins="flexsample.estimators"
 )
-POLICIES: Registry[Schedule] = Registry(
+POLICIES: Registry[Policy] = Registry(
     "policy", "flexsample.policies", builtins="flexsample.policies"
 )
 ALLOCATIONS: Registry[Allocation] = Registry(
@@ -64,7 +64,7 @@ def register_policy(name: str | None = None) -> Callable[[type], type]:
     return POLICIES.register(name)
 
 
-def get_policy(name: str, /, **options: Any) -> Schedule:
+def get_policy(name: str, /, **options: Any) -> Policy:
     return POLICIES.create(name, **options)
 
 

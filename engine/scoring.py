@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .context import ScoringContext
-from .errors import EstimatorError, FlexsampleError
+from .errors import EstimatorError, ParameterError
 from .interfaces import Estimator
 from .validation import is_builtin, plugin_call, plugin_origin
 
@@ -112,12 +112,14 @@ def check_acquisition(acquisition: str, estimator: object) -> None:
     from .selection import ACQUISITIONS
 
     if acquisition not in ACQUISITIONS:
-        raise FlexsampleError(
-            f"unknown --acquisition '{acquisition}'; accepted: {', '.join(ACQUISITIONS)}"
+        raise ParameterError(
+            f"unknown acquisition '{acquisition}'; accepted: {', '.join(ACQUISITIONS)}",
+            "acquisition",
         )
     if acquisition != "topk" and is_selector(estimator):
-        raise FlexsampleError(
-            f"--acquisition {acquisition} draws from per-sample scores, but estimator "
-            f"'{getattr(estimator, 'name', '')}' selects its own batch; use --acquisition "
-            "topk with it"
+        raise ParameterError(
+            f"acquisition {acquisition} draws from per-sample scores, but estimator "
+            f"'{getattr(estimator, 'name', '')}' selects its own batch; use acquisition "
+            "topk with it",
+            "acquisition",
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import FlexsampleError
+from .errors import FlexsampleError, ParameterError
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -142,12 +142,14 @@ def acquisition_keys(
     """
     if mode not in ACQUISITIONS:
         accepted = ", ".join(ACQUISITIONS)
-        raise FlexsampleError(f"unknown --acquisition '{mode}'; accepted: {accepted}")
+        raise ParameterError(f"unknown acquisition '{mode}'; accepted: {accepted}", "acquisition")
     scores = np.asarray(scores, dtype=np.float64)
     if mode == "topk":
         return scores
     if not (np.isfinite(beta) and beta > 0):
-        raise FlexsampleError(f"--acquisition-beta must be a finite number > 0, got {beta}")
+        raise ParameterError(
+            f"acquisition_beta must be a finite number > 0, got {beta}", "acquisition_beta"
+        )
     if mode == "power":
         log_weight = beta * np.log(np.maximum(scores, np.finfo(np.float64).tiny))
     elif mode == "softmax":

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from .errors import FlexsampleError, PluginError
-from .interfaces import Allocation, Anchors, PolicyState, Schedule
+from .interfaces import Allocation, Anchors, Policy, PolicyState
 from .registries import PLUGIN_REGISTRIES
 from .registry import is_builtin_module, origin_text, plugin_error
 
@@ -113,12 +113,12 @@ def check_budget(schedule: object, value: object) -> int:
     return n
 
 
-def ask_should_query(schedule: Schedule, state: PolicyState) -> bool:
+def ask_should_query(schedule: Policy, state: PolicyState) -> bool:
     """The schedule's `should_query(state)`, called and checked."""
     return check_should_query(schedule, plugin_call("policy", schedule, "should_query", state))
 
 
-def ask_budget(schedule: Schedule, state: PolicyState) -> int:
+def ask_budget(schedule: Policy, state: PolicyState) -> int:
     """The schedule's `budget(state)`, called and checked."""
     return check_budget(schedule, plugin_call("policy", schedule, "budget", state))
 

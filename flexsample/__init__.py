@@ -16,7 +16,7 @@ from ._version import __version__
 
 __all__ = [
     "Allocation", "Anchors", "Curriculum", "Estimator", "FlexsampleError", "PolicyState", "Pool",
-    "RunConfig", "RunResult", "Schedule", "ScoringContext", "__version__", "bench",
+    "RunConfig", "RunResult", "Policy", "ScoringContext", "__version__", "bench",
     "get_allocation", "get_anchors", "get_estimator", "get_policy", "list_allocations",
     "list_anchors", "list_estimators", "list_policies", "register_allocation",
     "register_anchors", "register_estimator", "register_policy", "run", "select_per_class",
@@ -32,9 +32,9 @@ if TYPE_CHECKING:
         Curriculum,
         Estimator,
         FlexsampleError,
+        Policy,
         PolicyState,
         Pool,
-        Schedule,
         ScoringContext,
         get_allocation,
         get_anchors,
@@ -61,7 +61,10 @@ def _from_workflows(name: str) -> bool:
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        ".engine": [n for n in __all__ if n != "__version__" and not _from_workflows(n)],
+        ".engine": [
+            *(n for n in __all__ if n != "__version__" and not _from_workflows(n)),
+            "Schedule",  # the deprecated name of Policy: one FutureWarning
+        ],
         **_WORKFLOWS,
     },
     __all__,

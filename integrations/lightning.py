@@ -41,7 +41,7 @@ from flexsample._optional import require
 from flexsample.engine.checkpoint import decode_state, encode_state
 from flexsample.engine.context import InputFn
 from flexsample.engine.errors import FlexsampleError
-from flexsample.engine.interfaces import Allocation, Anchors, EpochResult, Estimator, Schedule
+from flexsample.engine.interfaces import Allocation, Anchors, EpochResult, Estimator, Policy
 from flexsample.engine.loop import Callback as LoopCallback
 from flexsample.engine.loop import Curriculum, LoopResult, StepRecord
 from flexsample.engine.pool import Pool
@@ -203,7 +203,7 @@ class FlexSampling(pl.Callback):
         *,
         rounds: int,
         epochs_per_round: int,
-        policy: str | Schedule = "linear",
+        policy: str | Policy = "linear",
         allocation: str | Allocation = "difficulty",
         estimator: str | Estimator = "mcdropout",
         anchors: str | Anchors | np.ndarray | Sequence[int] = "random",

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.loop import Callback
 
-from .config import Layer, RunConfig, build_config, read_config_file
+from .config import Layer, RunConfig, build_config, explain_config, read_config_file
 from .progress import Reporter
 
 if TYPE_CHECKING:
@@ -100,6 +100,11 @@ def resolve(config: ConfigLike, overrides: Mapping[str, Any]) -> RunConfig:
     return build_config([*config_layers(config), ("the command line", given(overrides))])
 
 
+def explain(config: ConfigLike, overrides: Mapping[str, Any]) -> tuple[RunConfig, list[str]]:
+    """`resolve`, and the keys whose values came from the recipe (what --print-config shows)."""
+    return explain_config([*config_layers(config), ("the command line", given(overrides))])
+
+
 @dataclass
 class Hooks:
     """What a front end adds to a run: its progress display and its reporter (the CLI's rich
@@ -137,7 +142,7 @@ def run(
     Under torchrun every rank calls `run()` alike: the work is sharded and rank 0 writes `out`.
     """
     from .distributed import finish
-    from .run import default_out, execute, join_launch
+    from .run import default_out, execute, join_distributed
     from .setup import build_components
 
     trackers = _tracker_names(log_to)  # names and packages checked before anything else
@@ -153,14 +158,15 @@ def run(
         from .resume import resume_config
 
         target = Path(out)
-        cfg = resume_config(target, [*config_layers(config), ("the command line", given(overrides))])
+        layers = [*config_layers(config), ("the command line", given(overrides))]
+        cfg = resume_config(target, layers)
     else:
         cfg = resolve(config, overrides)
         target = Path(out) if out is not None else default_out(cfg)
         build_components(cfg)  # bad names fail before the folder is touched
     # under torchrun every rank calls run(): one process group, rank 0's folder
-    launch, target = join_launch(cfg, target, resume=resume, overwrite=overwrite)
-    main_rank = launch is None or launch.ranks.is_main
+    dist, target = join_distributed(cfg, target, resume=resume, overwrite=overwrite)
+    main_rank = dist is None or dist.ranks.is_main
     progress = progress and main_rank
     notes: list[str] = []
     if hooks is not None:
@@ -189,9 +195,9 @@ def run(
         overwrite=overwrite,
         callbacks=[*shown, *callbacks, *logs],
         reporter=reporter,
-        launch=launch,
+        dist=dist,
     )
-    finish(launch)
+    finish(dist)
     if progress and outcome.already_finished:
         print(f"run {target} is already finished (results.json); nothing changed", flush=True)
     return RunResult(

@@ -130,6 +130,17 @@ def resolve_components(cfg: RunConfig) -> None:
         else:
             resolved = registry(kind).resolve_options(name, given).model_dump()
         cfg.__dict__[f"{kind}_options"] = resolved  # no re-validation: it is the resolution
+    if cfg.recipe is not None:
+        from .recipes import RECIPES
+
+        cfg.__dict__["recipe_options"] = (
+            RECIPES.resolve_options(cfg.recipe, cfg.recipe_options).model_dump()
+        )
+    elif cfg.recipe_options:
+        raise OptionError(
+            "recipe options were given without --recipe; add --recipe NAME or drop them",
+            kind="recipe",
+        )
     for rule in RULES:
         if rule.field in cfg.model_fields_set and not rule.applies(cfg):
             raise FlexsampleError(
@@ -211,6 +222,20 @@ RULES: tuple[Rule, ...] = (
         "with --decouple crt (lws is solved, tau-norm has no epochs)",
         lambda c: f"--decouple {c.decouple}",
         ("decouple",),
+    ),
+    Rule(
+        "momentum",
+        lambda c: c.optimizer == "sgd",
+        "with --optimizer sgd",
+        lambda c: f"--optimizer {c.optimizer}",
+        ("optimizer",),
+    ),
+    Rule(
+        "cosine",
+        lambda c: c.restart == "none",
+        "with --restart none (one cosine over the whole budget)",
+        lambda c: f"--restart {c.restart}",
+        ("restart",),
     ),
     *(
         Rule(
@@ -307,7 +332,8 @@ def migrate(values: Mapping[str, Any]) -> dict[str, Any]:
         section = out.get(f"{kind}_options")
         if section is not None:
             out[f"{kind}_options"] = {k: v for k, v in section.items() if v is not None}
-    probe = RunConfig.model_construct(**{k: v for k, v in out.items() if k in RunConfig.model_fields})
+    fields = {k: v for k, v in out.items() if k in RunConfig.model_fields}
+    probe = RunConfig.model_construct(**fields)
     for rule in RULES:
         if rule.field in out and not rule.applies(probe):
             del out[rule.field]

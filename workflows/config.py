@@ -185,7 +185,20 @@ class RunConfig(BaseModel):
         ge=0,
         le=4,
     )
-    weight_decay: float = _f(1e-4, "AdamW weight decay", MODEL, ge=0, le=10)
+    optimizer: Literal["adamw", "sgd"] = _f(
+        "adamw",
+        "optimizer: adamw, or sgd (with --momentum; the authors' recipe: lr 0.01, momentum 0.9)",
+        MODEL,
+    )
+    momentum: float = _f(0.9, "sgd: momentum", MODEL, ge=0, lt=1)
+    cosine: Literal["epochs", "steps"] = _f(
+        "epochs",
+        "with --restart none, what the one cosine counts: epochs (one value per epoch over the "
+        "epoch budget) or steps (stepped per batch over epoch budget x full training set / "
+        "batch size steps, so small early subsets use few of them: the authors' schedule)",
+        MODEL,
+    )
+    weight_decay: float = _f(1e-4, "weight decay (AdamW's decoupled, SGD's L2)", MODEL, ge=0, le=10)
     sync_bn: bool = _f(
         False,
         "under torchrun: SyncBatchNorm (batch statistics over all ranks' shares of a batch) "
@@ -240,6 +253,13 @@ class RunConfig(BaseModel):
         description="module imported first, registering its estimators or policies (repeatable)",
         json_schema_extra={"panel": RUN},
     )
+    recipe: str | None = _f(
+        None,
+        "a named bundle of option values under your own (see `flexsample list recipe`): "
+        "paper (the authors' procedure) or paper-control (its full-set control)",
+        RUN,
+    )
+    recipe_options: dict[str, Any] = Field(default_factory=dict)
     # the options of each chosen component, defaults filled in (see `resolve_components`)
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     estimator_options: dict[str, Any] = Field(default_factory=dict)
@@ -440,9 +460,30 @@ def merge_layers(layers: Sequence[Layer]) -> tuple[dict[str, Any], dict[str, str
 def build_config(layers: Sequence[Layer]) -> RunConfig:
     """The RunConfig of `layers` (lowest precedence first, over the defaults), with a bad
     value as one FlexsampleError line naming the key and the layer it came from. Plugins
-    named in any layer are imported first, so their components and options are known."""
+    named in any layer are imported first, so their components and options are known; a
+    recipe named in any layer adds its values under all of them."""
+    return explain_config(layers)[0]
+
+
+def explain_config(layers: Sequence[Layer]) -> tuple[RunConfig, list[str]]:
+    """`build_config`, and the keys whose value came from the recipe (`--print-config`)."""
     values, origin = merge_layers(layers)
     load_plugins(values.get("plugin") or [])
+    name = values.get("recipe")
+    from_recipe: list[str] = []
+    if name is not None:
+        from .recipes import RECIPES
+
+        if not isinstance(name, str):
+            raise FlexsampleError(f"--recipe must be a recipe name, not {name!r}")
+        recipe = RECIPES.build(name, values.get("recipe_options") or {})
+        source = f"recipe {name}"
+        values, origin = merge_layers([(source, recipe.values(values)), *layers])
+        from_recipe = sorted(k for k, v in origin.items() if v == source)
+    return _validated(values, origin), from_recipe
+
+
+def _validated(values: dict[str, Any], origin: dict[str, str]) -> RunConfig:
     try:
         return RunConfig.model_validate(values)
     except ValidationError as exc:

@@ -41,7 +41,7 @@ def launched() -> bool:
 
 
 @dataclass
-class Launch:
+class DistributedRun:
     """This process's part of a torchrun job."""
 
     ranks: Ranks
@@ -73,7 +73,7 @@ def launch_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def start(device_name: str, timeout_s: float) -> Launch | None:
+def start(device_name: str, timeout_s: float) -> DistributedRun | None:
     """Join the torchrun job this process belongs to (None when it runs alone)."""
     if not launched():
         return None
@@ -89,17 +89,17 @@ def start(device_name: str, timeout_s: float) -> Launch | None:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=float(timeout_s)))
-    return Launch(Ranks(), local_rank, device, backend)
+    return DistributedRun(Ranks(), local_rank, device, backend)
 
 
-def finish(launch: Launch | None) -> None:
+def finish(dist: DistributedRun | None) -> None:
     """Leave the process group after a run that ended well on every rank."""
-    if launch is None:
+    if dist is None:
         return
     import torch.distributed as dist
 
     if dist.is_initialized():
-        launch.ranks.barrier()
+        dist.ranks.barrier()
         dist.destroy_process_group()
 
 

@@ -39,7 +39,7 @@ from . import decouple as decouple_step
 from . import outputs as out_files
 from . import rundir
 from .config import RunConfig, stable_hash
-from .distributed import Launch
+from .distributed import DistributedRun
 from .documents import (
     compute_document,
     config_document,
@@ -74,7 +74,7 @@ __all__ = [
     "default_out",
     "evaluate_run",
     "execute",
-    "join_launch",
+    "join_distributed",
     "prepare_out",
     # set-up (setup.py)
     "TINY_IMAGE",
@@ -151,11 +151,11 @@ def execute(
     overwrite: bool = False,
     callbacks: Sequence[Callback] = (),
     reporter: Reporter | None = None,
-    launch: Launch | None = None,
+    dist: DistributedRun | None = None,
 ) -> RunOutcome:
     """Run one configuration into the run folder `out`, or continue it (`resume`).
 
-    `launch` (`workflows.distributed.start` under torchrun): every rank calls this with the
+    `dist` (`workflows.distributed.start` under torchrun): every rank calls this with the
     same arguments; training, evaluation and scoring are sharded over the ranks, and rank 0
     alone writes `out` (give progress displays and trackers to rank 0 only).
 
@@ -166,13 +166,13 @@ def execute(
     Callbacks that are context managers (progress displays) are entered around the loop.
     """
     reporter = reporter or Reporter()
-    ranks = launch.ranks if launch is not None else Ranks.local()
+    ranks = dist.ranks if dist is not None else Ranks.local()
     if resume:
-        return _resume(cfg, out, callbacks, reporter, launch)
+        return _resume(cfg, out, callbacks, reporter, dist)
     t_start = time.perf_counter()
     agree_on_rank0(ranks, lambda: rundir.check_target(out, overwrite))
     with reporter.phase("loading"):
-        setup = set_up(cfg, reporter=reporter, launch=launch)
+        setup = set_up(cfg, reporter=reporter, dist=dist)
     run_id = ranks.broadcast_object(uuid.uuid4().hex)
     doc = config_document(cfg, setup, run_id)
     watch = _CheckpointWatch()
@@ -203,20 +203,20 @@ def execute(
             lock.release()
 
 
-def join_launch(
+def join_distributed(
     cfg: RunConfig, target: Path, *, resume: bool, overwrite: bool
-) -> tuple[Launch | None, Path]:
+) -> tuple[DistributedRun | None, Path]:
     """Under torchrun: join the process group, agree on rank 0's run folder (its timestamp)
     and check it on rank 0 (every rank fails alike); alone: check the folder. Call after the
     config and its components were checked (every rank checks them the same way)."""
     from . import distributed
 
-    launch = distributed.start(cfg.device, cfg.dist_timeout)  # None unless under torchrun
-    ranks = launch.ranks if launch is not None else Ranks.local()
+    dist = distributed.start(cfg.device, cfg.dist_timeout)  # None unless under torchrun
+    ranks = dist.ranks if dist is not None else Ranks.local()
     target = ranks.broadcast_object(target)
     if not resume:  # checks only: execute swaps the new run in
         agree_on_rank0(ranks, lambda: prepare_out(target, overwrite))
-    return launch, target
+    return dist, target
 
 
 def _meta(doc: dict[str, Any], ranks: Ranks) -> dict[str, Any]:
@@ -362,19 +362,19 @@ def _resume(
     out: Path,
     callbacks: Sequence[Callback],
     reporter: Reporter,
-    launch: Launch | None = None,
+    dist: DistributedRun | None = None,
 ) -> RunOutcome:
     """Continue the run in `out` from its checkpoint, under the run folder's lock.
 
     Under torchrun rank 0 reads the folder and sends the checkpoint to the other ranks (their
     nodes need not see the folder)."""
     t_start = time.perf_counter()
-    ranks = launch.ranks if launch is not None else Ranks.local()
+    ranks = dist.ranks if dist is not None else Ranks.local()
     if not ranks.is_main:
         state = ranks.broadcast_object(None)
         if state is None:  # rank 0 found the run finished or failed: it says so
             return RunOutcome({}, [], [], out, already_finished=True)
-        return _resume_from(cfg, out, state, callbacks, reporter, launch, None, t_start)
+        return _resume_from(cfg, out, state, callbacks, reporter, dist, None, t_start)
     try:
         doc = rundir.read_config_document(out)
         if not _has_checkpoint(out, temps=True):
@@ -412,7 +412,7 @@ def _resume(
                 "result will not be bit-identical to an uninterrupted run"
             )
         doc_meta = _meta({**doc, "run_id": doc.get("run_id", "")}, ranks)
-        return _resume_from(cfg, out, state, callbacks, reporter, launch, doc_meta, t_start)
+        return _resume_from(cfg, out, state, callbacks, reporter, dist, doc_meta, t_start)
 
 
 def _resume_from(
@@ -421,14 +421,14 @@ def _resume_from(
     state: dict[str, Any],
     callbacks: Sequence[Callback],
     reporter: Reporter,
-    launch: Launch | None,
+    dist: DistributedRun | None,
     fallback_meta: dict[str, Any] | None,
     t_start: float,
 ) -> RunOutcome:
     watch = _CheckpointWatch(int(state.get("epoch", 0)))
     try:
         with reporter.phase("loading"):
-            setup = set_up(cfg, resume=True, reporter=reporter, launch=launch)
+            setup = set_up(cfg, resume=True, reporter=reporter, dist=dist)
         meta = dict(state.get("meta") or fallback_meta or {})
         meta["world_size"] = setup.ranks.world
         loop, recorder = build_loop(cfg, setup, out, [watch, *callbacks], meta)
