@@ -13,7 +13,7 @@ decides anything is then computed the plain way.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import faiss
 import numpy as np
@@ -323,9 +323,176 @@ def gradient_norms(features: np.ndarray, probs: np.ndarray, bias: bool) -> np.nd
     return np.sqrt(np.square(a).sum(axis=1) * h2)
 
 
-def badge_seed(seed: int, step: int) -> int:
-    """The k-means++ random_state of a query step: an int in [0, 2**32) from (seed, step)."""
-    return int(np.random.SeedSequence([int(seed), int(step), 0xBAD6E]).generate_state(1)[0])
+def badge_seed(seed: int, step: int, cls: int | None = None) -> int:
+    """The seeding's random_state for a query step (and class): an int in [0, 2**32) that is a
+    pure function of (seed, step, class)."""
+    key = [int(seed), int(step), 0xBAD6E] + ([] if cls is None else [int(cls)])
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
+
+
+BadgeSeeding = Literal["authors", "greedy"]
+_TIE = 1e-6  # greedy: trial potentials this close (relative) to the best are redone in float64
+
+
+class _Factors:
+    """Rows e_i = a_i (x) g_i (flattened), kept as their factors on one device.
+
+    BADGE's gradient embedding of sample i is (p_i - onehot) outer h_i: with a (n, C) and g
+    (n, D), <e_i, e_j> = (a_i . a_j)(g_i . g_j), so a squared distance costs C + D products
+    instead of C * D and the (n, C * D) embedding is never built. `a = None`: plain rows g.
+    Products run in float32 (GEMMs); norms, distances and sums are float64.
+    """
+
+    def __init__(self, a: torch.Tensor | None, g: torch.Tensor) -> None:
+        self.a, self.g = a, g
+        n = len(g)
+        self.sq = torch.empty(n, dtype=torch.float64, device=g.device)
+        for lo in range(0, n, _CHUNK):
+            sl = slice(lo, lo + _CHUNK)
+            nrm = g[sl].double().square().sum(1)
+            if a is not None:
+                nrm *= a[sl].double().square().sum(1)
+            self.sq[sl] = nrm
+
+    def distances(self, ids: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """Squared distances (n, len(ids)) float64 of every row to rows `ids` (0 on the rows
+        themselves); `exact`: the products in float64 too."""
+        g, a = (self.g.double(), None if self.a is None else self.a.double()) if exact else (
+            self.g, self.a)
+        ip = (g @ g[ids].T).double()
+        if a is not None:
+            ip *= (a @ a[ids].T).double()
+        d = self.sq[:, None] + self.sq[ids][None, :] - 2.0 * ip
+        d.clamp_min_(0.0)
+        d[ids, torch.arange(len(ids), device=d.device)] = 0.0
+        return d
+
+
+def _fill(f: _Factors, picks: list[int], k: int) -> np.ndarray:
+    """Complete `picks` to k distinct rows with the unchosen rows of largest norm (lowest
+    index on ties): what is left when every remaining row coincides with a centre."""
+    norms = f.sq.cpu().numpy().copy()
+    norms[picks] = -np.inf
+    order = np.lexsort((np.arange(len(norms)), -norms))
+    return np.concatenate([np.asarray(picks, np.int64), order[: k - len(picks)]])
+
+
+def kmeanspp_seeding(
+    g: torch.Tensor | np.ndarray,
+    k: int,
+    random_state: int,
+    seeding: BadgeSeeding = "authors",
+    a: torch.Tensor | np.ndarray | None = None,
+    n_trials: int | None = None,
+    device: torch.device | str | None = None,
+) -> np.ndarray:
+    """k distinct rows by k-means++ seeding, in pick order, on `device` (default: g's).
+
+    Rows are g's, or with `a` the outer products a_i (x) g_i (`_Factors`). The random stream
+    is a NumPy `RandomState(random_state)`: its draws are made on the CPU, the distances on
+    the device, so CPU and CUDA take the same stream. Each row's squared distance to its
+    nearest centre is kept (float64) and lowered after each pick by one pass.
+
+    * "authors" (JordanAsh/badge `init_centers`): the first centre is the row of largest norm
+      (lowest index on ties); each next one is drawn with probability proportional to that
+      squared distance (D^2 sampling), one uniform per pick: the row where the float64
+      cumulative sum first exceeds u * total. Chosen rows have distance 0, so no repeats.
+    * "greedy" (scikit-learn's `kmeans_plusplus`): a uniform first centre (`choice`, as
+      scikit-learn draws it), then per centre `n_trials` (default 2 + int(ln k)) D^2 draws,
+      of which the one leaving the smallest total squared distance wins (first trial on
+      ties; trials within 1e-6 of the best are re-scored with float64 products).
+
+    When every remaining row coincides with a centre (total distance 0) the rest are the
+    unchosen rows of largest norm.
+    """
+    dev = torch.device(device) if device is not None else (
+        g.device if isinstance(g, torch.Tensor) else torch.device("cpu"))
+    g = torch.as_tensor(g, dtype=torch.float32).to(dev)
+    a = None if a is None else torch.as_tensor(a, dtype=torch.float32).to(dev)
+    n, k = len(g), int(k)
+    if not 0 <= k <= n:
+        raise FlexsampleError(f"k-means++ seeding: k must be in [0, {n}], got {k}")
+    if seeding not in ("authors", "greedy"):
+        raise FlexsampleError(f"k-means++ seeding: unknown rule {seeding!r}; accepted: authors, "
+                              "greedy")
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    rs = np.random.RandomState(int(random_state))
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        # one pass per pick is a few small ops: a second thread only adds hand-off latency
+        # (tens of ms per op when the cores are busy), as for the core-set screens
+        torch.set_num_threads(1)
+    try:
+        f = _Factors(a, g)
+        if seeding == "authors":
+            return _d2_authors(f, k, rs)
+        trials = 2 + int(np.log(k)) if n_trials is None else int(n_trials)
+        return _d2_greedy(f, k, rs, trials)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _d2_authors(f: _Factors, k: int, rs: np.random.RandomState) -> np.ndarray:
+    dev = f.g.device
+    first = int(torch.argmax(f.sq))  # the first maximum: lowest index
+    u = torch.from_numpy(rs.uniform(size=k - 1)).to(dev)
+    picks = torch.empty(k, dtype=torch.int64, device=dev)
+    totals = torch.empty(k, dtype=torch.float64, device=dev)
+    picks[0] = first
+    closest = f.distances(picks[:1])[:, 0]
+    for t in range(1, k):
+        cum = torch.cumsum(closest, 0)
+        totals[t] = cum[-1]
+        # the row where the cumulative sum first exceeds u * total (zero-weight rows never)
+        i = torch.searchsorted(cum, (u[t - 1] * cum[-1]).reshape(1), right=True)
+        i = torch.minimum(i, torch.searchsorted(cum, cum[-1:], right=False))  # u*total rounds up
+        picks[t] = i[0]
+        torch.minimum(closest, f.distances(i)[:, 0], out=closest)
+        closest[i] = 0.0
+    return _finish(f, picks, totals, k)
+
+
+def _finish(f: _Factors, picks: torch.Tensor, totals: torch.Tensor, k: int) -> np.ndarray:
+    got = picks.cpu().numpy().astype(np.int64)
+    dead = np.flatnonzero(totals[1:].cpu().numpy() <= 0.0)  # no distance left at that pick
+    if len(dead):
+        got = got[: dead[0] + 1]
+    _, first = np.unique(got, return_index=True)  # a repeat (a zero-weight draw) is dropped
+    if len(first) < k:
+        return _fill(f, got[np.sort(first)].tolist(), k)
+    return got
+
+
+def _d2_greedy(f: _Factors, k: int, rs: np.random.RandomState, trials: int) -> np.ndarray:
+    dev = f.g.device
+    n = len(f.g)
+    w = np.ones(n, dtype=np.float32)  # scikit-learn's unit sample weights, its first draw
+    first = int(rs.choice(n, p=w / w.sum()))
+    u = torch.from_numpy(rs.uniform(size=(k - 1, trials))).to(dev)
+    picks = torch.empty(k, dtype=torch.int64, device=dev)
+    totals = torch.empty(k, dtype=torch.float64, device=dev)
+    picks[0] = first
+    closest = f.distances(picks[:1])[:, 0]
+    for t in range(1, k):
+        cum = torch.cumsum(closest, 0)
+        totals[t] = cum[-1]
+        ids = torch.searchsorted(cum, u[t - 1] * cum[-1], right=False)
+        ids.clamp_(max=n - 1)  # as scikit-learn: rounding can overshoot the last row
+        cand = torch.minimum(closest[:, None], f.distances(ids))
+        pot = cand.sum(0)
+        best = torch.argmin(pot)  # first trial on ties
+        near = pot <= pot[best] * (1.0 + _TIE)
+        if dev.type == "cpu" and int(near.sum()) > 1:  # float64 where a near-tie decides
+            # (on CUDA this check would synchronise every pick; the float32 products decide)
+            redo = torch.minimum(closest[:, None], f.distances(ids[near], exact=True)).sum(0)
+            pot = torch.full_like(pot, torch.inf)
+            pot[near] = redo
+            best = torch.argmin(pot)
+        picks[t] = ids[best]
+        closest = cand[:, best].clone()
+        closest[ids[best]] = 0.0
+    return _finish(f, picks, totals, k)
 
 
 def kmeanspp_distinct(embedding: np.ndarray, k: int, random_state: int) -> np.ndarray:
@@ -354,15 +521,25 @@ class BadgeEstimator(Estimator):
     """BADGE: k-means++ seeding on last-layer gradient embeddings (uncertain and diverse).
 
     Each candidate's embedding is the gradient of the CE loss at its predicted label w.r.t.
-    the head (`gradient_embedding`): big for uncertain samples, pointing where the sample
-    would move the classifier. `select` runs scikit-learn's `kmeans_plusplus` on them,
-    seeded by (seed, step) (`badge_seed`). Memory: n x C x D float32 (plus n x C with a
-    head bias) for n candidates of a class, e.g. 50,000 x 8 x 512 = 0.8 GB; above
-    `badge_memory` bytes (default: half the available RAM) it stops with an error.
-    `score` is the embedding norm.
+    the head weight (`gradient_embedding`; with `badge_bias`, the bias gradient's C columns
+    too): big for uncertain samples, pointing where the sample would move the classifier.
+    `select` seeds k-means++ on them (`kmeanspp_seeding`) on the context's device, from a
+    stream seeded by (seed, step, class) (`badge_seed`):
+
+    * `badge_seeding="authors"` (default): the authors' `init_centers` (JordanAsh/badge):
+      the largest-gradient-norm candidate first, then plain D^2 sampling; with
+      `badge_bias=False` (default) on the weight gradient only, as the authors embed;
+    * `badge_seeding="greedy"`: scikit-learn's `kmeans_plusplus` (a uniform first centre,
+      2 + ln k D^2 trials per centre, the one lowering the total distance most). With
+      `badge_bias=True` this is flexsample's BADGE before the authors' rule became the default.
+
+    The embedding is never built: distances come from its factors (C + D numbers a
+    candidate). Memory: n x (C + D + 1) float32 and a few n float64 vectors per class; above
+    `badge_memory` bytes (default: half the available RAM) it stops with an error. `score`
+    is the embedding norm.
     """
 
-    needs = frozenset({"features", "probs"})
+    needs = frozenset({"features", "probs", "labels"})
 
     def __init__(
         self,
@@ -370,6 +547,15 @@ class BadgeEstimator(Estimator):
             int | None,
             opt("bytes the gradient embeddings may take (default: a share of free memory)", gt=0),
         ] = None,
+        badge_seeding: Annotated[
+            BadgeSeeding,
+            opt("k-means++ seeding: authors (largest gradient, then D^2 sampling, as "
+                "JordanAsh/badge) or greedy (scikit-learn's kmeans_plusplus)"),
+        ] = "authors",
+        badge_bias: Annotated[
+            bool,
+            opt("append the head bias's gradient columns to the embedding (the authors do not)"),
+        ] = False,
     ) -> None:
         if badge_memory is not None and (
             isinstance(badge_memory, bool) or not isinstance(badge_memory, int | np.integer)
@@ -378,27 +564,46 @@ class BadgeEstimator(Estimator):
             raise FlexsampleError(
                 f"badge_memory must be a number of bytes > 0, got {badge_memory!r}"
             )
+        if badge_seeding not in ("authors", "greedy"):
+            raise FlexsampleError(
+                f"badge_seeding must be authors or greedy, got {badge_seeding!r}"
+            )
         self.badge_memory = None if badge_memory is None else int(badge_memory)
+        self.badge_seeding = badge_seeding
+        self.badge_bias = bool(badge_bias)
+
+    def _bias(self, ctx: ScoringContext) -> bool:
+        return self.badge_bias and ctx.model.head.bias is not None
 
     def score(self, ctx: ScoringContext, candidates: np.ndarray) -> np.ndarray:
         candidates = np.asarray(candidates, dtype=np.int64)
-        bias = ctx.model.head.bias is not None
-        return gradient_norms(ctx.features(candidates), ctx.probs(candidates), bias)
+        return gradient_norms(ctx.features(candidates), ctx.probs(candidates), self._bias(ctx))
 
     def select(self, ctx: ScoringContext, candidates: np.ndarray, k: int) -> np.ndarray:
         candidates = np.asarray(candidates, dtype=np.int64)
         head = ctx.model.head
-        bias = head.bias is not None
+        bias = self._bias(ctx)
         c, d = int(head.out_features), int(head.in_features)
-        need = len(candidates) * (c * d + (c if bias else 0)) * 4
+        trials = 2 + int(np.log(max(1, k))) if self.badge_seeding == "greedy" else 1
+        per = (c + d + 1) * 4 + (3 + 2 * trials) * 8  # factors, norms, distances, work
+        need = len(candidates) * per
         budget = self.badge_memory if self.badge_memory is not None else _available_ram() // 2
         if need > budget:
-            most = budget // ((c * d + (c if bias else 0)) * 4)
             raise FlexsampleError(
-                f"badge: gradient embeddings of {len(candidates)} candidates ({c} classes x "
-                f"{d} features, float32) need {need / 2**30:.2f} GiB, more than the memory "
-                f"budget of {budget / 2**30:.2f} GiB (badge_memory, default half the available "
-                f"RAM); accepted: at most {most} candidates per class at this size"
+                f"badge: the gradient embeddings of {len(candidates)} candidates ({c} classes x "
+                f"{d} features, kept as factors) need {need / 2**30:.2f} GiB, more than the "
+                f"memory budget of {budget / 2**30:.2f} GiB (badge_memory, default half the "
+                f"available RAM); accepted: at most {budget // per} candidates per class at "
+                "this size"
             )
-        emb = gradient_embedding(ctx.features(candidates), ctx.probs(candidates), bias)
-        return candidates[kmeanspp_distinct(emb, k, badge_seed(ctx.seed, ctx.step))]
+        h = torch.from_numpy(np.ascontiguousarray(ctx.features(candidates), np.float32))
+        p = torch.from_numpy(np.array(ctx.probs(candidates), dtype=np.float32))
+        a = p.clone()
+        a[torch.arange(len(a)), torch.argmax(p, 1)] -= 1.0  # p - onehot(predicted)
+        if bias:  # [h, 1]: the bias gradient's columns are a itself
+            h = torch.cat([h, torch.ones(len(h), 1)], 1)
+        labels = np.unique(ctx.labels[candidates])
+        cls = int(labels[0]) if len(labels) == 1 else None
+        state = badge_seed(ctx.seed, ctx.step, cls)
+        picks = kmeanspp_seeding(h, k, state, self.badge_seeding, a=a, device=ctx.device)
+        return candidates[picks]

@@ -15,6 +15,7 @@ from torch import nn
 
 from flexsample.engine.context import ScoringContext, tensor_inputs
 from flexsample.engine.errors import FlexsampleError
+from flexsample.engine.options import OptionError
 from flexsample.engine.registries import ESTIMATORS
 from flexsample.engine.scoring import score_candidates, select_candidates
 from flexsample.estimators import build_estimator
@@ -229,40 +230,94 @@ def test_gradient_embedding_equals_autograd(bias: bool) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def class_seed(seed: int, step: int, cand: np.ndarray, classes: int) -> int:
+    """The (seed, step, class) stream: `make_ctx` labels sample i with i % classes."""
+    (cls,) = np.unique(cand % classes)
+    return badge_seed(seed, step, int(cls))
+
+
 @pytest.mark.parametrize("bias", [True, False])
-def test_badge_select_equals_kmeanspp_on_the_autograd_embedding(pool, bias: bool) -> None:
+def test_badge_greedy_equals_kmeanspp_on_the_autograd_embedding(pool, bias: bool) -> None:
+    """seeding=greedy with bias columns: scikit-learn's kmeans_plusplus on the autograd
+    embedding (weight and bias gradients), the same random stream."""
     model = tiny_model(bias=bias)
-    cand = pool["cand"]
+    cand = pool["cand"][pool["cand"] % 4 == 2]
     ctx = make_ctx(model, pool["x"], pool["subset"], seed=4, step=2)
-    got = select_candidates(build_estimator("badge"), ctx, cand, 15)
+    est = build_estimator("badge", badge_seeding="greedy", badge_bias=True)
+    got = select_candidates(est, ctx, cand, 9)
     with torch.inference_mode():
         h = model.embed(pool["x"][torch.as_tensor(cand)])
     ref = autograd_embedding(model.head, h.clone())
-    _, ids = kmeans_plusplus(ref, n_clusters=15, random_state=badge_seed(4, 2))
+    _, ids = kmeans_plusplus(ref, n_clusters=9, random_state=class_seed(4, 2, cand, 4))
     np.testing.assert_array_equal(got, cand[ids])
-    assert len(set(got.tolist())) == 15 and np.isin(got, cand).all()
+    assert len(set(got.tolist())) == 9 and np.isin(got, cand).all()
 
 
-def test_badge_score_is_the_embedding_norm(pool) -> None:
-    model = pool["model"]
+def authors_init_centers(x: np.ndarray, k: int, random_state: int) -> list[int]:
+    """JordanAsh/badge `init_centers`, on a NumPy stream: the largest-norm row first, then D^2
+    sampling (a chosen row has distance 0), one uniform per pick."""
+    x = x.astype(np.float64)
+    u = np.random.RandomState(random_state).uniform(size=k - 1)
+    picks = [int(np.argmax(np.linalg.norm(x, axis=1)))]
+    d2 = ((x - x[picks[0]]) ** 2).sum(1)
+    for t in range(1, k):
+        d2[picks] = 0.0
+        cum = np.cumsum(d2)
+        picks.append(int(np.searchsorted(cum, u[t - 1] * cum[-1], side="right")))
+        d2 = np.minimum(d2, ((x - x[picks[-1]]) ** 2).sum(1))
+    return picks
+
+
+def test_badge_default_is_the_authors_seeding_on_the_weight_gradient(pool) -> None:
+    model = tiny_model(bias=True)  # the head has a bias: its columns are left out by default
+    cand = pool["cand"][pool["cand"] % 4 == 1]
+    ctx = make_ctx(model, pool["x"], pool["subset"], seed=3, step=5)
+    got = select_candidates(build_estimator("badge"), ctx, cand, 10)
+    with torch.inference_mode():
+        h = model.embed(pool["x"][torch.as_tensor(cand)])
+    ref = autograd_embedding(model.head, h.clone())[:, : 4 * 16]  # weight gradient only
+    want = authors_init_centers(ref, 10, class_seed(3, 5, cand, 4))
+    np.testing.assert_array_equal(got, cand[want])
+    # the largest-gradient-norm candidate comes first
+    assert got[0] == cand[np.argmax(np.linalg.norm(ref, axis=1))]
+    # bias columns on request: the same rule on the longer embedding
+    both = select_candidates(build_estimator("badge", badge_bias=True), ctx, cand, 10)
+    full = autograd_embedding(model.head, h.clone())
+    np.testing.assert_array_equal(both, cand[authors_init_centers(full, 10,
+                                                                  class_seed(3, 5, cand, 4))])
+
+
+def test_badge_options_are_validated() -> None:
+    with pytest.raises(OptionError, match="badge_seeding"):
+        build_estimator("badge", badge_seeding="plain")
+    est = build_estimator("badge")
+    assert est.badge_seeding == "authors" and est.badge_bias is False
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_badge_score_is_the_embedding_norm(pool, bias: bool) -> None:
+    model = pool["model"]  # its head has a bias: counted only with badge_bias
     ctx = make_ctx(model, pool["x"], pool["subset"])
-    got = score_candidates(build_estimator("badge"), ctx, pool["cand"])
+    got = score_candidates(build_estimator("badge", badge_bias=bias), ctx, pool["cand"])
     with torch.inference_mode():
         h = model.embed(pool["x"][torch.as_tensor(pool["cand"])])
-    want = np.linalg.norm(autograd_embedding(model.head, h.clone()).astype(np.float64), axis=1)
+    emb = autograd_embedding(model.head, h.clone()).astype(np.float64)
+    want = np.linalg.norm(emb if bias else emb[:, : 4 * 16], axis=1)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
 def test_badge_is_deterministic_per_step(pool) -> None:
     cand = pool["cand"]
 
-    def pick(seed: int, step: int) -> tuple[int, ...]:
+    def pick(seed: int, step: int, seeding: str = "greedy") -> tuple[int, ...]:
         ctx = make_ctx(pool["model"], pool["x"], pool["subset"], seed=seed, step=step)
-        return tuple(select_candidates(build_estimator("badge"), ctx, cand, 10))
+        est = build_estimator("badge", badge_seeding=seeding)
+        return tuple(select_candidates(est, ctx, cand, 10))
 
-    assert pick(1, 1) == pick(1, 1)
+    assert pick(1, 1) == pick(1, 1) and pick(1, 1, "authors") == pick(1, 1, "authors")
     assert len({pick(1, 1), pick(1, 2), pick(2, 1)}) > 1
     assert badge_seed(1, 1) != badge_seed(1, 2) and 0 <= badge_seed(1, 1) < 2**32
+    assert badge_seed(1, 1, 0) != badge_seed(1, 1, 1)  # each class its own stream
 
 
 def test_kmeanspp_repeats_are_replaced_by_distinct_rows() -> None:
@@ -274,11 +329,11 @@ def test_kmeanspp_repeats_are_replaced_by_distinct_rows() -> None:
 def test_badge_memory_budget_is_one_clear_error(pool) -> None:
     ctx = make_ctx(pool["model"], pool["x"], pool["subset"])
     est = build_estimator("badge")
-    est.badge_memory = 1000  # bytes: far below 96 candidates x 4 x (16 + 1) floats
+    est.badge_memory = 1000  # bytes: far below 96 candidates x ((4 + 16 + 1) x 4 + 5 x 8)
     with pytest.raises(FlexsampleError) as err:
         est.select(ctx, pool["cand"], 5)
     msg = str(err.value)
-    assert "\n" not in msg and "badge" in msg and "accepted: at most 3 candidates" in msg
+    assert "\n" not in msg and "badge" in msg and "accepted: at most 8 candidates" in msg
     with pytest.raises(FlexsampleError, match="badge_memory"):
         build_estimator("badge").__class__(badge_memory=0)
 
