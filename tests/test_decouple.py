@@ -53,6 +53,30 @@ def _brute_force_tau(weight: np.ndarray, x: np.ndarray, y: np.ndarray, grid) -> 
     return best_tau
 
 
+# the authors' sweep, classifier-balancing tau_norm.py: `for p in np.linspace(0, 2, 21)`
+AUTHORS_TAU_GRID = np.linspace(0, 2, 21)
+
+
+def test_tau_grid_is_the_authors_sweep():
+    np.testing.assert_allclose(dc.TAU_GRID, AUTHORS_TAU_GRID, atol=1e-12)
+    assert dc.TAU_GRID[0] == 0.0 and dc.TAU_GRID[-1] == 2.0 and len(dc.TAU_GRID) == 21
+    assert all(t == round(t, 1) for t in dc.TAU_GRID)  # clean keys in results.json
+
+
+def test_a_tau_above_one_is_chosen_when_it_is_the_only_best():
+    """Rows of norm 4 and 1 along e1 and e2: logits 4^(1 - tau) x1 and x2. Validation point
+    (1, 0.45) of class 0 is right iff 4^(1 - tau) > 0.45 (tau < 1.58); (1, 0.55) of class 1
+    iff 4^(1 - tau) < 0.55 (tau > 1.43): only tau = 1.5 gets both, outside the old 0..1 grid."""
+    weight = np.array([[4.0, 0.0], [0.0, 1.0]])
+    x = np.array([[1.0, 0.45], [1.0, 0.55]], dtype=np.float32)
+    y = np.array([0, 1])
+    res = dc.tau_norm(_head(weight, [0.0, 0.0]), 2, None, x, y)
+    assert res.tau == 1.5
+    assert res.tau_scores[1.5] == 1.0
+    assert all(v == 0.5 for t, v in res.tau_scores.items() if t != 1.5)
+    assert _brute_force_tau(weight, x, y, AUTHORS_TAU_GRID) == pytest.approx(1.5)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_tau_chosen_on_validation_is_the_grid_argmax(seed):
     rng = np.random.default_rng(seed)
@@ -63,7 +87,7 @@ def test_tau_chosen_on_validation_is_the_grid_argmax(seed):
     y = rng.integers(0, c, n)
     x += 1.5 * rng.normal(size=(c, d)).astype(np.float32)[y]  # some signal to pick up
     res = dc.tau_norm(_head(weight, np.zeros(c)), c, None, x, y)
-    assert res.tau == _brute_force_tau(weight, x, y, dc.TAU_GRID)
+    assert res.tau == pytest.approx(_brute_force_tau(weight, x, y, AUTHORS_TAU_GRID))
     assert set(res.tau_scores) == set(dc.TAU_GRID)
     for tau, score in res.tau_scores.items():
         norms = np.linalg.norm(weight, axis=1, keepdims=True)
@@ -73,6 +97,7 @@ def test_tau_chosen_on_validation_is_the_grid_argmax(seed):
 
 def test_tau_ties_go_to_the_smaller_tau_and_a_given_tau_is_used():
     assert dc.choose_tau({0.3: 0.5, 0.0: 0.4, 0.1: 0.5, 0.2: float("nan")}) == 0.1
+    assert dc.choose_tau({2.0: 0.7, 1.5: 0.7, 1.9: 0.6}) == 1.5
     res = dc.tau_norm(_head([[3.0, 4.0]], [2.0]), 1, tau=1.0)
     assert res.tau == 1.0 and res.tau_scores == {}
     assert torch.allclose(res.head.weight, torch.tensor([[0.6, 0.8]]))
@@ -281,27 +306,105 @@ def test_bench_with_tau_norm_writes_the_stage1_column(cli, tmp_path):
     assert f"{100 * stage1:.1f}" in md
 
 
-def test_lws_scales_minimise_the_class_balanced_loss_like_scipy():
-    """An independent solver (scipy's L-BFGS-B on NumPy) on the class-balanced weighted
-    cross-entropy of the scaled stage-1 logits finds the same scales."""
-    from scipy.optimize import minimize
-    from scipy.special import logsumexp
+def _reference_lws(x, y, weight, bias, *, epochs, batch_size, lr, momentum, weight_decay,
+                   seed):
+    """LWS as the authors train it, written in NumPy (float64): logits z = x W^T + b fixed,
+    s = z * f; per class-balanced batch (dc.epoch_order, the sampler tested above) the gradient
+    of the mean cross-entropy, dL/df_c = mean_i (softmax(s_i)_c - [y_i = c]) z_ic; torch's SGD
+    (g += wd f; v = g on the first step, else momentum v + g; f -= lr_t v) with
+    lr_t = lr (1 + cos(pi t / T)) / 2 over the T steps."""
+    z = x.astype(np.float64) @ weight.T.astype(np.float64) + bias
+    n, c = z.shape
+    f = np.ones(c)
+    v = None
+    steps = -(-n // batch_size)
+    total, t = epochs * steps, 0
+    for epoch in range(epochs):
+        order = dc.epoch_order(y, seed, epoch)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            s = z[idx] * f
+            p = np.exp(s - s.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            p[np.arange(len(idx)), y[idx]] -= 1.0
+            g = (p * z[idx]).mean(axis=0) + weight_decay * f
+            v = g if v is None else momentum * v + g
+            f = f - lr * (1 + np.cos(np.pi * t / total)) / 2 * v
+            t += 1
+    return f
 
-    rng = np.random.default_rng(3)
+
+@pytest.mark.parametrize(
+    ("seed", "batch_size", "spread"), [(0, 32, 0.6), (1, 64, 3.0), (2, 500, 1.0)]
+)
+def test_lws_matches_an_independent_implementation_of_the_authors_recipe(seed, batch_size, spread):
+    """Separable (0.6) and overlapping (3.0) features: the same scales as the NumPy SGD."""
+    rng = np.random.default_rng(seed)
     centers = np.array([[4.0, 0.0], [-2.0, 3.5], [-2.0, -3.5]])
     y = np.repeat(np.arange(3), [300, 30, 8])
-    x = (centers[y] + 3.0 * rng.normal(size=(len(y), 2))).astype(np.float32)  # overlapping
-    head = _head(0.3 * centers, [3.0, 0.0, -1.0])
-    z = (x @ (0.3 * centers).T + np.array([3.0, 0.0, -1.0])).astype(np.float64)
-    counts = np.bincount(y, minlength=3)
-    w = 1.0 / (3 * counts[y])
-
-    def loss(f):
+    x = (centers[y] + spread * rng.normal(size=(len(y), 2))).astype(np.float32)
+    weight, bias = 0.3 * centers, np.array([3.0, 0.0, -1.0])
+    head = _head(weight, bias)
+    weight = head.weight.detach().double().numpy()  # the head's float32 values
+    bias = head.bias.detach().double().numpy()
+    got = dc.train_lws(x, y, head, batch_size=batch_size, seed=seed)
+    want = _reference_lws(x, y, weight, bias, epochs=5,
+                          batch_size=batch_size, lr=0.2, momentum=0.9, weight_decay=5e-4,
+                          seed=seed)
+    np.testing.assert_allclose(got.scales, want, rtol=1e-9, atol=1e-12)
+    assert (dc.LWS_EPOCHS, dc.LWS_LR, dc.LWS_MOMENTUM, dc.LWS_WEIGHT_DECAY) == (5, 0.2, 0.9, 5e-4)
+    # the reported losses: the class-balanced loss over the split, before (f = 1) and after
+    z = x.astype(np.float64) @ weight.T + bias
+    w = dc.class_balanced_weights(y, 3)
+    for f, loss in zip([np.ones(3), want], got.losses, strict=True):
         s = z * f
-        return float((w * (logsumexp(s, axis=1) - s[np.arange(len(y)), y])).sum())
-
-    want = minimize(loss, np.ones(3), method="L-BFGS-B", options={"ftol": 1e-14, "gtol": 1e-10}).x
-    got = dc.train_lws(x, y, head).scales
-    np.testing.assert_allclose(got, want, atol=1e-4)
+        ce = np.log(np.exp(s - s.max(1, keepdims=True)).sum(1)) + s.max(1) - s[np.arange(len(y)), y]
+        assert loss == pytest.approx(float((w * ce).sum()), rel=1e-9)
     np.testing.assert_allclose(dc.class_balanced_weights(y, 3)[[0, 300, 330]],
                                [1 / 900, 1 / 90, 1 / 24])
+
+
+def test_lws_is_a_pure_function_of_its_inputs_on_separable_features():
+    """Separable stage-1 logits (no finite minimiser of the class-balanced loss): the scales
+    are finite and the same call gives the same scales, whatever the global random state; the
+    head is left as it was and the global torch generator untouched; the seed matters."""
+    x, y = _blobs([400, 40, 6], seed=0)
+    centers = np.array([[4.0, 0.0], [-2.0, 3.5], [-2.0, -3.5]])
+    head = _head(2.0 * centers, [1.0, 0.0, 0.0])
+    with torch.no_grad():
+        assert _bal_acc(head, x, y) == 1.0  # separable on the training split
+    before = head.weight.clone(), head.bias.clone()
+    torch.manual_seed(1)
+    np.random.seed(1)  # noqa: NPY002 - the global state, scrambled on purpose
+    state = torch.get_rng_state()
+    a = dc.train_lws(x, y, head, batch_size=64, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(99)
+    np.random.seed(99)  # noqa: NPY002
+    torch.rand(5)
+    b = dc.train_lws(x, y, head, batch_size=64, seed=3)
+    assert np.array_equal(a.scales, b.scales) and a.losses == b.losses
+    assert torch.equal(a.head.weight, b.head.weight) and torch.equal(a.head.bias, b.head.bias)
+    assert torch.equal(head.weight, before[0]) and torch.equal(head.bias, before[1])
+    assert np.isfinite(a.scales).all() and (np.abs(a.scales) < 10).all()
+    c = dc.train_lws(x, y, head, batch_size=64, seed=4)
+    assert not np.array_equal(a.scales, c.scales)
+    with pytest.raises(ValueError, match="epochs"):
+        dc.train_lws(x, y, head, epochs=0)
+
+
+def test_lws_run_reports_the_authors_epochs(cli, tmp_path):
+    out = tmp_path / "lws"
+    res = cli("run", *QUICK, "--decouple", "lws", "--out", out)
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    d = results["decouple"]
+    assert d["method"] == "lws" and d["epochs"] == dc.LWS_EPOCHS == 5
+    assert len(d["scales"]) == len(results["class_names"]) and len(d["losses"]) == 2
+    assert d["feature_samples"] == results["train_size"] and results["test"] == d["stage2"]["test"]
+    from flexsample.engine.checkpoint import load_checkpoint
+
+    best = load_checkpoint(out / "best.pt")
+    w1 = best["decouple"]["stage1_head"]["weight"]
+    f = torch.tensor(d["scales"], dtype=torch.float32)[:, None]
+    assert torch.allclose(best["model"]["head.weight"], w1 * f, atol=1e-6)

@@ -19,16 +19,19 @@ run by `--resume` (a flag that differs from the saved config is refused): start 
 
 results.json: the top-level `test` is the stage-2 model's; `best_val_balanced_accuracy`,
 `best_epoch` and `test_last` stay those of the curriculum (stage 1). The `decouple` object holds
-`method`, `epochs` (crt; 0 for lws, solved to convergence, and tau-norm), `tau` and
-`tau_chosen_on` (tau-norm; with the grid's validation scores `tau_val_balanced_accuracy` when
-chosen there), `scales` (lws), `losses` (crt: mean loss per epoch; lws: the class-balanced loss
-before and after), `train_size`, `feature_samples` (images pushed through the
+`method`, `epochs` (crt: `--decouple-epochs`; lws: the authors' `dc.LWS_EPOCHS`; 0 for
+tau-norm), `tau` and `tau_chosen_on` (tau-norm; with the grid's validation scores
+`tau_val_balanced_accuracy`, tau 0 to 2, when chosen there), `scales` (lws), `losses` (crt:
+mean loss per epoch; lws: the class-balanced loss before and after), `train_size`,
+`feature_samples` (images pushed through the
 frozen backbone to extract features; evaluation passes not counted), `stage1` and `stage2`
 (`val` and `test` metrics as `flexsample eval` reports them) and `seconds`.
 
-Stage 2 trains with plain cross-entropy whatever `--loss` (the paper's recipe), the run's
-`--lr`, `--weight-decay` (cRT only) and `--batch-size`; stage-2 evaluation applies
-`--logit-adjust` with the full training split's class counts as the prior.
+Stage 2 trains with plain cross-entropy whatever `--loss` (the paper's recipe) on batches of
+the run's `--batch-size`; cRT with the run's `--lr` and `--weight-decay` (AdamW), LWS with the
+authors' SGD settings (`dc.LWS_EPOCHS`, `LWS_LR`, `LWS_MOMENTUM`, `LWS_WEIGHT_DECAY`) and the
+run's `--seed`; stage-2 evaluation applies `--logit-adjust` with the full training split's
+class counts as the prior.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ def run_stage2(
     _save_best(best_path, best, model, stage1_head, stage1_counts, full_counts, stage)
     doc: dict[str, Any] = {
         "method": cfg.decouple,
-        "epochs": cfg.decouple_epochs if cfg.decouple == "crt" else 0,
+        "epochs": stage_epochs(cfg),
         "train_size": int(len(ds.train)),
         "feature_samples": int(samples),
         "stage1": stage1,
@@ -144,6 +147,11 @@ def run_stage2(
     return doc
 
 
+def stage_epochs(cfg: RunConfig) -> int:
+    """Epochs stage 2 trains: crt `--decouple-epochs`, lws the authors' 5, tau-norm none."""
+    return {"crt": cfg.decouple_epochs, "lws": dc.LWS_EPOCHS}.get(cfg.decouple, 0)
+
+
 def _fit(
     cfg: RunConfig,
     setup: Setup,
@@ -168,9 +176,12 @@ def _fit(
     with reporter.phase("decoupling: features of the training split"):
         train_x = embed_features(model, ds.train, device, cfg.score_batch_size, cfg.workers)
     labels = ds.train.labels
-    if cfg.decouple == "lws":  # convex in its C scales: solved to convergence, no epochs
-        with reporter.phase("decoupling: lws scales"):
-            stage = dc.train_lws(train_x, labels, head, device=device)
+    if cfg.decouple == "lws":  # the authors' epochs of SGD on the C scales
+        with reporter.task("decoupling: lws epochs", dc.LWS_EPOCHS) as advance:
+            stage = dc.train_lws(
+                train_x, labels, head, batch_size=cfg.batch_size, seed=cfg.seed, device=device,
+                progress=advance,
+            )
         return stage, len(ds.train)
     with reporter.task("decoupling: crt epochs", cfg.decouple_epochs) as advance:
         stage = dc.train_crt(
