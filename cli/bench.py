@@ -9,7 +9,6 @@ import typer
 
 from flexsample.engine.errors import FlexsampleError
 from flexsample.workflows.bench import BASELINES
-from flexsample.workflows.config import RunConfig
 
 
 def split_list(value: str | None, flag: str, cast: type = str) -> list[Any] | None:
@@ -42,7 +41,12 @@ def bench(
         "--budget); summary.md gets a table per budget [default: --budget's]",
     ),
     baselines: str = typer.Option(
-        None, help=f"comma-separated baseline recipes: {', '.join(BASELINES)}"
+        None, help=f"comma-separated baselines: {', '.join(BASELINES)}"
+    ),
+    recipes: str = typer.Option(
+        None,
+        help="comma-separated recipes, each a method of its own (e.g. paper,paper-control: "
+        "`flexsample list recipe`); the other run flags override each recipe's values",
     ),
     out: Path = typer.Option(
         Path("bench"),
@@ -132,8 +136,7 @@ def bench(
     with user_errors(debug):
         import sys
 
-        from flexsample.workflows.bench import run_bench
-        from flexsample.workflows.config import resolve_config
+        from flexsample.workflows import api
 
         # the launcher's own options, as given (each launcher refuses those it does not
         # declare: workflows.bench.make_launcher)
@@ -148,7 +151,6 @@ def bench(
         }
         options = {k: v for k, v in given.items() if v is not None}
         flags = _passthrough_flags(ctx)
-        base = resolve_config(config, flags)
         bars = _GridBars(console)
         planned: list[Any] = []
 
@@ -167,9 +169,10 @@ def bench(
 
         try:
             with bars:
-                result = run_bench(
-                    base,
-                    out,
+                result = api.bench(
+                    config,
+                    out=out,
+                    recipes=split_list(recipes, "--recipes"),
                     estimators=split_list(estimators, "--estimators"),
                     policies=split_list(policies, "--policies"),
                     datasets=split_list(datasets, "--datasets"),
@@ -188,6 +191,7 @@ def bench(
                     command="flexsample " + " ".join(sys.argv[1:]),
                     log_to=_trackers(log_to),
                     log_dir=log_dir,
+                    **flags,
                 )
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
             from flexsample.cli import (
@@ -307,15 +311,18 @@ def _passthrough_flags(ctx: typer.Context) -> dict[str, Any]:
 
     from .app import app
 
+    from .app import option_flags
+
     run_cmd = get_command(app).commands["run"]  # type: ignore[attr-defined]
     try:
         sub = run_cmd.make_context("flexsample bench", list(ctx.args), parent=ctx)
     except Exception as exc:
         raise FlexsampleError(f"bench: {exc}") from None
-    params = {k: v for k, v in sub.params.items() if k in RunConfig.model_fields}
     for flag in ("out", "resume", "overwrite", "print_config"):
         if sub.params.get(flag):
             raise FlexsampleError(
                 f"bench sets each cell's run folder itself; drop --{flag.replace('_', '-')}"
             )
-    return params
+    own = ("out", "config", "resume", "overwrite", "print_config", "quiet", "debug", "log_to",
+           "log_dir")
+    return option_flags({k: v for k, v in sub.params.items() if k not in own})

@@ -10,8 +10,11 @@ Writing an estimator (the plugin API)
 -------------------------------------
 Subclass :class:`flexsample.Estimator` and register it::
 
+    from typing import Annotated
+
     import numpy as np
     from flexsample import Estimator, register_estimator
+    from flexsample.engine.options import opt
 
     @register_estimator("margin-squared")
     class MarginSquared(Estimator):
@@ -19,7 +22,8 @@ Subclass :class:`flexsample.Estimator` and register it::
 
         needs = frozenset({"probs"})          # what the context must compute, nothing more
 
-        def __init__(self, power: float = 2.0):  # run options with these names fill them
+        # its options: typed, with help and ranges (`flexsample list margin-squared`)
+        def __init__(self, power: Annotated[float, opt("margin exponent", gt=0)] = 2.0):
             self.power = power
 
         def score(self, ctx, candidates: np.ndarray) -> np.ndarray:
@@ -47,9 +51,12 @@ The contract:
   and its quota ``0 < k < len(candidates)``, and takes what it returns (a numpy integer array
   of k distinct candidates, checked) instead of the k best scores. ``score`` stays required:
   combinations rank by it. Stochastic ``--acquisition`` applies to scores only.
-* Constructor keywords are matched by name against the run options (``mc_samples``,
-  ``mc_score``, ``mc_mode``, ``knn``, ``density_beta``, ``ivf_threshold``, ``combine``, ...);
-  options an estimator does not declare are not passed to it.
+* Constructor keyword parameters are the estimator's options (``engine.options``): typed,
+  optionally ``Annotated[type, opt("help", ge=..., le=...)]``, checked before the run starts,
+  shown by ``flexsample list NAME``, set with ``--estimator-opt power=3``, an
+  ``[estimator_options]`` section of a config file or ``estimator_options={"power": 3}`` from
+  Python. Only the chosen estimator's options are accepted; nothing of the run's own
+  configuration (its seed, its learning rate) reaches a plugin by name.
 * ``state_dict`` / ``load_state_dict`` (optional) keep any state across checkpoints.
 
 Registration, in order of preference for a package: the entry-point group

@@ -234,15 +234,18 @@ def bench(
     baselines: Sequence[str] | str | None = None,
     budgets: Sequence[str] | str | None = None,
     launcher: str = "local",
-    jobs: int = 1,
-    cells_per_gpu: int = 1,
+    jobs: int | None = None,
+    cells_per_gpu: int | None = None,
     cpus_per_cell: int | None = None,
     retries: int = 1,
     launcher_options: dict[str, Any] | None = None,
     on_progress: Callable[[GridProgress], None] | None = None,
+    on_plan: Callable[..., None] | None = None,
+    recipes: Sequence[str] | str | None = None,
     progress: bool = False,
     log_to: Sequence[str] | str | None = None,
     log_dir: str | os.PathLike[str] | None = None,
+    command: str = "flexsample.bench()",
     **overrides: Any,
 ) -> BenchResult:
     """Run a benchmark grid, like `flexsample bench`, and return its `BenchResult`.
@@ -255,6 +258,9 @@ def bench(
     from .bench import run_bench
 
     base = resolve(config, overrides)
+    recipe_bases = {
+        name: resolve(config, {**overrides, "recipe": name}) for name in _as_list(recipes) or []
+    }
     shown = _print_grid if progress else None
     callbacks = [f for f in (shown, on_progress) if f is not None]
 
@@ -279,7 +285,9 @@ def bench(
         retries=retries,
         launcher_options=launcher_options,
         on_progress=report,
-        command="flexsample.bench()",
+        on_plan=on_plan or (lambda cells, todo, launcher: None),
+        recipe_bases=recipe_bases,
+        command=command,
         log_to=_tracker_names(log_to),
         log_dir=Path(log_dir) if log_dir is not None else None,
     )

@@ -122,6 +122,7 @@ def plan_cells(
     seeds: list[int] | None,
     baselines: list[str] | None,
     budgets: list[str] | None = None,
+    recipe_bases: dict[str, RunConfig] | None = None,
 ) -> list[Cell]:
     """The requested cells, each in `<out>/<dataset>-r<ratio>[-<budget>]/<method>/seed<N>-<hash>`
     (the budget in the folder name only where it is not the default, epochs: `-samples`).
@@ -156,7 +157,14 @@ def plan_cells(
                     common: dict[str, Any] = {"dataset": ds, "budget": budget, "seed": seed}
                     if ratios:
                         common["imbalance_ratio"] = ratio
-                    plan_seed(add, base, group, common, estimators, policies, baselines)
+                    if not recipe_bases or estimators or policies or baselines:
+                        plan_seed(add, base, group, common, estimators, policies, baselines)
+                    for name, rbase in (recipe_bases or {}).items():
+                        cfg = build_config(
+                            [(f"the bench's base config with --recipe {name}",
+                              rbase.model_dump()), carried(rbase, common)]
+                        )
+                        add(f"recipe:{name}", False, cfg, group / f"recipe-{name}")
     return cells
 
 
@@ -607,6 +615,7 @@ def run_bench(
     command: str = "",
     log_to: Sequence[str] = (),
     log_dir: Path | None = None,
+    recipe_bases: dict[str, RunConfig] | None = None,
 ) -> BenchResult:
     """Plan the grid, run its unfinished cells, write bench.csv / summary.md / summary.png.
 
@@ -629,7 +638,8 @@ def run_bench(
         raise FlexsampleError(f"--retries {retries} is out of range; accepted: 0 <= x <= 100")
     out = Path(out)
     cells = plan_cells(
-        base, out, estimators, policies, datasets, imbalance_ratios, seeds, baselines, budgets
+        base, out, estimators, policies, datasets, imbalance_ratios, seeds, baselines, budgets,
+        recipe_bases,
     )
     load_plugins(base.plugin)
     for cell in cells:  # every name checked before the first cell runs

@@ -428,7 +428,8 @@ def merge_layers(layers: Sequence[Layer]) -> tuple[dict[str, Any], dict[str, str
             if key not in RunConfig.model_fields and key not in SHORTCUTS:
                 raise unknown_key(key, source)
         for kind in KINDS:
-            if kind in layer and layer[kind] != values.get(kind):
+            current = values.get(kind, RunConfig.model_fields[kind].default)
+            if kind in layer and layer[kind] != current:
                 values.pop(f"{kind}_options", None)
         for key, value in layer.items():
             if key in SHORTCUTS:

@@ -3,8 +3,9 @@
 A recipe is the bottom layer of a configuration: defaults < recipe < config file < flags, so
 anything the user gives overrides it. It is a registered component like the others (entry-point
 group `flexsample.recipes`, options declared on its constructor, `flexsample list recipe`), and
-it sees what the user gave (`given`: the merged file and flags) so that it can scale epoch
-counts to the run's epoch budget or choose a model for the dataset.
+it sees what the user gave (`given`: the merged file and flags) so that it can choose a model
+for the dataset. Epoch counts that must follow the run's epoch budget are fractions of it in
+the components themselves (the `plateau` policy's warm-up, patience and interval).
 
 Built-ins:
 
@@ -42,18 +43,6 @@ class Recipe:
         raise NotImplementedError
 
 
-def epoch_budget(given: Mapping[str, Any]) -> int:
-    """The run's epoch budget: the user's rounds x epochs-per-round, else the authors' 120."""
-    rounds = int(given.get("rounds") or PAPER_ROUNDS)
-    per_round = int(given.get("epochs_per_round") or PAPER_EPOCHS_PER_ROUND)
-    return rounds * per_round
-
-
-def scaled(epochs: int, budget: int) -> int:
-    """`epochs` of the authors' 120, as the same fraction of `budget` (at least 1)."""
-    return max(1, round(epochs * budget / PAPER_EPOCHS))
-
-
 def training_values(given: Mapping[str, Any], pretrained: bool) -> dict[str, Any]:
     """What `paper` and `paper-control` share: the authors' optimisation, sampler and loss, and
     on ISIC their model."""
@@ -68,12 +57,15 @@ def training_values(given: Mapping[str, Any], pretrained: bool) -> dict[str, Any
         "restart": "none",
         "cosine": "steps",
         "checkpoint_on": "val",
-        "sampler": "class-balanced",
+        "sampler": "class-aware",
         "loss": "cb-focal",
         "loss_options": {"cb_beta": 0.9999, "focal_gamma": 1.0},
     }
     if given.get("dataset") in ISIC:
-        out.update({"backbone": "resnet50", "dataset_options": {"image_size": 224}})
+        out.update(  # the dataset named with its options, which go with it
+            {"dataset": given["dataset"], "backbone": "resnet50",
+             "dataset_options": {"image_size": 224}}
+        )
         if pretrained:
             out["pretrained"] = "imagenet"
     return out
@@ -96,7 +88,6 @@ class PaperRecipe(Recipe):
         self.pretrained = pretrained
 
     def values(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        budget = epoch_budget(given)
         out = training_values(given, self.pretrained)
         out.update(
             {
@@ -110,10 +101,11 @@ class PaperRecipe(Recipe):
                 "estimator_options": {"mc_samples": 10, "mc_score": "bald", "mc_mode": "head"},
                 "acquisition": "topk",
                 "policy": "plateau",
-                "policy_options": {
-                    "warmup_epochs": scaled(20, budget),
-                    "patience": scaled(7, budget),
-                    "interval": scaled(5, budget),
+                "policy_options": {  # the authors' 20, 7 and 5 of 120 epochs, as fractions
+                    "warmup_fraction": 20 / PAPER_EPOCHS,
+                    "patience_fraction": 7 / PAPER_EPOCHS,
+                    "interval_fraction": 5 / PAPER_EPOCHS,
+                    "query_fraction": 0.1,
                     "fill_last": False,
                 },
                 "allocation": "remaining-difficulty",

@@ -28,3 +28,17 @@ class MarginPower(Estimator):
     def score(self, ctx, candidates: np.ndarray) -> np.ndarray:
         p = np.sort(ctx.probs(candidates), axis=1)
         return (1.0 - (p[:, -1] - p[:, -2])) ** self.power + self.offset
+
+
+from flexsample.workflows.recipes import RECIPES, Recipe  # noqa: E402
+
+
+@RECIPES.register("test-quick")
+class QuickRecipe(Recipe):
+    """A plugin recipe: entropy scoring over a short budget (tests/test_recipes.py)."""
+
+    def __init__(self, rounds: Annotated[int, opt("rounds of the bundle", ge=1)] = 2) -> None:
+        self.rounds = rounds
+
+    def values(self, given):
+        return {"estimator": "entropy", "rounds": self.rounds, "epochs_per_round": 1}
