@@ -15,10 +15,17 @@ value, so the picks can be compared one to one in both regimes.
     take most of an hour on 2 cores). Each row runs once in its own process; peak memory is
     the RSS high-water mark (VmHWM, reset through /proc/self/clear_refs) minus RSS before.
 
+(c) "per pick" (`--per-pick`): seconds per pick at N = 500 and 2,000 (T = 20, C = 8, 10,000
+    configurations): an exact pick is t(5) / 5, a sampled pick (t(10) - t(5)) / 5, medians of
+    --repeats. `--before PATH` times another copy of estimators/batchbald.py (e.g. the previous
+    commit's, `git show HEAD~1:estimators/batchbald.py > /tmp/before.py`) interleaved with
+    ours, and checks both pick the same batch.
+
 The reference's chunking helper (toma) calls gc.collect() twice per pick; `ref-nogc` is the
 reference with that call patched out (the same arithmetic), to show what the gap is made of.
 
     .venv/bin/python benchmarks/batchbald.py [--threads N] [--repeats 3] [--skip-sampled]
+    python benchmarks/batchbald.py --per-pick [--before /tmp/before.py] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import time
 import numpy as np
 import torch
 
-from flexsample.estimators.batchbald import batchbald_batch
+from flexsample.estimators.batchbald import CPU_THREADS, batchbald_batch
 
 
 def draws(n: int, t: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,6 +71,42 @@ def run_ref(log_probs: torch.Tensor, k: int, samples: int, seed: int, gc: bool =
     torch.manual_seed(seed)
     dtype = None if log_probs.dtype == torch.float32 else log_probs.dtype  # None: float32
     return list(get_batchbald_batch(log_probs, k, samples, dtype=dtype, device="cpu").indices)
+
+
+def per_pick(args: argparse.Namespace) -> list[dict]:
+    """(c): seconds per exact and per sampled pick, ours and optionally `--before`."""
+    impls = {"ours": batchbald_batch}
+    if args.before:
+        import types
+
+        with open(args.before, encoding="utf-8") as fh:  # without its registration
+            src = fh.read().replace('@register_estimator("batchbald")', "")
+        mod = types.ModuleType("flexsample.estimators.before_batchbald")
+        mod.__package__ = "flexsample.estimators"  # its relative imports resolve
+        exec(compile(src, args.before, "exec"), mod.__dict__)
+        impls = {"before": mod.batchbald_batch, "ours": batchbald_batch}
+    rows = []
+    print(f"\n(c) per pick: T={args.t} C={args.c} samples={args.samples}, median of "
+          f"{args.repeats}, torch threads {args.threads} (ours pins {CPU_THREADS} on a CPU)")
+    print(f"{'N':>5} {'side':>7} {'exact s/pick':>12} {'sampled s/pick':>14}  same picks")
+    for n in args.per_pick_n:
+        _, probs = draws(n, args.t, args.c, args.seed)
+        times = {(side, k): [] for side in impls for k in (5, 10)}
+        picks = {}
+        for _ in range(args.repeats):
+            for k in (5, 10):
+                for side, fn in impls.items():
+                    t0 = time.perf_counter()
+                    picks[side] = fn(probs, k, args.samples, seed=args.seed)[0].tolist()
+                    times[side, k].append(time.perf_counter() - t0)
+        for side in impls:
+            t5, t10 = (statistics.median(times[side, k]) for k in (5, 10))
+            same = "-" if side == "ours" else str(picks[side] == picks["ours"])
+            print(f"{n:>5} {side:>7} {t5 / 5:>12.3f} {(t10 - t5) / 5:>14.3f}  {same}", flush=True)
+            rows.append({"case": "c", "n": n, "side": side, "exact_s_per_pick": t5 / 5,
+                         "sampled_s_per_pick": (t10 - t5) / 5, "t5": times[side, 5],
+                         "t10": times[side, 10], "picks": picks[side]})
+    return rows
 
 
 def timed(fn, repeats: int) -> tuple[float, list[int]]:
@@ -133,6 +176,10 @@ def main() -> None:
     ap.add_argument("--skip-ref-gc", action="store_true",
                     help="(a) without the reference as shipped (its gc.collect calls are slow)")
     ap.add_argument("--skip-sampled-ref", action="store_true", help="(b) without the reference")
+    ap.add_argument("--per-pick", action="store_true", help="only (c): seconds per pick")
+    ap.add_argument("--per-pick-n", type=lambda v: [int(x) for x in v.split(",")],
+                    default=[500, 2000], help="(c): candidate counts, comma-separated")
+    ap.add_argument("--before", help="(c): another batchbald.py to time beside ours")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--worker", choices=["ours", "ref", "ref-nogc"], help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -146,10 +193,14 @@ def main() -> None:
     cond = conditions(args.threads)
     print("machine:", json.dumps(cond))
     rows = []
+    if args.per_pick:
+        rows = per_pick(args)
+        args.skip_exact = args.skip_sampled = True
     log_probs, probs = draws(args.exact_n, args.t, args.c, args.seed)
-    print(f"\n(a) N={args.exact_n} T={args.t} C={args.c} samples={args.samples}, "
-          f"median of {args.repeats}")
-    print(f"{'batch':>5} {'side':>9} {'seconds':>9} {'ref/ours':>8}  same picks as ours")
+    if not args.skip_exact:
+        print(f"\n(a) N={args.exact_n} T={args.t} C={args.c} samples={args.samples}, "
+              f"median of {args.repeats}")
+        print(f"{'batch':>5} {'side':>9} {'seconds':>9} {'ref/ours':>8}  same picks as ours")
     for k in [] if args.skip_exact else sorted({args.exact_batch, 5}, reverse=True):
         sides = {
             "ours": lambda k=k: run_ours(probs, k, args.samples, args.seed),

@@ -37,6 +37,7 @@ E_w H(y_n | w) are computed while streaming.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Annotated
 
 import numpy as np
@@ -47,14 +48,17 @@ from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import Estimator
 from flexsample.engine.options import opt
 from flexsample.engine.registries import register_estimator
+from flexsample.engine.selection import acquisition_keys, top_k
 
 from . import functional as F
 from .basic import check_mc_options
 from .params import MCMode, MCSamples
 
+DEFAULT_MAX_DRAWS = 50_000  # candidates x MC draws of one class beyond which select falls back
 DEFAULT_SAMPLES = 10_000  # batchbald_redux's num_samples in its examples, and --batchbald-samples
 WORK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 25}  # work buffer size (elements) per device type
 _REFINE = 1e-5  # gains this close to the best (relative) are recomputed in float64
+CPU_THREADS = 1  # torch threads for the picks on a CPU (see `batchbald_batch`)
 _SAMPLE_BLOCK = 1 << 22  # picks' gathered log-probabilities per block (elements) when redrawing
 
 
@@ -73,35 +77,41 @@ def exact_log_joint(log_joint: torch.Tensor, log_probs: torch.Tensor) -> torch.T
 
 def sampled_log_joint(
     probs: torch.Tensor, per_draw: int, generator: torch.Generator
-) -> torch.Tensor:
-    """log p(m | w_t), (T * per_draw, T) float64, for configurations of the batch whose draws
-    `probs` (T, b, C) are given: `per_draw` configurations drawn from each p(y_batch | w_s).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(m | w_t) for configurations of the batch whose draws `probs` (T, b, C) are given:
+    `per_draw` configurations drawn from each p(y_batch | w_s), T * per_draw in all.
 
     One multinomial call over rows (variable, draw) in that order, as batchbald_redux makes it,
-    so the same generator state gives the same configurations; configuration index s * per_draw
-    + j. The draws run on the CPU whatever the device (the same configurations everywhere).
+    so the same generator state gives the same configurations. Repeated configurations are
+    merged: returns (log p(m | w_t) (U, T) float64 of the U distinct ones, how many times
+    each was drawn (U,) float64); a sum over the draws is the count-weighted sum over these.
+    The draws run on the CPU whatever the device (the same configurations everywhere).
     """
     t, b, c = probs.shape
     rows = probs.permute(1, 0, 2).reshape(b * t, c).cpu()
     choices = torch.multinomial(rows, per_draw, replacement=True, generator=generator)
-    choices = choices.view(b, t * per_draw).to(probs.device)  # config (s, j) -> class per variable
+    configs = choices.view(b, t * per_draw).t()  # (M, b): the class of each variable
+    configs, counts = torch.unique(configs, dim=0, return_counts=True)
+    choices = configs.t().contiguous().to(probs.device)  # (b, U)
+    u = choices.shape[1]
     log_probs = probs.double().clamp_min(1e-300).log().permute(1, 0, 2)  # (b, T, C)
-    out = torch.zeros(t, t * per_draw, dtype=torch.float64, device=probs.device)
+    out = torch.zeros(t, u, dtype=torch.float64, device=probs.device)
     block = max(1, _SAMPLE_BLOCK // (t * t * per_draw))
     for lo in range(0, b, block):
-        idx = choices[lo : lo + block, None, :].expand(-1, t, -1)  # (blk, T, M)
+        idx = choices[lo : lo + block, None, :].expand(-1, t, -1)  # (blk, T, U)
         out += torch.gather(log_probs[lo : lo + block], 2, idx).sum(0)
-    return out.t().contiguous()
+    return out.t().contiguous(), counts.to(device=probs.device, dtype=torch.float64)
 
 
 def configuration_weights(
-    log_joint: torch.Tensor, exact: bool
+    log_joint: torch.Tensor, exact: bool, counts: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """From log p(m | w_t) (M, T) float64: the draws' posteriors p(w_t | m) (M, T) (rows sum
     to 1), the configurations' weights (M,) and the batch's joint entropy H(y_batch).
 
     Exact: weights p(m) and H = -sum p(m) log p(m). Sampled: weights 1/M and the importance-
-    weighted estimate H = -mean log p(m) (configurations drawn from the mixture p(m)).
+    weighted estimate H = -mean log p(m) (configurations drawn from the mixture p(m)); with
+    `counts` (merged repeats) the weights are counts / sum(counts).
     Impossible configurations (p(m) = 0) get weight 0 and an all-zero row.
     """
     m, t = log_joint.shape
@@ -113,8 +123,10 @@ def configuration_weights(
         weights = torch.where(live, log_q.exp(), 0.0)
         joint = float(-(weights * torch.where(live, log_q, 0.0)).sum())
     else:
-        weights = torch.full((m,), 1.0 / m, dtype=torch.float64, device=log_joint.device)
-        joint = float(-log_q.mean())
+        if counts is None:
+            counts = torch.ones(m, dtype=torch.float64, device=log_joint.device)
+        weights = counts / counts.sum()
+        joint = float(-(weights * log_q).sum())
     return post, weights, joint
 
 
@@ -156,6 +168,7 @@ def batchbald_batch(
     seed: int = 0,
     cond: torch.Tensor | None = None,
     work: int | None = None,
+    threads: int | None = CPU_THREADS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy BatchBALD over MC draws `probs` (T, N, C): (k picks in pick order, the batch's
     joint mutual information I(y_1..y_i; w) after each pick, float64).
@@ -163,12 +176,34 @@ def batchbald_batch(
     Exact joint entropies while C^m <= `num_samples` (m: picks so far), sampled configurations
     beyond (`num_samples // T` per draw, generator seeded with `seed`). Ties go to the lowest
     index. `cond`: the conditional entropies E_w H(y_n | w), when already computed.
+    `threads`: torch threads for the picks on a CPU (None: leave torch's setting).
     """
+    t, n, c = probs.shape
+    if not 0 <= k <= n:
+        raise FlexsampleError(f"batchbald: cannot pick {k} of {n} candidates; 0 <= k <= {n}")
+    if probs.device.type != "cpu" or threads is None:
+        return _greedy(probs, k, num_samples, seed, cond, work)
+    # each pick is a series of mid-sized ops: on a busy CPU a second thread costs more in
+    # hand-offs than it adds (measured: 1.2 s vs 14.6 s per pick at 2,000 candidates, load 12)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _greedy(probs, k, num_samples, seed, cond, work)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _greedy(
+    probs: torch.Tensor,
+    k: int,
+    num_samples: int,
+    seed: int,
+    cond: torch.Tensor | None,
+    work: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
     t, n, c = probs.shape
     dtype = probs.dtype
     floor = torch.finfo(dtype).tiny ** 0.8  # 1e-30.5 in float32
-    if not 0 <= k <= n:
-        raise FlexsampleError(f"batchbald: cannot pick {k} of {n} candidates; 0 <= k <= {n}")
     if cond is None:
         cond = conditional_entropy(probs)
     cond = torch.as_tensor(cond, dtype=torch.float64).cpu()
@@ -179,14 +214,15 @@ def batchbald_batch(
     taken = torch.zeros(n, dtype=torch.bool)
     log_joint = torch.zeros(1, t, dtype=torch.float64, device=probs.device)
     exact = True
+    counts = None
     for i in range(k):
         if i and exact and c ** i <= num_samples:
             last = probs[:, picks[-1], :].double().clamp_min(1e-300).log()
             log_joint = exact_log_joint(log_joint, last)
         elif i:
             exact = False
-            log_joint = sampled_log_joint(probs[:, picks, :], per_draw, generator)
-        post, weights, joint = configuration_weights(log_joint, exact)
+            log_joint, counts = sampled_log_joint(probs[:, picks, :], per_draw, generator)
+        post, weights, joint = configuration_weights(log_joint, exact, None if exact else counts)
         # p(w_t | m) below floor -> 0: a subnormal float32 costs a slow path in every matmul
         # term it enters (draws far less likely than the best one given a long batch)
         low = torch.where(post >= floor, post, 0.0).to(dtype)
@@ -224,8 +260,8 @@ def batch_mutual_information(
             log_joint = exact_log_joint(log_joint, probs[:, b, :].double().clamp_min(1e-300).log())
         return configuration_weights(log_joint, True)[2] - cond
     generator = torch.Generator().manual_seed(int(seed))
-    log_joint = sampled_log_joint(probs[:, batch, :], max(1, num_samples // t), generator)
-    return configuration_weights(log_joint, False)[2] - cond
+    log_joint, counts = sampled_log_joint(probs[:, batch, :], max(1, num_samples // t), generator)
+    return configuration_weights(log_joint, False, counts)[2] - cond
 
 
 def check_batchbald_samples(samples: int) -> None:
@@ -251,6 +287,15 @@ class BatchBALDEstimator(Estimator):
     per-sample BALD, so 'batchbald+density' ranks by BALD. `mc_samples` / `mc_mode` as for
     mcdropout (a snapshot source replaces the draws). Memory: N * T * C float32 for a class of
     N candidates, plus M * T * 40 bytes and the work buffers (module docstring).
+
+    Size limit: a pick costs about N * T * M * C operations (M = `batchbald_samples`), measured
+    on a 2-core CPU at T = 20, C = 8, M = 10,000 (benchmarks/RESULTS.md, `batchbald.py
+    --per-pick`) at roughly 0.3-0.7 s per pick for N = 500 and 1.2-1.5 s for N = 2,000, and a
+    flexible schedule asks for hundreds of picks per class. A class whose N * T exceeds
+    `batchbald_max_draws` (default 50,000: 2,500 candidates at T = 20) therefore falls back,
+    for that class and query, to power BALD (the engine's `--acquisition power` with beta 1 on
+    the same BALD scores and the same Gumbel draws: what `--estimator mcdropout --acquisition
+    power` would pick), with one warning line saying so. Raise the option to insist.
     """
 
     needs = frozenset({"mc"})
@@ -267,9 +312,24 @@ class BatchBALDEstimator(Estimator):
                 le=10_000_000,
             ),
         ] = DEFAULT_SAMPLES,
+        batchbald_max_draws: Annotated[
+            int,
+            opt(
+                "candidates x MC draws of one class beyond which the class falls back to "
+                "power BALD (a greedy pick's cost grows with it)",
+                ge=1,
+            ),
+        ] = DEFAULT_MAX_DRAWS,
     ) -> None:
         check_mc_options(mc_samples, "bald", mc_mode)
         check_batchbald_samples(batchbald_samples)
+        if isinstance(batchbald_max_draws, bool) or not isinstance(
+            batchbald_max_draws, int | np.integer
+        ) or batchbald_max_draws < 1:
+            raise FlexsampleError(
+                f"batchbald_max_draws must be an integer >= 1, got {batchbald_max_draws!r}"
+            )
+        self.batchbald_max_draws = int(batchbald_max_draws)
         self.mc_samples = int(mc_samples)
         self.mc_mode = mc_mode
         self.batchbald_samples = int(batchbald_samples)
@@ -295,6 +355,8 @@ class BatchBALDEstimator(Estimator):
     def select(self, ctx: ScoringContext, candidates: np.ndarray, k: int) -> np.ndarray:
         candidates = np.sort(np.asarray(candidates, dtype=np.int64))  # ties: lowest index
         n, t, c = len(candidates), ctx.mc_draws(self.mc_samples), ctx.num_classes
+        if n * t > self.batchbald_max_draws:
+            return self._fallback(ctx, candidates, k, n, t)
         self._check_memory(ctx, n, t, c)
         probs = torch.empty((t, n, c), dtype=torch.float32, device=ctx.device)
         cond = torch.empty(n, dtype=torch.float64)
@@ -306,3 +368,22 @@ class BatchBALDEstimator(Estimator):
         seed = selection_seed(ctx.seed, ctx.step)
         picks, _ = batchbald_batch(probs, int(k), self.batchbald_samples, seed, cond)
         return candidates[picks]
+
+    def _fallback(
+        self, ctx: ScoringContext, candidates: np.ndarray, k: int, n: int, t: int
+    ) -> np.ndarray:
+        """Power BALD (beta 1) for a class too large for greedy BatchBALD."""
+        warnings.warn(
+            f"batchbald: {n} candidates x {t} MC draws = {n * t} exceeds batchbald_max_draws "
+            f"{self.batchbald_max_draws} (each greedy pick would cost about N x T x "
+            f"{self.batchbald_samples} x {ctx.num_classes} operations); this class's {k} picks "
+            "use power BALD instead (as --estimator mcdropout --acquisition power)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        scores = self.score(ctx, candidates)
+        keys = acquisition_keys(
+            scores, candidates, np.array([0, n]), "power", 1.0,
+            seed=ctx.seed, step=ctx.step, num_items=ctx.num_items,
+        )
+        return candidates[top_k(keys, int(k))]

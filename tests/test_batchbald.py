@@ -221,3 +221,46 @@ def test_memory_budget_names_the_options(make_ctx) -> None:
     est = BatchBALDEstimator(mc_samples=8, batchbald_samples=100)
     with pytest.raises(FlexsampleError, match=r"60 candidates.*--mc-samples \d+"):
         select_candidates(est, make_ctx(mc_memory=8_000), cand, 3)
+
+
+def test_a_class_beyond_the_size_limit_falls_back_to_power_bald(make_ctx) -> None:
+    """n x T above batchbald_max_draws: one warning line, and the picks of power BALD (beta 1)
+    on the same BALD scores and Gumbel draws, i.e. what mcdropout with --acquisition power
+    takes from that class."""
+    from flexsample.engine.selection import acquisition_keys, top_k
+
+    cand = np.setdiff1d(np.arange(120), np.arange(0, 120, 4))  # 90 candidates
+    est = build_estimator("batchbald", mc_samples=8, batchbald_max_draws=90 * 8 - 1)
+    with pytest.warns(RuntimeWarning, match=r"batchbald_max_draws 719.*--acquisition power"):
+        got = select_candidates(est, make_ctx(step=3), cand, 7)
+    bald = score_candidates(build_estimator("mcdropout", mc_samples=8), make_ctx(step=3), cand)
+    keys = acquisition_keys(bald, cand, np.array([0, 90]), "power", 1.0, seed=0, step=3,
+                            num_items=120)
+    np.testing.assert_array_equal(np.sort(got), np.sort(cand[top_k(keys, 7)]))
+    # at the limit: greedy BatchBALD, no warning
+    import warnings
+
+    at = build_estimator("batchbald", mc_samples=8, batchbald_max_draws=90 * 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        picks = select_candidates(at, make_ctx(step=3), cand, 3)
+    assert len(set(picks.tolist())) == 3
+    assert BatchBALDEstimator().batchbald_max_draws == 50_000
+    with pytest.raises(FlexsampleError, match="batchbald_max_draws"):
+        BatchBALDEstimator(batchbald_max_draws=0)
+
+
+def test_merged_repeated_configurations_change_no_estimate() -> None:
+    """The sampled joint entropy with repeats merged (count-weighted) equals the plain mean
+    over every drawn configuration."""
+    from flexsample.estimators.batchbald import configuration_weights, sampled_log_joint
+
+    _, probs = problem(30, 6, 3, seed=40)
+    batch = probs[:, [1, 4, 9, 17]]
+    g = torch.Generator().manual_seed(2)
+    merged, counts = sampled_log_joint(batch, 200, g)
+    assert len(merged) < 6 * 200 and counts.sum() == 6 * 200
+    full = torch.repeat_interleave(merged, counts.long(), dim=0)  # every draw, repeats kept
+    _, _, want = configuration_weights(full, False)
+    _, _, got = configuration_weights(merged, False, counts)
+    assert math.isclose(got, want, rel_tol=1e-12)
