@@ -93,6 +93,7 @@ OPTIONS: tuple[tuple[str, str, str, str, str, str, str], ...] = (
     ('estimator', 'batchbald', 'mc_samples', 'int', '20', 'an integer, 2 <= x <= 10000', 'MC-dropout draws T'),  # noqa: E501
     ('estimator', 'batchbald', 'mc_mode', 'str', "'head'", 'one of: head, full', 'MC-dropout mode: head (backbone once) or full (T complete passes)'),  # noqa: E501
     ('estimator', 'batchbald', 'batchbald_samples', 'int', '10000', 'an integer, 100 <= x <= 10000000', 'sampled joint configurations once exact joint entropies no longer fit'),  # noqa: E501
+    ('estimator', 'batchbald', 'batchbald_max_draws', 'int', '50000', 'an integer, 1 <= x', "candidates x MC draws of one class beyond which the class falls back to power BALD (a greedy pick's cost grows with it)"),  # noqa: E501
     ('estimator', 'density', 'knn', 'int', '10', 'an integer, 1 <= x <= 10000', 'neighbours k of the kNN search'),  # noqa: E501
     ('estimator', 'density', 'ivf_threshold', 'int', '200000', 'an integer, 1 <= x <= 1000000000', 'use an IVF index above this many samples'),  # noqa: E501
     ('estimator', 'info-density', 'mc_samples', 'int', '20', 'an integer, 2 <= x <= 10000', 'MC-dropout draws T'),  # noqa: E501
