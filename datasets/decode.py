@@ -5,6 +5,12 @@ check of each file before training starts (`check_image_file`), and the decode t
 `image_size` x `image_size` uint8 RGB square (shorter side resized, centre-cropped; JPEGs
 decoded at a reduced DCT scale) plus its conversion to a CHW tensor. Split out of `images.py`:
 both the decoded cache and the uncached items decode through here.
+
+Whatever the decoder raises (an `OSError` for a broken stream, PIL's `DecompressionBombError`
+for a 30000 x 30000 PNG, a `ValueError`, a `MemoryError`) becomes one `UnreadableImageError`
+line naming the file, also when it is raised inside a DataLoader worker: torch re-raises a
+worker's exception by calling its class with the worker's whole traceback, and this class keeps
+only the original line from it.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from flexsample.engine.errors import FlexsampleError
 
@@ -61,6 +67,39 @@ def find_image(name: str, index: dict[str, str]) -> str | None:
     return hit
 
 
+class UnreadableImageError(FlexsampleError):
+    """An image file that cannot be decoded; the message is one line naming the file.
+
+    A DataLoader worker's exception comes back to the main process as
+    `type(exc)("Caught ... in DataLoader worker process N.\nOriginal Traceback ...")`; given
+    such a text, the constructor keeps only the original message (the traceback's last line),
+    so the run still ends with one line naming the file.
+    """
+
+    def __init__(self, message: str = "", reason: str = "") -> None:
+        super().__init__(_unwrap_worker_message(str(message)))
+        self.reason = reason or str(self)
+
+
+def _unwrap_worker_message(text: str) -> str:
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return text
+    marker = f"{UnreadableImageError.__name__}: "
+    last = text.rstrip().rsplit(marker, 1)
+    return " ".join((last[1] if len(last) == 2 else text.rstrip().splitlines()[-1]).split())
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def decoder_reason(exc: BaseException) -> str:
+    """What a decoder raised, as a short phrase on one line ("OSError: broken data stream")."""
+    text = _one_line(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -70,12 +109,28 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _OTHER_MAGIC = (b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 
 
-def check_image_file(path: str | Path) -> str | None:
-    """A cheap structural check (header and end marker, no decoding); the reason if broken.
+def check_image_file(path: str | Path, decode_size: int | None = None) -> str | None:
+    """Check one image file before training starts; the reason (one line) if it is broken.
 
-    Catches empty, truncated and non-image files before training starts at the cost of two
-    small reads per file; damage inside a well-formed file surfaces when it is decoded.
+    Cheap by default: the header and end marker, two small reads per file (a full decode only
+    to confirm a file whose end marker is not where expected). Damage inside a well-formed file
+    (a JPEG with valid markers and a garbage body, a decompression-bomb PNG) then surfaces when
+    the file is decoded, as one `UnreadableImageError` line naming it. With `decode_size` the
+    file is also decoded exactly as training will decode it (`decode_square` at that size), so
+    what passes here cannot fail in a DataLoader worker. Never raises for a bad file, whatever
+    the decoder raises.
     """
+    reason = _structural_reason(path)
+    if reason is not None or decode_size is None:
+        return reason
+    try:
+        decode_square(path, decode_size)
+    except UnreadableImageError as exc:
+        return f"cannot be decoded ({exc.reason})"
+    return None
+
+
+def _structural_reason(path: str | Path) -> str | None:
     try:
         size = os.path.getsize(path)
         if size == 0:
@@ -103,14 +158,14 @@ def _decodes(path: str | Path) -> bool:
         with Image.open(path) as im:
             im.load()
         return True
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+    except Exception:  # noqa: BLE001 - whatever the decoder raises, the file is broken
         return False
 
 
 def decode_square(path: str | Path, size: int) -> np.ndarray:
     """Decode to the canonical `size` x `size` uint8 RGB square (shorter side, centre crop).
 
-    Raises FlexsampleError naming the file when it cannot be decoded.
+    Raises `UnreadableImageError` (one line naming the file) whatever the decoder raises.
     """
     try:
         with Image.open(path) as im:
@@ -123,8 +178,10 @@ def decode_square(path: str | Path, size: int) -> np.ndarray:
             out = im.resize((size, size), Image.Resampling.BILINEAR,
                             box=(left, top, left + side, top + side))
             return np.asarray(out, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise FlexsampleError(f"corrupt or unreadable image {path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is one line naming the file
+        reason = decoder_reason(exc)
+        raise UnreadableImageError(f"corrupt or unreadable image {path}: {reason}",
+                                   reason) from None
 
 
 def to_chw(hwc: np.ndarray) -> torch.Tensor:

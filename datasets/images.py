@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from .cache import CACHE_VERSION, CacheRef, DecodedCache, cache_key, tune_alloca
 from .decode import (
     DOWNSAMPLED,
     IMAGE_EXTENSIONS,
+    UnreadableImageError,
     check_image_file,
     decode_square,
     find_image,
@@ -92,6 +94,7 @@ __all__ = [
     # decode.py
     "DOWNSAMPLED",
     "IMAGE_EXTENSIONS",
+    "UnreadableImageError",
     "check_image_file",
     "decode_square",
     "find_image",
@@ -313,6 +316,36 @@ def resolve_files(
     return out, info
 
 
+def _drop_undecodable(
+    rs: ResolvedSplit, image_size: int, split_name: str, info: dict[str, Any], progress: Any
+) -> ResolvedSplit:
+    """`rs` without the files `decode_square` fails on, counted in `info` (skip_missing)."""
+    n = len(rs.paths)
+    if n == 0:
+        return rs
+
+    def fails(path: str) -> bool:
+        return check_image_file(path, decode_size=image_size) is not None
+
+    step = max(1, n // 200)
+    bad: list[int] = []
+    with progress_task(progress, f"decoding {split_name} images (check)", n) as advance, \
+            ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for i, failed in enumerate(pool.map(fails, rs.paths), 1):
+            if failed:
+                bad.append(i - 1)
+            if i % step == 0 or i == n:
+                advance(step if i % step == 0 else i % step)
+    if not bad:
+        return rs
+    info["skipped_corrupt"] = info.get("skipped_corrupt", 0) + len(bad)
+    info["skipped_names"] = (info.get("skipped_names", []) + [rs.names[i] for i in bad])[:20]
+    dropped = set(bad)
+    keep = np.array([i for i in range(n) if i not in dropped], dtype=np.int64)
+    return ResolvedSplit([rs.names[i] for i in keep], rs.labels[keep],
+                         [rs.paths[i] for i in keep])
+
+
 def make_image_splits(
     dataset: str,
     resolved: dict[str, ResolvedSplit],
@@ -325,14 +358,19 @@ def make_image_splits(
     """Build the ImageSplits, decoding into the cache first when `cache_dir` is given.
 
     A file that fails to decode while the cache is built is an error naming it, or is dropped
-    (and counted in `info['skipped_corrupt']`) under `skip_missing`. `progress` (see
-    `progress_task`) follows each split's cache decoding.
+    (and counted in `info['skipped_corrupt']`) under `skip_missing`. Without a cache,
+    `skip_missing` decodes every file once here, as training will, and drops the ones that
+    fail, so no DataLoader worker meets an undecodable file later; without `skip_missing` such
+    a file (a JPEG with valid markers and a garbage body passes the cheap check) ends training
+    with one line naming it. `progress` (see `progress_task`) follows each split's decoding.
     """
     out: dict[str, ImageSplit] = {}
     cache = DecodedCache(cache_dir) if cache_dir is not None else None
     cache_files: dict[str, str] = {}
     for split_name, rs in resolved.items():
         if cache is None:
+            if skip_missing:  # drop here what a DataLoader worker would fail to decode
+                rs = _drop_undecodable(rs, image_size, split_name, info, progress)
             out[split_name] = ImageSplit(rs.labels, rs.names, rs.paths, image_size)
             continue
         ref, bad = cache.build(f"{dataset}-{split_name}", rs.paths, image_size,

@@ -185,3 +185,48 @@ def test_items_pickle_and_work_in_dataloader_workers(jpegs: list[str], tmp_path:
     assert dataloader_options("cuda", 4)["persistent_workers"] is True
     assert dataloader_options("cpu", cached=True, train=False)["num_workers"] == 0
     assert dataloader_options("cpu", cached=True, train=True)["num_workers"] >= 1
+
+
+# ---------------------------------------------------------------- unreadable files, one line each
+
+
+def _bomb_png(path: Path) -> Path:
+    """A 30000 x 30000 PNG (about 110 kB on disk): PIL refuses it as a decompression bomb."""
+    Image.new("1", (30000, 30000)).save(path, optimize=True)
+    return path
+
+
+def _garbage_jpeg(path: Path) -> Path:
+    """Valid JPEG markers (SOI, headers, SOS, EOI) around a garbage entropy-coded body."""
+    _bars(path)
+    raw = path.read_bytes()
+    sos = raw.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(raw[sos + 2:sos + 4], "big")
+    path.write_bytes(raw[:start] + b"\xff\xd8" * ((len(raw) - start) // 2) + b"\xff\xd9")
+    return path
+
+
+def test_every_decoder_failure_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    bomb = _bomb_png(tmp_path / "bomb.png")
+    garbage = _garbage_jpeg(tmp_path / "garbage.jpg")
+    for path, cause in ((bomb, "DecompressionBombError"), (garbage, "OSError")):
+        # decoding raises one line naming the file, whatever PIL raised
+        with pytest.raises(FlexsampleError) as info:
+            decode_square(path, 16)
+        assert path.name in str(info.value) and cause in str(info.value)
+        assert "\n" not in str(info.value)
+        # the cheap check passes these well-formed files; the decoding check names the cause
+        assert check_image_file(path) is None
+        reason = check_image_file(path, decode_size=16)
+        assert reason is not None and cause in reason and "\n" not in reason
+        # inside DataLoader workers: the same one line, not a flattened worker traceback
+        items = ImageItems([str(path)] * 2, np.array([0, 1]), 16, train=True)
+        with pytest.raises(FlexsampleError) as info:
+            list(DataLoader(items, batch_size=2, num_workers=1))
+        text = str(info.value)
+        assert text.startswith(f"corrupt or unreadable image {path}: {cause}"), text
+        assert "\n" not in text and "Traceback" not in text and "worker" not in text
+    # a bomb whose end is cut off goes through the full-decode confirmation: a reason, no raise
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(bomb.read_bytes()[:-40])
+    assert "truncated PNG" in check_image_file(cut)
