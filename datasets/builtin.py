@@ -1,3 +1,3 @@
 """Importing this module registers the built-in datasets in `DATASETS`."""
 
-from . import digits, imagefolder, isic, synthetic  # noqa: F401
+from . import datalist, digits, imagefolder, isic, synthetic  # noqa: F401

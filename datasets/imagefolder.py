@@ -1,16 +1,32 @@
-"""`imagefolder`: any `root/<class>/<image>` tree, made long-tailed with `--imbalance-ratio`.
+"""`imagefolder`: a researcher's own images, used as they are.
 
-Classes are the sub-folders holding at least one image (sorted by name = label order). Per
-class, a balanced test and val set are carved out first (by default 20% and 10% of the smallest
-class, at most 100 and 50, at least 1), drawn with `--data-seed`. Training keeps an exponential
-profile n_i = floor(n_max * R^(-i/(C-1))) over the classes ranked by how many images remain
-(largest first, ties by name), with n_max the largest value every class can supply, so the
-ratio is exact and as much data as possible is used. R = 1 gives a balanced training set.
-Ids are paths relative to the root (`<class>/<file>`).
+Two layouts under `--data-dir` (see docs/data.md):
+
+* class folders, `root/<class>/<image>`: classes are the sub-folders holding at least one image
+  (sorted by name = label order); ids are `<class>/<file>`;
+* split folders, `root/train/<class>/<image>` with optional `root/val/` (or `validation/`) and
+  `root/test/`, each with the same class sub-folders: the given splits are used as they are;
+  ids are `train/<class>/<file>`, ...
+
+A split that is not given (val and test for class folders) is carved per class from the
+training images, drawn with `--data-seed`: balanced, by default 20% (test) and 10% (val) of the
+smallest class, at most 100 and 50, at least 1 (`test_per_class`, `val_per_class`).
+
+The training split keeps the data's own distribution by default: every remaining image is used,
+nothing is resampled. `--imbalance-ratio R` (option `imbalance_ratio`) instead keeps an
+exponential profile n_i = floor(n_max * R^(-i/(C-1))) over the classes ranked by how many images
+remain (largest first, ties by name), with n_max the largest value every class can supply; the
+images left out are counted as unused.
+
+Either way a table of what went where (per class: train / val / test / unused / skipped) goes to
+the `progress` reporter's `message` and into the dataset's `info["allocation"]`. The datalist
+dataset (`datalist.py`) goes through the same steps (`build_from_listing`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,11 +35,35 @@ import numpy as np
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.options import opt
 
-from .base import DATASETS, DataDir, DataSeed, ImageSize, ImbalanceRatio, LTDataset, SkipMissing
+from .base import DATASETS, DataDir, DataSeed, ImageSize, LTDataset, SkipMissing
 from .images import IMAGE_EXTENSIONS, make_image_splits, resolve_files
 from .isic import check_every_class_trains
 
 DEFAULT_IMAGE_SIZE = 224
+SPLITS = ("train", "val", "test")
+# folder names of the split layout (the first one present is used)
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
+
+# the own distribution by default; a number resamples the training split to that ratio
+ResampleRatio = Annotated[
+    float | None,
+    opt(
+        "resample the training split to imbalance ratio r = n_max / n_min (default: keep the "
+        "data's own distribution and use every training image)",
+        ge=1,
+        le=1_000_000,
+    ),
+]
+ValPerClass = Annotated[
+    int | None,
+    opt("validation images per class when val is carved from training (default: as many as "
+        "fit)", ge=1),
+]
+TestPerClass = Annotated[
+    int | None,
+    opt("test images per class when test is carved from training (default: as many as fit)",
+        ge=1),
+]
 
 
 def scan_classes(root: Path) -> dict[str, list[str]]:
@@ -51,102 +91,287 @@ def fitted_profile(available: list[int], ratio: float) -> list[int]:
     return [int(min(n, a)) for n, a in zip(counts, available, strict=True)]
 
 
-@DATASETS.register("imagefolder")
-def build_imagefolder(
-    data_dir: DataDir = None,
-    imbalance_ratio: ImbalanceRatio = 100.0,
-    data_seed: DataSeed = 0,
-    image_size: ImageSize = None,
-    skip_missing: SkipMissing = False,
-    cache_dir: str | None = None,
-    val_per_class: Annotated[
-        int | None, opt("validation images per class (default: as many as fit)", ge=1)
-    ] = None,
-    test_per_class: Annotated[
-        int | None, opt("test images per class (default: as many as fit)", ge=1)
-    ] = None,
-    progress: Any = None,
-) -> LTDataset:
-    """Any class-per-folder image tree, long-tailed train, balanced val/test per class.
+@dataclass
+class Listing:
+    """What a data source lists: class names and, per given split, each class's image ids.
 
-    `progress` (a reporter, see `images.progress_task`) follows file checks and cache building.
+    `locate(id)` is the file of an id (None if absent); `root` is where relative names are
+    looked for; `source` names the source in messages; `where(c)` names class `c`'s training
+    images in messages ("class folder /data/train/mel").
     """
-    if data_dir is None:
+
+    class_names: list[str]
+    given: dict[str, dict[int, list[str]]]
+    locate: Callable[[str], str | None]
+    root: Path
+    source: str
+    where: Callable[[str], str]
+    layout: str
+    notes: list[str] = field(default_factory=list)
+
+
+def build_from_listing(
+    dataset: str,
+    listing: Listing,
+    *,
+    imbalance_ratio: float | None,
+    data_seed: int,
+    image_size: int,
+    skip_missing: bool,
+    cache_dir: str | None,
+    val_per_class: int | None,
+    test_per_class: int | None,
+    progress: Any,
+    info: dict[str, Any] | None = None,
+) -> LTDataset:
+    """Carve the missing splits, resample training if asked, check and decode the files, and
+    report the table of what went where."""
+    names = listing.class_names
+    given = listing.given
+    if "train" not in given:
+        raise FlexsampleError(f"{listing.source}: no training images listed")
+    train = given["train"]
+    counts = {k: len(train.get(k, [])) for k in range(len(names))}
+    empty = [names[k] for k, n in counts.items() if n == 0]
+    if empty:
         raise FlexsampleError(
-            "--data-dir is required for --dataset imagefolder: a folder with one sub-folder "
-            "of images per class"
+            f"class '{empty[0]}' has images in val or test but none for training in "
+            f"{listing.source}; every class needs training images"
         )
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise FlexsampleError(f"--data-dir not found or not a folder: {root}")
-    if imbalance_ratio < 1:
-        raise FlexsampleError(f"--imbalance-ratio must be >= 1, got {imbalance_ratio}")
-    size = DEFAULT_IMAGE_SIZE if image_size is None else int(image_size)
-    if size < 8:
-        raise FlexsampleError(f"--image-size must be at least 8, got {size}")
-    classes = scan_classes(root)
-    if len(classes) < 2:
-        raise FlexsampleError(
-            f"{root}: found {len(classes)} class folder(s) with images; need at least 2 "
-            "(layout: <data-dir>/<class>/<image>)"
-        )
-    names = list(classes)
-    smallest = min(len(v) for v in classes.values())
-    n_test = test_per_class if test_per_class is not None else max(1, min(100, smallest // 5))
-    n_val = val_per_class if val_per_class is not None else max(1, min(50, smallest // 10))
-    if n_test < 1 or n_val < 1:
-        raise FlexsampleError("val and test need at least one image per class")
-    short = [c for c in names if len(classes[c]) < n_test + n_val + 1]
-    if short:
-        c = short[0]
-        raise FlexsampleError(
-            f"class folder {root / c} has {len(classes[c])} image(s); each class needs at least "
-            f"{n_test + n_val + 1} (test {n_test} + val {n_val} + 1 training image)"
-        )
+    for s, per, what in (("val", val_per_class, "val_per_class"),
+                         ("test", test_per_class, "test_per_class")):
+        if s in given and per is not None:
+            raise FlexsampleError(
+                f"{what} sets how many {s} images per class are carved from training, but "
+                f"{listing.source} gives its own {s} split: drop {what}"
+            )
+    smallest = min(counts.values())
+    n_test = 0 if "test" in given else (
+        test_per_class if test_per_class is not None else max(1, min(100, smallest // 5)))
+    n_val = 0 if "val" in given else (
+        val_per_class if val_per_class is not None else max(1, min(50, smallest // 10)))
+    if n_test or n_val:
+        need = n_test + n_val + 1
+        short = [k for k in range(len(names)) if counts[k] < need]
+        if short:
+            k = short[0]
+            parts_text = " + ".join(
+                f"{s} {n}" for s, n in (("test", n_test), ("val", n_val)) if n
+            )
+            raise FlexsampleError(
+                f"{listing.where(names[k])} has {counts[k]} image(s); each class needs at least "
+                f"{need} ({parts_text} + 1 training image)"
+            )
     rng = np.random.default_rng(data_seed)
-    parts: dict[str, dict[int, list[str]]] = {"train": {}, "val": {}, "test": {}}
+    parts: dict[str, dict[int, list[str]]] = {
+        s: {k: list(given.get(s, {}).get(k, [])) for k in range(len(names))} for s in SPLITS
+    }
     rest: dict[int, list[str]] = {}
-    for label, c in enumerate(names):
-        files = [f"{c}/{f}" for f in classes[c]]
-        order = rng.permutation(len(files))
-        shuffled = [files[i] for i in order]
-        parts["test"][label] = shuffled[:n_test]
-        parts["val"][label] = shuffled[n_test:n_test + n_val]
-        rest[label] = shuffled[n_test + n_val:]
+    for k in range(len(names)):
+        files = list(train[k])
+        if n_test or n_val:
+            order = rng.permutation(len(files))
+            files = [files[i] for i in order]
+            if n_test:
+                parts["test"][k] = files[:n_test]
+            if n_val:
+                parts["val"][k] = files[n_test:n_test + n_val]
+            files = files[n_test + n_val:]
+        rest[k] = files
     ranked = sorted(range(len(names)), key=lambda k: (-len(rest[k]), names[k]))
-    counts = fitted_profile([len(rest[k]) for k in ranked], imbalance_ratio)
-    for rank, label in enumerate(ranked):
-        parts["train"][label] = rest[label][: counts[rank]]
+    unused = dict.fromkeys(range(len(names)), 0)
+    if imbalance_ratio is None:
+        for k in range(len(names)):
+            parts["train"][k] = rest[k]
+    else:
+        profile = fitted_profile([len(rest[k]) for k in ranked], imbalance_ratio)
+        for rank, k in enumerate(ranked):
+            parts["train"][k] = rest[k][: profile[rank]]
+            unused[k] = len(rest[k]) - profile[rank]
     splits: dict[str, tuple[list[str], np.ndarray]] = {}
     for s, per in parts.items():
-        ids = [i for label in sorted(per) for i in per[label]]
-        labels = np.array([label for label in sorted(per) for _ in per[label]], dtype=np.int64)
+        ids = [i for k in sorted(per) for i in per[k]]
+        labels = np.array([k for k in sorted(per) for _ in per[k]], dtype=np.int64)
         splits[s] = (ids, labels)
-    def locate(rel: str) -> str | None:  # ids are relative paths under the root
-        p = root / rel
-        return str(p) if p.is_file() else None
-
-    resolved, info = resolve_files(splits, root, skip_missing, locate=locate, source=str(root),
-                                   progress=progress)
-    info.update({
-        "data_dir": str(root),
-        "imbalance_ratio": float(imbalance_ratio),
+    resolved, out_info = resolve_files(splits, listing.root, skip_missing, locate=listing.locate,
+                                       source=listing.source, progress=progress)
+    out_info.update(info or {})
+    out_info.update({
+        "data_dir": str(listing.root),
+        "layout": listing.layout,
+        "imbalance_ratio": None if imbalance_ratio is None else float(imbalance_ratio),
         "head_order": [names[k] for k in ranked],
-        "val_per_class": n_val,
-        "test_per_class": n_test,
-        "image_size": size,
+        "val_per_class": n_val or None,
+        "test_per_class": n_test or None,
+        "image_size": image_size,
     })
-    built = make_image_splits("imagefolder", resolved, size, cache_dir, skip_missing, info,
+    built = make_image_splits(dataset, resolved, image_size, cache_dir, skip_missing, out_info,
                               progress)
-    check_every_class_trains(built["train"].labels, names, f"{root} after skipping broken images")
+    planned = {s: np.bincount(splits[s][1], minlength=len(names)) for s in SPLITS}
+    final = {s: np.bincount(built[s].labels, minlength=len(names)) for s in SPLITS}
+    how = {
+        s: "given" if s in given else f"carved per class from training (data seed {data_seed})"
+        for s in SPLITS
+    }
+    how["train"] = "the rest of each class" if n_test or n_val else "given"
+    how["train"] += (
+        ", the data's own distribution (nothing resampled)" if imbalance_ratio is None
+        else f", resampled to imbalance ratio {imbalance_ratio:g} (the rest: unused)"
+    )
+    rows = [
+        {"class": names[k], **{s: int(final[s][k]) for s in SPLITS}, "unused": unused[k],
+         "skipped": int(sum(planned[s][k] - final[s][k] for s in SPLITS))}
+        for k in range(len(names))
+    ]
+    notes = list(listing.notes)
+    skipped = out_info.get("skipped_missing", 0) + out_info.get("skipped_corrupt", 0)
+    if skipped:
+        names_ = out_info.get("skipped_names", [])
+        notes.append(f"skipped {skipped} missing or unreadable image(s): "
+                     + ", ".join(names_[:5]) + (", ..." if skipped > 5 else ""))
+    table = allocation_table(dataset, listing.source, how, rows, notes)
+    out_info["allocation"] = {"splits": how, "classes": rows, "table": table}
+    if progress is not None and hasattr(progress, "message"):
+        progress.message(table)
+    check_every_class_trains(built["train"].labels, names,
+                             f"{listing.source} after skipping broken images")
     return LTDataset(
-        name="imagefolder",
+        name=dataset,
         class_names=names,
         train=built["train"],
         val=built["val"],
         test=built["test"],
         in_chans=3,
-        image_size=size,
+        image_size=image_size,
         groups=None,
-        info=info,
+        info=out_info,
     )
+
+
+def allocation_table(
+    dataset: str, source: str, how: dict[str, str], rows: list[dict[str, Any]],
+    notes: list[str] = (),  # type: ignore[assignment]
+) -> str:
+    """The printed table of what went where: one line per class and a total."""
+    cols = ["train", "val", "test", "unused", "skipped"]
+    total = {c: sum(int(r[c]) for r in rows) for c in cols}
+    width = max(5, *(len(str(r["class"])) for r in rows))
+    nums = max(6, *(len(str(v)) for v in total.values()))
+    lines = [f"{dataset} from {source}:"]
+    lines += [f"  {s}: {how[s]}" for s in SPLITS]
+    lines += [f"  note: {n}" for n in notes]
+    lines.append("  " + "class".ljust(width) + "".join(c.rjust(nums + 2) for c in cols))
+    for r in [*rows, {"class": "total", **total}]:
+        lines.append("  " + str(r["class"]).ljust(width)
+                     + "".join(str(r[c]).rjust(nums + 2) for c in cols))
+    return "\n".join(lines)
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """The split folders of `root` ({'train': root/'train', ...}), {} for class folders."""
+    found: dict[str, Path] = {}
+    for split, candidates in SPLIT_FOLDERS.items():
+        present = [root / c for c in candidates if (root / c).is_dir()]
+        if len(present) > 1:
+            raise FlexsampleError(
+                f"{root}: both {present[0].name}/ and {present[1].name}/ found; keep one "
+                f"{split} folder"
+            )
+        if present and scan_classes(present[0]):
+            found[split] = present[0]
+    if found and "train" not in found:
+        raise FlexsampleError(
+            f"{root}: has {', '.join(p.name + '/' for p in found.values())} but no train/ "
+            "folder with class sub-folders of images (layout: <data-dir>/train/<class>/<image>)"
+        )
+    return found
+
+
+def list_image_folder(root: Path) -> Listing:
+    """The listing of an image folder: class folders, or train/ (val/, test/) split folders."""
+    folders = _split_folders(root)
+    if not folders:
+        classes = scan_classes(root)
+        if len(classes) < 2:
+            raise FlexsampleError(
+                f"{root}: found {len(classes)} class folder(s) with images; need at least 2 "
+                "(layout: <data-dir>/<class>/<image>, or <data-dir>/train/<class>/<image>)"
+            )
+        names = list(classes)
+        given = {"train": {k: [f"{c}/{f}" for f in classes[c]] for k, c in enumerate(names)}}
+        layout = "class folders"
+
+        def where(c: str) -> str:
+            return f"class folder {root / c}"
+    else:
+        split_dirs = {p.name for p in folders.values()}
+        stray = [c for c in scan_classes(root) if c not in split_dirs]
+        if stray:
+            raise FlexsampleError(
+                f"{root}: has split folders ({', '.join(sorted(split_dirs))}) and also class "
+                f"folder(s) {', '.join(stray[:3])} beside them; move them under train/ or "
+                "elsewhere"
+            )
+        per_split = {s: scan_classes(p) for s, p in folders.items()}
+        names = sorted({c for classes in per_split.values() for c in classes})
+        if len(names) < 2:
+            raise FlexsampleError(
+                f"{root}: found {len(names)} class folder(s) with images under "
+                f"{', '.join(sorted(split_dirs))}; need at least 2"
+            )
+        given = {
+            s: {k: [f"{folders[s].name}/{c}/{f}" for f in classes.get(c, [])]
+                for k, c in enumerate(names)}
+            for s, classes in per_split.items()
+        }
+        layout = "split folders (" + ", ".join(f"{p.name}/" for p in folders.values()) + ")"
+
+        def where(c: str) -> str:
+            return f"class folder {folders['train'] / c}"
+
+    def locate(rel: str) -> str | None:  # ids are relative paths under the root
+        p = root / rel
+        return str(p) if p.is_file() else None
+
+    return Listing(names, given, locate, root, str(root), where, layout)
+
+
+@DATASETS.register("imagefolder")
+def build_imagefolder(
+    data_dir: DataDir = None,
+    imbalance_ratio: ResampleRatio = None,
+    data_seed: DataSeed = 0,
+    image_size: ImageSize = None,
+    skip_missing: SkipMissing = False,
+    cache_dir: str | None = None,
+    val_per_class: ValPerClass = None,
+    test_per_class: TestPerClass = None,
+    progress: Any = None,
+) -> LTDataset:
+    """A folder of one's own images: class folders or train/val/test folders, used as given.
+
+    `progress` (a reporter, see `images.progress_task`) follows file checks and cache building
+    and receives the table of what went where (`message`).
+    """
+    if data_dir is None:
+        raise FlexsampleError(
+            "--data-dir is required for --dataset imagefolder: a folder with one sub-folder "
+            "of images per class (or train/, val/, test/ folders of class sub-folders)"
+        )
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise FlexsampleError(f"--data-dir not found or not a folder: {root}")
+    size = check_image_size(image_size)
+    return build_from_listing(
+        "imagefolder", list_image_folder(root),
+        imbalance_ratio=imbalance_ratio, data_seed=data_seed, image_size=size,
+        skip_missing=skip_missing, cache_dir=cache_dir, val_per_class=val_per_class,
+        test_per_class=test_per_class, progress=progress,
+    )
+
+
+def check_image_size(image_size: int | None) -> int:
+    size = DEFAULT_IMAGE_SIZE if image_size is None else int(image_size)
+    if size < 8:
+        raise FlexsampleError(f"--image-size must be at least 8, got {size}")
+    return size
