@@ -30,11 +30,13 @@ from typing import Any
 import numpy as np
 
 from flexsample.workflows.bench_stats import compare
+from flexsample.workflows.components import flat_view, is_old_layout, migrate
 
 # the configuration keys that tell methods apart (everything else is fixed by the grid)
 KEYS = (
     "estimator", "policy", "loss", "logit_adjust", "sampler", "budget", "restart",
     "lr_subset_scale", "checkpoint_on", "init", "decouple", "acquisition", "mc_source",
+    "recipe", "optimizer", "allocation",
 )
 
 
@@ -47,7 +49,8 @@ def load_cells(roots: list[Path]) -> list[dict[str, Any]]:
             if cell.get("status") != "finished" or not results.is_file():
                 continue
             res = json.loads(results.read_text())
-            cfg = cell["config"]
+            raw = cell["config"]
+            cfg = flat_view(migrate(raw) if is_old_layout(raw) else raw)  # options under their own names, old cells too
             cells.append({
                 "method": cell["method"],
                 "baseline": bool(cell.get("baseline")),
@@ -64,7 +67,7 @@ def load_cells(roots: list[Path]) -> list[dict[str, Any]]:
 
 def label(key: tuple, baseline: bool, method: str) -> str:
     cfg = dict(key)
-    if baseline:
+    if baseline or method.startswith("recipe:"):
         name = method
     else:
         loss = cfg["loss"] + (f"+LA{cfg['logit_adjust']:g}" if cfg["logit_adjust"] else "")

@@ -59,8 +59,8 @@ BUILTINS: tuple[tuple[str, str, str], ...] = (
     ('allocation', 'remaining-difficulty', "The authors' quotas: each class's own remaining pool scaled by its relative difficulty."),  # noqa: E501
     ('anchors', 'prototype', 'Per class, the samples nearest to the class prototype in feature space.'),  # noqa: E501
     ('anchors', 'random', 'Per class, a seeded random draw of the anchor count (the ablation of `prototype`).'),  # noqa: E501
-    ('dataset', 'digits-lt', 'Handwritten digits (1797 real 8x8 images), 10 classes, embedded; no download.'),  # noqa: E501
     ('dataset', 'datalist', 'Images listed in a CSV or JSON file (MONAI datalist, ISIC ground-truth CSV).'),  # noqa: E501
+    ('dataset', 'digits-lt', 'Handwritten digits (1797 real 8x8 images), 10 classes, embedded; no download.'),  # noqa: E501
     ('dataset', 'imagefolder', "A folder of one's own images: class folders or train/val/test folders, used as given."),  # noqa: E501
     ('dataset', 'isic-archive14', 'ISIC archive, 14 classes, one long-tailed split (val/test keep the imbalance).'),  # noqa: E501
     ('dataset', 'isic2019', 'ISIC 2019, 8 classes, long-tailed train (r = 100/200/500 official), balanced val/test.'),  # noqa: E501
@@ -129,7 +129,6 @@ OPTIONS: tuple[tuple[str, str, str, str, str, str, str], ...] = (
     ('anchors', 'prototype', 'distance', 'str', "'cosine'", 'one of: cosine, euclidean', "how samples rank against the class prototype: cosine (to the mean of the L2-normalised features) or euclidean (to the mean of the raw features, the authors' code)"),  # noqa: E501
     ('anchors', 'random', 'anchor_scaling', 'float', '0.1', 'a finite number, 0 < x <= 1', 'anchor imbalance compression s: anchors keep ratio r*s'),  # noqa: E501
     ('anchors', 'random', 'anchor_floor', 'int', '2', 'an integer, 1 <= x <= 1000000', 'minimum anchors per class'),  # noqa: E501
-    ('dataset', 'digits-lt', 'imbalance_ratio', 'float', '100.0', 'a finite number, 1 <= x <= 1000000', 'imbalance ratio r = n_max / n_min (ISIC: the official split 100, 200 or 500)'),  # noqa: E501
     ('dataset', 'datalist', 'datalist', 'str', 'None', 'a string', 'CSV or JSON file listing image path, label and (optionally) split'),  # noqa: E501
     ('dataset', 'datalist', 'data_dir', 'str', 'None', 'a string', "folder holding the dataset's images"),  # noqa: E501
     ('dataset', 'datalist', 'imbalance_ratio', 'float', 'None', 'a finite number, 1 <= x <= 1000000', "resample the training split to imbalance ratio r = n_max / n_min (default: keep the data's own distribution and use every training image)"),  # noqa: E501
@@ -138,6 +137,7 @@ OPTIONS: tuple[tuple[str, str, str, str, str, str, str], ...] = (
     ('dataset', 'datalist', 'skip_missing', 'bool', 'False', 'true or false', 'skip images listed but absent or unreadable'),  # noqa: E501
     ('dataset', 'datalist', 'val_per_class', 'int', 'None', 'an integer, 1 <= x', 'validation images per class when val is carved from training (default: as many as fit)'),  # noqa: E501
     ('dataset', 'datalist', 'test_per_class', 'int', 'None', 'an integer, 1 <= x', 'test images per class when test is carved from training (default: as many as fit)'),  # noqa: E501
+    ('dataset', 'digits-lt', 'imbalance_ratio', 'float', '100.0', 'a finite number, 1 <= x <= 1000000', 'imbalance ratio r = n_max / n_min (ISIC: the official split 100, 200 or 500)'),  # noqa: E501
     ('dataset', 'digits-lt', 'data_seed', 'int', '0', 'an integer, 0 <= x <= 4294967295', 'seed of the data split (not of training)'),  # noqa: E501
     ('dataset', 'digits-lt', 'image_size', 'int', 'None', 'an integer, 4 <= x <= 4096', "input resolution (default: the dataset's)"),  # noqa: E501
     ('dataset', 'imagefolder', 'data_dir', 'str', 'None', 'a string', "folder holding the dataset's images"),  # noqa: E501
@@ -237,8 +237,9 @@ REGISTERING = (
     "flexsample.training.losses",
     "flexsample.training.samplers",
     "flexsample.integrations.trackers",
-    "flexsample.workflows.launchers",
     "flexsample.workflows.recipes",
+    # not flexsample.workflows.launchers: the bench command imports it at start-up; a
+    # launcher plugin comes through its entry point (GROUPS) or --plugin, which list checks
 )
 
 
@@ -314,5 +315,22 @@ def regenerate(path: Path = Path(__file__)) -> None:
     )
 
 
+def is_current(path: Path = Path(__file__)) -> bool:
+    """Whether the generated tables of this file equal what the registries describe now."""
+    text = path.read_text(encoding="utf-8")
+    _, rest = text.split("# --- generated: python -m flexsample.cli.catalogue ---\n", 1)
+    table, _ = rest.split("# --- end generated ---\n", 1)
+    return table == render() + "\n"
+
+
 if __name__ == "__main__":
-    regenerate()
+    if "--check" in sys.argv[1:]:  # the pre-commit hook and CI: fail when stale
+        if not is_current():
+            print(
+                "cli/catalogue.py is stale: a built-in component or its options changed; run "
+                "python -m flexsample.cli.catalogue",
+                file=sys.stderr,
+            )
+            sys.exit(1)
+    else:
+        regenerate()

@@ -48,6 +48,7 @@ SHORTCUTS: dict[str, str] = {
     "skip_missing": "dataset",
     "profile": "dataset",
     "num_classes": "dataset",
+    "datalist": "dataset",
     "mc_samples": "estimator",
     "mc_score": "estimator",
     "mc_mode": "estimator",
@@ -219,7 +220,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "decouple_epochs",
         lambda c: c.decouple == "crt",
-        "with --decouple crt (lws is solved, tau-norm has no epochs)",
+        "with --decouple crt (lws keeps the authors' 5 epochs, tau-norm has none)",
         lambda c: f"--decouple {c.decouple}",
         ("decouple",),
     ),

@@ -232,7 +232,8 @@ class RunConfig(BaseModel):
         le=10,
     )
     decouple_epochs: int = _f(
-        10, "crt: epochs of the second stage (lws is solved to convergence)", LOSSES, ge=1,
+        10, "crt: epochs of the second stage (lws trains its scales for the authors' 5)", LOSSES,
+        ge=1,
         le=EPOCHS_MAX,
     )
     # run
@@ -278,7 +279,8 @@ class RunConfig(BaseModel):
         try:
             resolve_components(self)
         except FlexsampleError as exc:
-            raise PydanticCustomError("flexsample", "{message}", {"message": str(exc)}) from None
+            message = {"message": flag_text(exc)}
+            raise PydanticCustomError("flexsample", "{message}", message) from None
         return self
 
     def option(self, kind: str, name: str, default: Any = None) -> Any:
@@ -341,6 +343,20 @@ def field_range(name: str) -> str | None:
     noun = "an integer" if kind is int else "a finite number"
     bounds = extra.get("range") if isinstance(extra, dict) else None
     return f"{noun}, {bounds}" if bounds else noun
+
+
+def flag_text(exc: FlexsampleError) -> str:
+    """An option error as the command line says it: an option that a flag sets (`--knn`) is
+    named by its flag."""
+    from flexsample.engine.options import OptionError
+
+    text = str(exc)
+    if isinstance(exc, OptionError) and exc.option and SHORTCUTS.get(exc.option) == exc.kind:
+        flag = "--" + exc.option.replace("_", "-")
+        own = f"invalid {exc.kind} '{exc.component}' option '{exc.option}' ="
+        if text.startswith(own):
+            text = f"invalid {flag} ={text[len(own):]} ({exc.kind} '{exc.component}' option)"
+    return text
 
 
 def describe_error(exc: ValidationError, source: str) -> str:

@@ -20,7 +20,7 @@ import torch
 from flexsample.datasets.base import LTDataset, build_dataset
 from flexsample.engine.distributed import Ranks
 from flexsample.engine.errors import FlexsampleError
-from flexsample.engine.interfaces import Allocation, Anchors, Estimator, Schedule
+from flexsample.engine.interfaces import Allocation, Anchors, Estimator, Policy
 from flexsample.engine.loop import Callback, Curriculum
 from flexsample.engine.pool import Pool
 from flexsample.engine.registries import get_allocation, get_anchors, get_policy
@@ -35,7 +35,7 @@ from flexsample.training.trainer import TrainConfig, Trainer
 
 from . import outputs as out_files
 from .config import RunConfig
-from .distributed import Launch
+from .distributed import DistributedRun
 from .progress import Reporter
 
 TINY_IMAGE = 32  # images at most this size default to the small CNN
@@ -44,7 +44,7 @@ TINY_IMAGE = 32  # images at most this size default to the small CNN
 @dataclass
 class Components:
     estimator: Estimator
-    schedule: Schedule
+    schedule: Policy
     allocation: Allocation
     anchors: Anchors
 
@@ -129,18 +129,18 @@ def set_up(
     *,
     resume: bool = False,
     reporter: Reporter | None = None,
-    launch: Launch | None = None,
+    dist: DistributedRun | None = None,
 ) -> Setup:
     """Plugins, components, device, dataset and model (SSL-initialised for a fresh ssl run).
 
-    Under torchrun (`launch`) the device is the rank's own and SSL pre-training runs DDP."""
+    Under torchrun (`dist`) the device is the rank's own and SSL pre-training runs DDP."""
     from flexsample.datasets.images import tune_allocator
 
     tune_allocator()  # big decoded batches reuse freed memory instead of page-faulting anew
     load_plugins(cfg.plugin)
     comps = build_components(cfg)
-    device = resolve_device(cfg.device) if launch is None else launch.device
-    ranks = launch.ranks if launch is not None else Ranks.local()
+    device = resolve_device(cfg.device) if dist is None else dist.device
+    ranks = dist.ranks if dist is not None else Ranks.local()
     ds = load_dataset(cfg, reporter)
     torch.manual_seed(cfg.seed)
     model = make_model(cfg, ds)
