@@ -15,7 +15,9 @@ entropy per (configuration, candidate). The first pick is the BALD arg-max.
 Configurations (as batchbald_redux, the authors' reference): all C^m of them (exact joint
 entropy) while C^m <= `batchbald_samples`; beyond, `batchbald_samples // T` configurations
 drawn per draw w_t from p(y_batch | w_t), redrawn at every pick, and the importance-weighted
-estimate with weights 1 / M. The draws come from a torch generator seeded by (seed, step),
+estimate with weights 1 / M (repeated configurations are merged with their counts as weights:
+the same estimate, fewer rows in the passes below -- at 5 picks about 3 in 10 are distinct).
+The draws come from a torch generator seeded by (seed, step),
 exactly as batchbald_redux draws them from torch's global generator (same multinomial call),
 so for the same seed both pick the same batch. p(m | w_t) is kept as float64 logarithms (a
 product of 100 probabilities underflows float32); the matmul and entropies run in the draws'
@@ -289,9 +291,10 @@ class BatchBALDEstimator(Estimator):
     N candidates, plus M * T * 40 bytes and the work buffers (module docstring).
 
     Size limit: a pick costs about N * T * M * C operations (M = `batchbald_samples`), measured
-    on a 2-core CPU at T = 20, C = 8, M = 10,000 (benchmarks/RESULTS.md, `batchbald.py
-    --per-pick`) at roughly 0.3-0.7 s per pick for N = 500 and 1.2-1.5 s for N = 2,000, and a
-    flexible schedule asks for hundreds of picks per class. A class whose N * T exceeds
+    on a 2-core CPU at T = 20, C = 8, M = 10,000 (`benchmarks/batchbald.py
+    --per-pick`, load 11-16) at 0.45 s per sampled pick (0.06 s exact) for N = 500 and 1.07 s
+    (0.17 s) for N = 2,000, and a flexible schedule asks for hundreds of picks per class.
+    A class whose N * T exceeds
     `batchbald_max_draws` (default 50,000: 2,500 candidates at T = 20) therefore falls back,
     for that class and query, to power BALD (the engine's `--acquisition power` with beta 1 on
     the same BALD scores and the same Gumbel draws: what `--estimator mcdropout --acquisition
