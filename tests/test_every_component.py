@@ -42,5 +42,9 @@ def test_component_runs_from_the_cli(cli, tmp_path, flag, name):
     if name == "balanced":  # under-sampling: the anchors only, never grown
         if flag == "--policy":
             assert results["final_subset_size"] < results["train_size"]
+    elif (flag, name) == ("--policy", "plateau"):  # the authors' rule: nothing forces the rest in
+        rounds = [json.loads(ln) for ln in (out / "rounds.jsonl").read_text().splitlines()]
+        sizes = [r["subset_size"] for r in rounds]
+        assert sizes == sorted(sizes) and sizes[-1] <= results["train_size"]
     elif flag in ("--policy", "--allocation", "--estimator"):
         assert results["final_subset_size"] == results["train_size"]

@@ -57,6 +57,9 @@ def training_values(given: Mapping[str, Any], pretrained: bool) -> dict[str, Any
         "restart": "none",
         "cosine": "steps",
         "checkpoint_on": "val",
+        "lr_subset_scale": 0.0,
+        "mixup": 0.0,
+        "dropout": 0.1,  # the authors' MC-dropout rate (they train without; ours trains with it)
         "sampler": "class-aware",
         "loss": "cb-focal",
         "loss_options": {"cb_beta": 0.9999, "focal_gamma": 1.0},
