@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from flexsample.engine.context import ScoringContext, autocast_for, tensor_inputs
-from flexsample.engine.registries import get_estimator
+from flexsample.engine.registry import get_estimator
 from flexsample.engine.scoring import score_candidates
 from flexsample.estimators.density import faiss_gpu_count, knn_search, l2_normalize
 from flexsample.training.models import create_model

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from flexsample.engine.context import ScoringContext, tensor_inputs
-from flexsample.engine.registries import get_estimator
+from flexsample.engine.registry import get_estimator
 from flexsample.engine.scoring import score_candidates
 from flexsample.training.models import create_model
 

@@ -309,9 +309,7 @@ def _passthrough_flags(ctx: typer.Context) -> dict[str, Any]:
         return {}
     from typer.main import get_command
 
-    from .app import app
-
-    from .app import option_flags
+    from .app import app, option_flags
 
     run_cmd = get_command(app).commands["run"]  # type: ignore[attr-defined]
     try:

@@ -211,7 +211,7 @@ CHOICES: tuple[tuple[str, str, str], ...] = (
 def registries() -> list[Any]:
     """The ten registries, built-ins loaded (this imports torch)."""
     from flexsample.datasets.base import DATASETS
-    from flexsample.engine.registries import (
+    from flexsample.engine.registry import (
         ALLOCATIONS,
         ANCHORS,
         ESTIMATORS,

@@ -30,15 +30,17 @@ if TYPE_CHECKING:
     )
     from .loop import Callback, Curriculum, LoopResult, QueryResult, StepRecord
     from .pool import Pool
-    from .registries import (
+    from .registry import (
         ALLOCATIONS,
         ANCHORS,
         ESTIMATORS,
         POLICIES,
+        Registry,
         get_allocation,
         get_anchors,
         get_estimator,
         get_policy,
+        import_plugin,
         list_allocations,
         list_anchors,
         list_estimators,
@@ -48,7 +50,6 @@ if TYPE_CHECKING:
         register_estimator,
         register_policy,
     )
-    from .registry import Registry, import_plugin
     from .scoring import score_candidates
     from .selection import select_per_class, top_k
 
@@ -63,13 +64,12 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     ),
     ".loop": ("Callback", "Curriculum", "LoopResult", "QueryResult", "StepRecord"),
     ".pool": ("Pool",),
-    ".registries": (
+    ".registry": (
         "ALLOCATIONS", "ANCHORS", "ESTIMATORS", "POLICIES", "get_allocation", "get_anchors",
         "get_estimator", "get_policy", "list_allocations", "list_anchors", "list_estimators",
         "list_policies", "register_allocation", "register_anchors", "register_estimator",
-        "register_policy",
+        "register_policy", "Registry", "import_plugin",
     ),
-    ".registry": ("Registry", "import_plugin"),
     ".scoring": ("score_candidates",),
     ".selection": ("select_per_class", "top_k"),
 }

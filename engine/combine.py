@@ -12,7 +12,7 @@ from .context import ScoringContext
 from .errors import EstimatorError, FlexsampleError
 from .interfaces import NEEDS, Estimator
 from .options import OptionError, Options, closest, resolve_options
-from .registries import ESTIMATORS
+from .registry import ESTIMATORS
 from .scoring import check_scores
 from .validation import is_builtin, plugin_call, plugin_origin
 

@@ -19,8 +19,7 @@ import numpy as np
 
 from .errors import FlexsampleError, PluginError
 from .interfaces import Allocation, Anchors, Policy, PolicyState
-from .registries import PLUGIN_REGISTRIES
-from .registry import is_builtin_module, origin_text, plugin_error
+from .registry import PLUGIN_REGISTRIES, is_builtin_module, origin_text, plugin_error
 
 
 def is_builtin(obj: object) -> bool:

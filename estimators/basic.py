@@ -11,7 +11,7 @@ import torch
 from flexsample.engine.context import MC_MODES, ScoringContext
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import Estimator
-from flexsample.engine.registries import register_estimator
+from flexsample.engine.registry import register_estimator
 
 from . import functional as F
 from .params import MCMode, MCSamples, MCScore

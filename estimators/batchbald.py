@@ -49,7 +49,7 @@ from flexsample.engine.context import ScoringContext, mc_memory_budget
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import Estimator
 from flexsample.engine.options import opt
-from flexsample.engine.registries import register_estimator
+from flexsample.engine.registry import register_estimator
 from flexsample.engine.selection import acquisition_keys, top_k
 
 from . import functional as F

@@ -22,7 +22,7 @@ from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.features import class_prototypes, l2_normalize
 from flexsample.engine.interfaces import Estimator
 from flexsample.engine.options import opt
-from flexsample.engine.registries import ESTIMATORS, register_estimator
+from flexsample.engine.registry import ESTIMATORS, register_estimator
 
 from . import functional as F
 from .basic import check_mc_options

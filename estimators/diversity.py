@@ -24,7 +24,7 @@ from flexsample.engine.context import ScoringContext, _available_ram
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import Estimator
 from flexsample.engine.options import opt
-from flexsample.engine.registries import register_estimator
+from flexsample.engine.registry import register_estimator
 
 from .density import _GPU_RESOURCES, faiss_gpu_count
 

@@ -46,7 +46,7 @@ from flexsample.engine.context import ScoringContext
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import Estimator
 from flexsample.engine.options import opt
-from flexsample.engine.registries import register_estimator
+from flexsample.engine.registry import register_estimator
 
 from .density import DEFAULT_IVF_THRESHOLD, _check_knn, knn_search, l2_normalize
 from .params import IVFThreshold, Knn

@@ -45,7 +45,7 @@ from flexsample.engine.interfaces import Allocation, Anchors, EpochResult, Estim
 from flexsample.engine.loop import Callback as LoopCallback
 from flexsample.engine.loop import Curriculum, LoopResult, StepRecord
 from flexsample.engine.pool import Pool
-from flexsample.engine.registries import get_allocation, get_anchors, get_policy
+from flexsample.engine.registry import get_allocation, get_anchors, get_policy
 from flexsample.engine.validation import check_anchor_set, select_anchors
 
 pl = require("lightning.pytorch", "lightning", "the Lightning callback")
@@ -152,7 +152,7 @@ def _scope_options(
     """`options` split by the named components that declare each key (as the run's shortcut
     flags are); a key no named component declares is one line saying so."""
     from flexsample.engine.combine import split_spec
-    from flexsample.engine.registries import PLUGIN_REGISTRIES
+    from flexsample.engine.registry import PLUGIN_REGISTRIES
 
     named = {"policy": policy, "allocation": allocation, "estimator": estimator, "anchors": anchors}
     takes: dict[str, set[str]] = {}

@@ -14,7 +14,7 @@ import numpy as np
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import Allocation, PolicyState
 from flexsample.engine.options import opt
-from flexsample.engine.registries import register_allocation
+from flexsample.engine.registry import register_allocation
 
 from .apportion import apportion
 

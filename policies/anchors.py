@@ -16,7 +16,7 @@ from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.features import class_prototypes, l2_normalize
 from flexsample.engine.interfaces import Anchors
 from flexsample.engine.options import opt
-from flexsample.engine.registries import register_anchors
+from flexsample.engine.registry import register_anchors
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:

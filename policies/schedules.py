@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import Policy, PolicyState
 from flexsample.engine.options import opt
-from flexsample.engine.registries import register_policy
+from flexsample.engine.registry import register_policy
 
 
 class RoundSchedule(Policy):

@@ -38,8 +38,16 @@ def test_plugin_options_from_cli_file_and_python(cli, tmp_path, plugin_path):
     import two_option_plugin as mod
 
     base = ["--plugin", plugin_path, "--estimator", "test-margin-power", *TINY, "--seed", "3"]
-    res = cli("run", *base, "--estimator-opt", "power=3", "--estimator-opt", "offset=5",
-              "--out", tmp_path / "cli")
+    res = cli(
+        "run",
+        *base,
+        "--estimator-opt",
+        "power=3",
+        "--estimator-opt",
+        "offset=5",
+        "--out",
+        tmp_path / "cli",
+    )
     assert res.exit_code == 0, res.output
     assert (mod.MarginPower.last.power, mod.MarginPower.last.offset) == (3.0, 5)
     assert mod.MarginPower.last.seed == 7  # the run's --seed 3 is not the plugin's option
@@ -59,9 +67,13 @@ def test_plugin_options_from_cli_file_and_python(cli, tmp_path, plugin_path):
     assert (mod.MarginPower.last.power, mod.MarginPower.last.offset) == (1.5, 2)
 
     out = flexsample.run(
-        plugin=[plugin_path], estimator="test-margin-power",
-        estimator_options={"power": 0.5, "offset": 1}, rounds=3, epochs_per_round=2,
-        device="cpu", out=tmp_path / "api",
+        plugin=[plugin_path],
+        estimator="test-margin-power",
+        estimator_options={"power": 0.5, "offset": 1},
+        rounds=3,
+        epochs_per_round=2,
+        device="cpu",
+        out=tmp_path / "api",
     )
     assert out.config.estimator_options["power"] == 0.5
     assert (mod.MarginPower.last.power, mod.MarginPower.last.offset) == (0.5, 1)
@@ -78,8 +90,10 @@ def test_plugin_options_show_in_list_and_help(cli, plugin_path):
     res = cli("list", "test-margin-power", "--plugin", plugin_path)
     assert res.exit_code == 0, res.output
     assert "power (float, default 2.0): exponent of the margin term" in res.stdout
-    assert "offset (int, default 0): added to every score; accepted: an integer, 0 <= x <= 100" \
+    assert (
+        "offset (int, default 0): added to every score; accepted: an integer, 0 <= x <= 100"
         in res.stdout
+    )
     helped = cli("run", "--help")
     assert "--estimator-opt" in helped.stdout and "flexsample list" in helped.stdout
 
@@ -95,8 +109,14 @@ def _value(kind: str, option: str):
     default = info.get_default(call_default_factory=True)
     if default is not None:
         return default
-    return {"data_dir": "/nonexistent", "splits_dir": "/nonexistent", "image_size": 8,
-            "profile": "exponential", "num_classes": 3}.get(option, 1)
+    return {
+        "data_dir": "/nonexistent",
+        "splits_dir": "/nonexistent",
+        "image_size": 8,
+        "profile": "exponential",
+        "num_classes": 3,
+        "datalist": "/nonexistent.csv",
+    }.get(option, 1)
 
 
 @pytest.mark.parametrize("option", sorted(SHORTCUTS))
@@ -105,9 +125,13 @@ def test_every_shortcut_against_every_component_of_its_kind(option):
     line naming the components that take it."""
     kind = SHORTCUTS[option]
     if option == "combine":  # an option of '+' combinations, not of any one estimator
-        cfg = build_config([("the command line", {"estimator": "mcdropout+density", option: "rank-product"})])
+        cfg = build_config(
+            [("the command line", {"estimator": "mcdropout+density", option: "rank-product"})]
+        )
         assert cfg.estimator_options["combine"] == "rank-product"
-        with pytest.raises(FlexsampleError, match="--combine is an option of estimator no registered"):
+        with pytest.raises(
+            FlexsampleError, match="--combine is an option of estimator no registered"
+        ):
             build_config([("the command line", {"estimator": "density", option: "rank-product"})])
         return
     value = _value(kind, option)
@@ -136,8 +160,13 @@ def test_every_section_key_is_checked_for_every_component():
 def test_every_conditional_flag_is_refused_without_its_condition(rule):
     value = RunConfig.model_fields[rule.field].default
     value = {"tau": 0.5, "ssl_batch_size": 32}.get(rule.field, value)
-    off = {"init": "random", "anchors": "random", "acquisition": "topk", "mc_source": "dropout",
-           "decouple": "none"}
+    off = {
+        "init": "random",
+        "anchors": "random",
+        "acquisition": "topk",
+        "mc_source": "dropout",
+        "decouple": "none",
+    }
     with pytest.raises(FlexsampleError, match=f"--{rule.field.replace('_', '-')} applies "):
         build_config([("the command line", {**off, rule.field: value})])
     assert rule.field not in RunConfig(**off).model_dump()  # nor in the hash
@@ -161,8 +190,9 @@ def test_a_lower_layer_s_options_go_with_its_component(tmp_path):
 def test_cli_and_api_share_one_path(cli, tmp_path, monkeypatch):
     """A rule added in one place (the rule table) is applied by `flexsample run` and by
     `flexsample.run` alike, with the same line."""
-    rule = Rule("lr", lambda c: c.lr < 1, "below 1 (a test rule)", lambda c: f"--lr {c.lr}",
-                ("lr",))
+    rule = Rule(
+        "lr", lambda c: c.lr < 1, "below 1 (a test rule)", lambda c: f"--lr {c.lr}", ("lr",)
+    )
     monkeypatch.setattr(components, "RULES", (*RULES, rule))
     line = one_error_line(cli("run", "--lr", "2", *TINY, "--out", tmp_path / "a"))
     with pytest.raises(FlexsampleError) as err:
@@ -180,15 +210,40 @@ def test_an_old_flat_config_json_still_loads(tmp_path):
     """config.json written before options were scoped: what applied is placed, the rest
     (options of components that were not chosen, inapplicable values) is dropped."""
     old = {
-        "dataset": "digits-lt", "imbalance_ratio": 10.0, "data_seed": 2, "data_dir": None,
-        "splits_dir": None, "image_size": None, "skip_missing": False, "profile": None,
-        "num_classes": None, "policy": "adaptive", "patience": 4, "query_ratio": 0.5,
-        "jumps": 3, "allocation": "difficulty", "difficulty_floor": 0.05,
-        "anchors": "prototype", "anchor_features": "auto", "anchor_scaling": 0.2,
-        "anchor_floor": 2, "estimator": "mcdropout", "mc_samples": 8, "mc_score": "bald",
-        "mc_mode": "head", "knn": None, "density_beta": 1.0, "combine": "rank-mean",
-        "acquisition": "topk", "acquisition_beta": 1.0, "loss": "ce", "focal_gamma": 2.0,
-        "tau": None, "decouple": "none", "decouple_epochs": 10, "rounds": 2,
+        "dataset": "digits-lt",
+        "imbalance_ratio": 10.0,
+        "data_seed": 2,
+        "data_dir": None,
+        "splits_dir": None,
+        "image_size": None,
+        "skip_missing": False,
+        "profile": None,
+        "num_classes": None,
+        "policy": "adaptive",
+        "patience": 4,
+        "query_ratio": 0.5,
+        "jumps": 3,
+        "allocation": "difficulty",
+        "difficulty_floor": 0.05,
+        "anchors": "prototype",
+        "anchor_features": "auto",
+        "anchor_scaling": 0.2,
+        "anchor_floor": 2,
+        "estimator": "mcdropout",
+        "mc_samples": 8,
+        "mc_score": "bald",
+        "mc_mode": "head",
+        "knn": None,
+        "density_beta": 1.0,
+        "combine": "rank-mean",
+        "acquisition": "topk",
+        "acquisition_beta": 1.0,
+        "loss": "ce",
+        "focal_gamma": 2.0,
+        "tau": None,
+        "decouple": "none",
+        "decouple_epochs": 10,
+        "rounds": 2,
     }
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"config": old, "split_hash": "x"}))
@@ -207,8 +262,15 @@ def _layer(module: str) -> str | None:
 
 
 ORDER = {
-    "engine": 0, "estimators": 1, "policies": 1, "datasets": 2, "training": 3, "workflows": 4,
-    "integrations": 5, "cli": 6, "flexsample": 6,
+    "engine": 0,
+    "estimators": 1,
+    "policies": 1,
+    "datasets": 2,
+    "training": 3,
+    "workflows": 4,
+    "integrations": 5,
+    "cli": 6,
+    "flexsample": 6,
 }
 
 
@@ -226,8 +288,12 @@ def test_private_helpers_import_nothing_of_the_package():
     for path in sorted(Path(flexsample.__file__).parent.glob("_[!_]*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):
-                assert not node.level and node.module in (None, "flexsample.engine.errors") or \
-                    not (node.module or "").startswith("flexsample") and not node.level, path
+                assert (
+                    not node.level
+                    and node.module in (None, "flexsample.engine.errors")
+                    or not (node.module or "").startswith("flexsample")
+                    and not node.level
+                ), path
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("flexsample") for a in node.names), path
 
@@ -237,7 +303,10 @@ def test_no_import_goes_upward():
     import ast
 
     root = Path(flexsample.__file__).resolve().parents[1]
-    folders = {"flexsample": root / "flexsample", **{k: root / k for k in ORDER if k != "flexsample"}}
+    folders = {
+        "flexsample": root / "flexsample",
+        **{k: root / k for k in ORDER if k != "flexsample"},
+    }
     bad = []
     for layer, folder in folders.items():
         for path in folder.rglob("*.py"):

@@ -33,7 +33,7 @@ from typing import Any, get_args
 from flexsample._version import __version__
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.faults import fault_point
-from flexsample.engine.registries import LAUNCHERS
+from flexsample.engine.registry import LAUNCHERS
 
 from .components import KINDS, option_fields
 from .config import Layer, RunConfig, build_config, stable_hash, validate_config

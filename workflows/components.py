@@ -76,7 +76,7 @@ SHORTCUTS: dict[str, str] = {
 def registry(kind: str) -> Registry[Any]:
     """The registry of a component kind (imported on first use: they import torch)."""
     if kind in ("estimator", "policy", "allocation", "anchors"):
-        from flexsample.engine.registries import PLUGIN_REGISTRIES
+        from flexsample.engine.registry import PLUGIN_REGISTRIES
 
         return PLUGIN_REGISTRIES[kind]
     if kind == "dataset":

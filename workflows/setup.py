@@ -23,8 +23,7 @@ from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import Allocation, Anchors, Estimator, Policy
 from flexsample.engine.loop import Callback, Curriculum
 from flexsample.engine.pool import Pool
-from flexsample.engine.registries import get_allocation, get_anchors, get_policy
-from flexsample.engine.registry import import_plugin
+from flexsample.engine.registry import get_allocation, get_anchors, get_policy, import_plugin
 from flexsample.engine.scoring import check_acquisition
 from flexsample.engine.validation import plugin_call, select_anchors
 from flexsample.training.data import SplitLoader

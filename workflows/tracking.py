@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flexsample.engine.errors import FlexsampleError
-from flexsample.engine.registries import TRACKERS
+from flexsample.engine.registry import TRACKERS
 
 
 def check_trackers(names: Sequence[str] | str | None) -> list[str]:

@@ -42,7 +42,7 @@ from flexsample._optional import require
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import EpochResult, ValRecord
 from flexsample.engine.loop import Callback, QueryResult, StepRecord
-from flexsample.engine.registries import TRACKERS
+from flexsample.engine.registry import TRACKERS
 from flexsample.workflows.tracking import build_trackers, check_trackers
 
 DEFAULT_PROJECT = "flexsample"  # MLflow experiment / W&B project unless the environment names one

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from flexsample.engine.registries import TRACKERS
+from flexsample.engine.registry import TRACKERS
 from flexsample.workflows.outputs import CSV_LOG_DIR
 
 from . import Tracker

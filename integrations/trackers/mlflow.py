@@ -14,7 +14,7 @@ import numpy as np
 from flexsample._optional import require
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.options import opt
-from flexsample.engine.registries import TRACKERS
+from flexsample.engine.registry import TRACKERS
 
 from . import DEFAULT_PROJECT, Tracker, _histogram
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from flexsample.engine.registries import TRACKERS
+from flexsample.engine.registry import TRACKERS
 from flexsample.workflows.outputs import TENSORBOARD_DIR
 
 from . import Tracker

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import numpy as np
 
 from flexsample.engine.options import opt
-from flexsample.engine.registries import TRACKERS
+from flexsample.engine.registry import TRACKERS
 
 from . import DEFAULT_PROJECT, Tracker
 

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.options import OptionError, Options, closest, describe_option
-from flexsample.engine.registries import LAUNCHERS
+from flexsample.engine.registry import LAUNCHERS
 
 
 @dataclass(frozen=True)

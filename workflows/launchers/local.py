@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.options import opt
-from flexsample.engine.registries import LAUNCHERS
+from flexsample.engine.registry import LAUNCHERS
 
 from . import CellTask, Launcher, Outcome
 

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 from flexsample._optional import require
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.options import opt
-from flexsample.engine.registries import LAUNCHERS
+from flexsample.engine.registry import LAUNCHERS
 
 from . import CellTask, Launcher, Outcome
 
