@@ -145,6 +145,7 @@ def run(
     from .run import default_out, execute, join_distributed
     from .setup import build_components
 
+    out = _out_path(out)
     trackers = _tracker_names(log_to)  # names and packages checked before anything else
     if log_dir is not None and not trackers:
         raise FlexsampleError("--log-dir is for --log-to tensorboard, csv or wandb; add one")
@@ -212,6 +213,28 @@ def run(
     )
 
 
+def _out_path(out: Any, flag: str = "--out") -> Path | None:
+    """`out` as a path, `~` expanded like --data-dir; anything that is not a path (out=5) or
+    that the file system cannot hold (a name too long) is one FlexsampleError line."""
+    if out is None:
+        return None
+    if not isinstance(out, str | os.PathLike):
+        raise FlexsampleError(
+            f"{flag} must be a folder path (a str or os.PathLike), not {type(out).__name__}"
+        )
+    path = Path(out).expanduser()
+    if not str(path).strip():
+        raise FlexsampleError(f"{flag} is empty; give a folder path")
+    limit = os.pathconf("/", "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    long = [part for part in path.parts if len(os.fsencode(part)) > limit]
+    if long:
+        raise FlexsampleError(
+            f"{flag} {str(path)[:80]}...: the name '{long[0][:40]}...' is longer than the file "
+            f"system allows ({limit} bytes); choose a shorter one"
+        )
+    return path
+
+
 def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
     """rounds.jsonl of a run folder: one dict per query step."""
     path = Path(run_dir) / "rounds.jsonl"
@@ -257,6 +280,7 @@ def bench(
     """
     from .bench import run_bench
 
+    out = _out_path(out) or Path("bench")
     base = resolve(config, overrides)
     recipe_bases = {
         name: resolve(config, {**overrides, "recipe": name}) for name in _as_list(recipes) or []

@@ -391,14 +391,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         )
     try:
         text = p.read_text(encoding="utf-8")
-        if kind == "toml":
+        if kind == "toml":  # TOML itself refuses a key given twice
             data = tomllib.loads(text)
         elif kind == "yaml":
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _yaml_unique(text)
         else:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_json_unique)
+    except DuplicateKeyError as exc:
+        raise FlexsampleError(f"config file {p}: {exc}; give each key once") from None
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise FlexsampleError(f"config file {p} is not valid {kind.upper()}: {first}") from None
@@ -410,6 +410,40 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         values = normal_keys(data["config"])
         return migrate(values) if is_old_layout(values) else values
     return normal_keys(data)
+
+
+class DuplicateKeyError(ValueError):
+    """A key given twice in one mapping of a config file (the last would silently win)."""
+
+
+def _json_unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(f"key '{key}' appears twice")
+        out[key] = value
+    return out
+
+
+def _yaml_unique(text: str) -> Any:
+    """yaml.safe_load, refusing a key given twice in one mapping."""
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise DuplicateKeyError(f"key '{key}' appears twice (the second on line {line})")
+            seen.add(key)
+        return loader.construct_mapping(node, deep=deep)
+
+    UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=UniqueKeys)  # noqa: S506 (a SafeLoader subclass)
 
 
 def normal_keys(values: Mapping[str, Any]) -> dict[str, Any]:
