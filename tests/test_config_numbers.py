@@ -34,7 +34,9 @@ from .conftest import one_error_line
 )
 def test_flags_out_of_range_fail_at_parse_time(cli, tmp_path, flag, value, accepted):
     out = tmp_path / "run"
-    line = one_error_line(cli("run", "--out", out, "--quiet", flag, value))
+    # --knn is an option of the kNN estimators: choose one so the value itself is judged
+    chosen = ["--estimator", "density"] if flag == "--knn" else []
+    line = one_error_line(cli("run", "--out", out, "--quiet", *chosen, flag, value))
     assert f"invalid {flag} = " in line and f"accepted: {accepted}" in line, line
     assert not out.exists()
 
@@ -51,7 +53,14 @@ def test_values_at_the_bounds_are_accepted(cli):
 
 
 def test_every_numeric_field_is_bounded_and_says_so_in_its_help():
-    assert {"seed", "lr", "mixup", "logit_adjust", "workers", "mc_samples"} <= set(NUMERIC_FIELDS)
+    from flexsample.engine.options import describe_option
+    from flexsample.engine.registries import ESTIMATORS
+
+    assert {"seed", "lr", "mixup", "logit_adjust", "workers"} <= set(NUMERIC_FIELDS)
+    # mc_samples is now an option of the estimators that take it: bounded, and says so
+    mc = ESTIMATORS.options("mcdropout").model_fields["mc_samples"]
+    assert describe_option(mc) == "an integer, 2 <= x <= 10000"
+    assert mc.description
     for name in NUMERIC_FIELDS:
         accepted = field_range(name)
         assert accepted is not None and " x <" in accepted, (name, accepted)
@@ -113,7 +122,8 @@ def test_python_api_refuses_booleans_and_infinities():
     cfg = RunConfig()
     with pytest.raises(ValidationError, match="less than or equal to 256"):
         cfg.workers = 257
-    assert RunConfig(skip_missing=True).skip_missing is True  # real booleans stay booleans
+    cfg = RunConfig(dataset="imagefolder", dataset_options={"skip_missing": True})
+    assert cfg.option("dataset", "skip_missing") is True  # real booleans stay booleans
 
 
 def test_digits_lt_refuses_image_size(cli, tmp_path):
@@ -128,21 +138,36 @@ def test_image_size_is_honoured_or_refused_by_every_builder():
     from flexsample.datasets import DATASETS, build_dataset
     from flexsample.engine.errors import FlexsampleError
 
-    assert build_dataset("digits-lt", image_size=8).image_size == 8  # its own size is fine
-    ds = build_dataset("synthetic-lt", profile="exponential", num_classes=3, image_size=12)
+    assert build_dataset("digits-lt", {"image_size": 8}).image_size == 8  # its own size is fine
+    ds = build_dataset("synthetic-lt", {"profile": "exponential", "num_classes": 3,
+                                        "image_size": 12})
     assert ds.image_size == 12
 
     @DATASETS.register("fixed-size-test")
     def fixed(imbalance_ratio: float = 100.0):
-        return build_dataset("digits-lt", imbalance_ratio=imbalance_ratio)
+        return build_dataset("digits-lt", {"imbalance_ratio": imbalance_ratio})
 
     try:
         with pytest.raises(FlexsampleError, match="'fixed-size-test' has a fixed image size"):
-            build_dataset("fixed-size-test", image_size=16)
-        assert build_dataset("fixed-size-test", image_size=None).image_size == 8
+            build_dataset("fixed-size-test", {"image_size": 16})
+        assert build_dataset("fixed-size-test", {}).image_size == 8
     finally:
         for table in ("_items", "_origin", "_source"):
             getattr(DATASETS, table, {}).pop("fixed-size-test", None)
+
+
+def test_image_size_none_means_the_datasets_own_size_for_a_fixed_size_builder():
+    from flexsample.datasets import DATASETS, build_dataset
+
+    @DATASETS.register("fixed-size-none-test")
+    def fixed(imbalance_ratio: float = 100.0):
+        return build_dataset("digits-lt", {"imbalance_ratio": imbalance_ratio})
+
+    try:  # None is "not given" (as build_estimator reads it), not an unknown option
+        assert build_dataset("fixed-size-none-test", {"image_size": None}).image_size == 8
+    finally:
+        for table in ("_items", "_origin", "_source"):
+            getattr(DATASETS, table, {}).pop("fixed-size-none-test", None)
 
 
 def test_validate_config_is_one_flexsample_line():

@@ -64,7 +64,9 @@ def test_all_builtins_registered_with_a_description() -> None:
 
 @pytest.mark.parametrize("name", BUILTINS)
 def test_each_builtin_scores_validly(setup, name: str) -> None:
-    est = build_estimator(name, mc_samples=4)
+    # only the estimators that declare mc_samples take it (an unknown option is refused)
+    opts = {"mc_samples": 4} if "mc_samples" in ESTIMATORS.options(name).model_fields else {}
+    est = build_estimator(name, **opts)
     scores = score_candidates(est, setup["ctx"](), setup["cand"])
     assert scores.shape == (len(setup["cand"]),) and np.isfinite(scores).all()
 
@@ -87,10 +89,10 @@ def test_mcdropout_uses_the_chosen_reduction(setup, mc_score: str) -> None:
 @pytest.mark.parametrize(
     "options, match",
     [
-        ({"mc_samples": 1}, "mc-samples"),
-        ({"mc_samples": 2.5}, "mc-samples"),
-        ({"mc_score": "nope"}, "mc-score 'nope'.*bald, entropy, variation-ratio, std"),
-        ({"mc_mode": "half"}, "mc-mode 'half'.*head, full"),
+        ({"mc_samples": 1}, "option 'mc_samples' = 1"),
+        ({"mc_samples": 2.5}, "option 'mc_samples' = 2.5"),
+        ({"mc_score": "nope"}, "option 'mc_score' = 'nope'.*bald, entropy, variation-ratio, std"),
+        ({"mc_mode": "half"}, "option 'mc_mode' = 'half'.*head, full"),
     ],
 )
 def test_mc_options_are_checked_at_build_time(options, match) -> None:
@@ -146,7 +148,7 @@ def test_info_density_is_uncertainty_times_scaled_density(setup) -> None:
         est = build_estimator("info-density", mc_samples=4, density_beta=beta)
         got = score_candidates(est, ctx(), cand)
         np.testing.assert_allclose(got, u * ((1 + rho) / 2) ** beta, rtol=1e-5, atol=1e-9)
-    with pytest.raises(FlexsampleError, match="density-beta"):
+    with pytest.raises(FlexsampleError, match="option 'density_beta' = -1.0"):
         build_estimator("info-density", density_beta=-1.0)
 
 
@@ -219,12 +221,16 @@ def test_combination_of_ranks(setup, combine: str) -> None:
 
 
 def test_build_estimator_parsing_and_options() -> None:
-    est = build_estimator(" mcdropout + entropy ", mc_samples=7, knn=None, combine=None,
-                          unrelated="x", name="run-name", estimator="mcdropout+entropy")
+    est = build_estimator(" mcdropout + entropy ", mc_samples=7, knn=None, combine=None)
     assert est.name == "mcdropout+entropy"
     assert est.parts[0].mc_samples == 7 and est.combine == "rank-mean"
+    # options no part declares are refused now (they used to be dropped silently)
+    with pytest.raises(FlexsampleError, match="has no option 'unrelated'"):
+        build_estimator(" mcdropout + entropy ", mc_samples=7, unrelated="x")
     assert build_estimator("density", knn=None).knn == 10  # None = the estimator's default
-    assert build_estimator("mcdropout", combine="rank-product").mc_samples == 20
+    assert build_estimator("mcdropout").mc_samples == 20
+    with pytest.raises(FlexsampleError, match="'mcdropout' has no option 'combine'"):
+        build_estimator("mcdropout", combine="rank-product")  # combine is for '+' specs
     three = build_estimator("entropy+margin+random")
     assert [p.name for p in three.parts] == ["entropy", "margin", "random"]
     assert three.state_dict() == {"parts": [{}, {}, {}]}
@@ -280,7 +286,9 @@ def test_a_part_returning_bad_scores_is_named(setup) -> None:
 def test_runs_through_the_cli(cli, tmp_path, spec: str) -> None:
     from tests.conftest import TINY
 
-    res = cli("run", *TINY, "--out", tmp_path / "r", "--estimator", spec, "--mc-samples", "4")
+    # --mc-samples only with a spec that has an MC part (it is refused otherwise)
+    mc = ["--mc-samples", "4"] if spec == "info-density" else []
+    res = cli("run", *TINY, "--out", tmp_path / "r", "--estimator", spec, *mc)
     assert res.exit_code == 0, res.output
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from flexsample.engine.options import OptionError
 from flexsample.training.losses import LOSSES, build_loss
 from flexsample.training.samplers import SAMPLERS
 
@@ -130,8 +131,14 @@ def test_absent_classes_stay_finite(name: str) -> None:
 def test_bf16_logits_and_kwargs_filtering(name: str) -> None:
     logits, y = batch(3)
     kw = {"focal_gamma": 1.0, "cb_beta": 0.999, "ldam_scale": 10.0, "unrelated": 1}
-    out = build_loss(name, COUNTS, **kw)(logits.bfloat16(), y)
+    # options are checked now: each loss takes the ones it declares, any other is refused
+    declared = LOSSES.options(name).model_fields
+    out = build_loss(name, COUNTS, **{k: v for k, v in kw.items() if k in declared})(
+        logits.bfloat16(), y
+    )
     assert out.dtype == torch.float32 and torch.isfinite(out)
+    with pytest.raises(OptionError, match=f"loss '{name}' has no option 'unrelated'; its options"):
+        build_loss(name, COUNTS, **{k: v for k, v in kw.items() if k in declared}, unrelated=1)
 
 
 def frequencies(name: str, labels: np.ndarray, epochs: int = 200) -> np.ndarray:

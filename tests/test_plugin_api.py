@@ -16,6 +16,7 @@ from flexsample import Estimator, register_estimator
 from flexsample.engine import registry as registry_mod
 from flexsample.engine.context import ScoringContext, tensor_inputs
 from flexsample.engine.errors import EstimatorError
+from flexsample.engine.options import OptionError
 from flexsample.engine.registries import ESTIMATORS, get_estimator, list_estimators
 from flexsample.engine.registry import Registry, import_plugin
 from flexsample.engine.scoring import score_candidates
@@ -62,8 +63,12 @@ def test_registration_by_decorator_with_options() -> None:
 
     assert "test-double-margin" in list_estimators()
     assert DoubleMargin.name == "test-double-margin"
-    est = get_estimator("test-double-margin", knn=3, mc_samples=9)  # only what it declares
+    est = get_estimator("test-double-margin", knn=3)  # what it declares
     assert est.knn == 3
+    with pytest.raises(OptionError,  # and only that: an option it does not declare is refused
+                       match="estimator 'test-double-margin' has no option 'mc_samples'; "
+                             "its options: knn"):
+        get_estimator("test-double-margin", knn=3, mc_samples=9)
     rows = {n: (doc, mod) for n, doc, mod in ESTIMATORS.describe()}
     assert rows["test-double-margin"][0] == "Twice the top-2 margin (test plugin)."
     ctx = make_ctx()
@@ -185,7 +190,7 @@ def test_the_documented_example_runs() -> None:
     block = doc.split("register it::\n", 1)[1].split("\nThe contract:", 1)[0]
     namespace: dict = {"__name__": "doc_example"}
     exec(textwrap.dedent(block), namespace)
-    est = build_estimator("margin-squared", power=1.0, mc_samples=5)
+    est = build_estimator("margin-squared", power=1.0)
     assert est.power == 1.0
     scores = score_candidates(est, make_ctx(), np.arange(12))
     margin = score_candidates(build_estimator("margin"), make_ctx(), np.arange(12))

@@ -36,7 +36,7 @@ from .conftest import TINY, one_error_line
 HEADER = """\
 import numpy as np
 from flexsample import (
-    Allocation, Anchors, Estimator, Schedule,
+    Allocation, Anchors, Estimator, Policy,
     register_allocation, register_anchors, register_estimator, register_policy,
 )
 """
@@ -115,7 +115,7 @@ RAISING = {
     "policy-should-query": (
         """
         @register_policy("{name}")
-        class Boom(Schedule):
+        class Boom(Policy):
             def should_query(self, state):
                 raise KeyError("no such thing")
             def budget(self, state):
@@ -127,7 +127,7 @@ RAISING = {
     "policy-budget": (
         """
         @register_policy("{name}")
-        class Boom(Schedule):
+        class Boom(Policy):
             def should_query(self, state):
                 return True
             def budget(self, state):
@@ -139,7 +139,7 @@ RAISING = {
     "policy-constructor": (
         """
         @register_policy("{name}")
-        class Boom(Schedule):
+        class Boom(Policy):
             def __init__(self, rounds=1):
                 raise RuntimeError("cannot start")
         """,
@@ -149,7 +149,7 @@ RAISING = {
     "policy-validate": (
         """
         @register_policy("{name}")
-        class Boom(Schedule):
+        class Boom(Policy):
             def validate(self, rounds, epochs_per_round):
                 raise AttributeError("no attribute 'rounds'")
         """,
@@ -210,7 +210,7 @@ def test_a_flexsample_error_from_a_plugin_gets_its_name(cli, tmp_path, write_plu
         from flexsample import FlexsampleError
 
         @register_policy("pe-picky")
-        class Picky(Schedule):
+        class Picky(Policy):
             def validate(self, rounds, epochs_per_round):
                 raise FlexsampleError("needs --rounds >= 10")
         """
@@ -249,7 +249,7 @@ def test_out_of_memory_keeps_its_type(write_plugin):
         import torch
 
         @register_policy("pe-oom")
-        class Oom(Schedule):
+        class Oom(Policy):
             def budget(self, state):
                 raise torch.OutOfMemoryError("CUDA out of memory")
         """
@@ -265,7 +265,7 @@ def test_out_of_memory_keeps_its_type(write_plugin):
 
 SCHEDULE = """
 @register_policy("{name}")
-class Odd(Schedule):
+class Odd(Policy):
     def should_query(self, state):
         return {should}
     def budget(self, state):
@@ -367,7 +367,7 @@ def test_bad_quotas_name_the_plugin_and_its_origin(cli, tmp_path, write_plugin):
 
 
 def test_the_loop_checks_any_anchor_set_and_schedule():
-    from flexsample import Schedule
+    from flexsample import Policy
     from flexsample.engine.pool import Pool
 
     from .test_loop import make_loop
@@ -379,7 +379,7 @@ def test_the_loop_checks_any_anchor_set_and_schedule():
     with pytest.raises(FlexsampleError, match=r"got index 48; expected indices in \[0, 48\)"):
         loop.start(np.array([0, 48]))
 
-    class Drifting(Schedule):  # a user's own schedule, driven from Python: named by its class
+    class Drifting(Policy):  # a user's own schedule, driven from Python: named by its class
         def should_query(self, state):
             return True
 
@@ -537,9 +537,9 @@ def test_entry_point_plugins_are_named_by_their_entry_point(tmp_path):
     site.mkdir()
     write_distribution(
         site, "flexsample.policies", "ep-fails", "ep_fails_mod",
-        "from flexsample import Schedule, register_policy\n\n"
+        "from flexsample import Policy, register_policy\n\n"
         "@register_policy('ep-fails')\n"
-        "class Fails(Schedule):\n"
+        "class Fails(Policy):\n"
         "    def should_query(self, state):\n"
         "        return True\n"
         "    def budget(self, state):\n"

@@ -21,6 +21,10 @@ from flexsample.engine.interfaces import EpochResult, PolicyState, ValRecord
 from flexsample.engine.loop import Callback, Curriculum, QueryResult
 from flexsample.engine.pool import Pool
 from flexsample.engine.registries import (
+    ALLOCATIONS as ALLOCATION_REGISTRY,
+)
+from flexsample.engine.registries import (
+    POLICIES,
     get_allocation,
     get_anchors,
     get_estimator,
@@ -132,11 +136,16 @@ def run_curriculum(
     options = options or {}
     pool = Pool(labels, c)
     learner = learner or FakeLearner(c, seed)
-    alloc = SpyAllocation(get_allocation(allocation, **options))
+    # each component takes only the options it declares (an unknown one is refused)
+    alloc_fields = ALLOCATION_REGISTRY.options(allocation).model_fields
+    policy_fields = POLICIES.options(schedule).model_fields
+    alloc = SpyAllocation(
+        get_allocation(allocation, **{k: v for k, v in options.items() if k in alloc_fields})
+    )
     spy = QuotaSpy()
     cur = Curriculum(
         pool,
-        get_policy(schedule, **options),
+        get_policy(schedule, **{k: v for k, v in options.items() if k in policy_fields}),
         alloc,
         get_estimator("random"),
         learner,
