@@ -163,10 +163,12 @@ ROUND_SCHEDULES = {"linear", "convex", "concave", "exponential", "step"}
 
 
 def drive(policy: str, totals: np.ndarray, anchors: np.ndarray, rounds: int, epr: int,
-          accs: list[float], jumps: int) -> list[int]:
+          accs: list[float], jumps: int, fill_last: bool = False) -> list[int]:
     """The loop's protocol on counts alone: ask before every epoch, grow by a proportional
     allocation; returns the subset size trained on at each epoch."""
     options = {"jumps": jumps} if policy == "step" else {}
+    if policy == "plateau":
+        options = {"fill_last": fill_last}
     schedule = get_policy(policy, **options)
     schedule.validate(rounds, epr)
     allocation = get_allocation("proportional")
@@ -191,24 +193,30 @@ def drive(policy: str, totals: np.ndarray, anchors: np.ndarray, rounds: int, epr
 
 @SETTINGS
 @given(
-    policy=st.sampled_from(sorted(GROWS_TO_FULL | {"balanced"})),
+    policy=st.sampled_from(sorted(GROWS_TO_FULL | {"balanced", "plateau"})),
     totals=st.lists(st.integers(1, 40), min_size=1, max_size=5),
     anchor_share=st.floats(0, 1),
     rounds=st.integers(1, 7),
     epr=st.integers(1, 4),
     accs=st.lists(st.floats(0, 1), min_size=1, max_size=8),
     jumps=st.integers(1, 5),
+    fill_last=st.booleans(),
 )
 def test_schedules_grow_monotonically_and_end_on_the_full_set(
-    policy, totals, anchor_share, rounds, epr, accs, jumps
+    policy, totals, anchor_share, rounds, epr, accs, jumps, fill_last
 ) -> None:
     totals = np.array(totals, dtype=np.int64)
     anchors = np.minimum(totals, np.floor(totals * anchor_share).astype(np.int64))
-    sizes = drive(policy, totals, anchors, rounds, epr, accs, jumps)
+    sizes = drive(policy, totals, anchors, rounds, epr, accs, jumps, fill_last)
     assert all(a <= b for a, b in itertools.pairwise(sizes)), sizes  # never shrinks
     full, start = int(totals.sum()), int(anchors.sum())
     if policy == "balanced":
         assert set(sizes) == {start}
+        return
+    if policy == "plateau":  # the authors' rule: nothing forces the rest in, unless fill_last
+        assert start <= sizes[0] and sizes[-1] <= full
+        if fill_last:
+            assert sizes[(rounds - 1) * epr] == full
         return
     assert policy in GROWS_TO_FULL and sizes[-1] == full  # within the epoch budget
     last_round = (rounds - 1) * epr
@@ -245,7 +253,7 @@ def test_round_targets_are_non_decreasing(policy, totals, anchor_share, rounds, 
 
 
 def test_every_builtin_schedule_is_covered() -> None:
-    assert set(builtins(POLICIES, list_policies())) == GROWS_TO_FULL | {"balanced"}
+    assert set(builtins(POLICIES, list_policies())) == GROWS_TO_FULL | {"balanced", "plateau"}
 
 
 # ---------------------------------------------------------------------------- allocations
@@ -253,20 +261,23 @@ def test_every_builtin_schedule_is_covered() -> None:
 
 @SETTINGS
 @given(
-    name=st.sampled_from(["proportional", "balanced", "difficulty"]),
+    name=st.sampled_from(["proportional", "balanced", "difficulty", "remaining-difficulty"]),
     remaining=st.lists(st.integers(0, 50), min_size=1, max_size=8),
     budget=st.integers(0, 450),
     recall=st.one_of(st.none(), st.lists(st.floats(0, 1), min_size=8, max_size=8)),
     floor=st.floats(0, 1),
+    fraction=st.floats(0.01, 1),
 )
 def test_allocations_split_the_budget_without_overdrawing(
-    name, remaining, budget, recall, floor
+    name, remaining, budget, recall, floor, fraction
 ) -> None:
     remaining = np.array(remaining, dtype=np.int64)
     c = len(remaining)
     history = () if recall is None else (ValRecord(0, 0.5, tuple(recall[:c])),)
     state = PolicyState(3, 1, 5, 2, np.zeros(c, np.int64), remaining, 0, history)
     options = {"difficulty_floor": floor} if name == "difficulty" else {}
+    if name == "remaining-difficulty":
+        options = {"query_fraction": fraction}
     quotas = np.asarray(get_allocation(name, **options).quotas(state, budget))
     assert quotas.shape == (c,) and np.issubdtype(quotas.dtype, np.integer)
     assert (quotas >= 0).all() and (quotas <= remaining).all()
@@ -275,7 +286,7 @@ def test_allocations_split_the_budget_without_overdrawing(
 
 def test_every_builtin_allocation_is_covered() -> None:
     assert set(builtins(ALLOCATIONS, list_allocations())) == {
-        "proportional", "balanced", "difficulty"
+        "proportional", "balanced", "difficulty", "remaining-difficulty"
     }
 
 
@@ -314,7 +325,10 @@ def test_every_estimator_gives_finite_scores_of_the_candidates_shape(
     candidates = rng.permutation(np.flatnonzero(~in_subset))
     ctx = ScoringContext(_model(6, classes, seed), tensor_inputs(x), labels, seed=seed, step=1,
                          batch_size=7, subset_indices=subset)
-    est = build_estimator(name, mc_samples=3, mc_mode=mc_mode, knn=knn)
+    given = {"mc_samples": 3, "mc_mode": mc_mode, "knn": knn}
+    # each option goes to the parts that declare it; one no part declares is refused
+    takes = set().union(*(ESTIMATORS.options(p).model_fields for p in name.split("+")))
+    est = build_estimator(name, **{k: v for k, v in given.items() if k in takes})
     scores = score_candidates(est, ctx, candidates)
     assert scores.shape == candidates.shape
     assert np.isfinite(scores).all()
