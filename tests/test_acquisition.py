@@ -141,9 +141,9 @@ def test_a_candidates_key_depends_on_its_index_not_on_the_others(mode, seed, ste
 def test_bad_acquisition_arguments_are_refused():
     s = np.array([0.1, 0.2])
     cand, bounds = one_class(s)
-    with pytest.raises(FlexsampleError, match="unknown --acquisition 'gumbel'; accepted: topk"):
+    with pytest.raises(FlexsampleError, match="unknown acquisition 'gumbel'; accepted: topk"):
         acquisition_keys(s, cand, bounds, "gumbel", 1.0, seed=0, step=0, num_items=2)
-    with pytest.raises(FlexsampleError, match="--acquisition-beta must be a finite number > 0"):
+    with pytest.raises(FlexsampleError, match="acquisition_beta must be a finite number > 0"):
         acquisition_keys(s, cand, bounds, "power", 0.0, seed=0, step=0, num_items=2)
 
 
@@ -260,7 +260,7 @@ def test_check_selection_accepts_any_integer_dtype():
 
 
 def test_a_selector_refuses_stochastic_acquisition():
-    with pytest.raises(FlexsampleError, match="--acquisition power draws from per-sample scores"):
+    with pytest.raises(FlexsampleError, match="acquisition power draws from per-sample scores"):
         make_loop(EveryOther(), acquisition="power")
 
 

@@ -64,7 +64,7 @@ def test_passthrough_flags_reach_every_cell(cli, tmp_path):
         "--seeds",
         "3",
         "--estimators",
-        "random",
+        "mcdropout",  # an estimator that takes --mc-samples: the flag reaches its section
         "--rounds",
         "2",
         "--epochs-per-round",
@@ -76,7 +76,7 @@ def test_passthrough_flags_reach_every_cell(cli, tmp_path):
     )
     assert res.exit_code == 0, res.output
     cfg = json.loads(next(out.rglob("config.json")).read_text())["config"]
-    assert cfg["mc_samples"] == 5 and cfg["seed"] == 3 and cfg["rounds"] == 2
+    assert cfg["estimator_options"]["mc_samples"] == 5 and cfg["seed"] == 3 and cfg["rounds"] == 2
 
 
 @pytest.mark.parametrize(

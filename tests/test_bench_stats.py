@@ -287,9 +287,9 @@ def test_seed_points_lie_on_their_bar():
 
 def _config(method: str, seed: int, dataset: str, ratio: float) -> dict:
     est, _, pol = method.partition("/")
-    return {
+    return {  # a cell.json config in today's layout: the ratio in the dataset's section
         "dataset": dataset,
-        "imbalance_ratio": ratio,
+        "dataset_options": {"imbalance_ratio": ratio},
         "seed": seed,
         "estimator": est if pol else "random",
         "policy": pol or "full",

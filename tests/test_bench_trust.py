@@ -293,8 +293,9 @@ def test_watchdog_exits_a_worker_whose_parent_died(tmp_path):
     child = textwrap.dedent(
         f"""
         import os, sys, time
-        sys.platform = "portable-test"  # skip prctl: test the watch thread alone
         from flexsample.workflows.launchers.local import die_with_parent
+        # after the import (pydantic's import reads sys.platform), read at the call:
+        sys.platform = "portable-test"  # skip prctl: test the watch thread alone
         die_with_parent(os.getppid(), 0.05)
         open({str(ready)!r}, "w").close()
         time.sleep(60)

@@ -292,7 +292,7 @@ def test_budgets_axis_expands_into_cells(tmp_path):
 
 
 def _cell(out: Path, method: str, budget: str | None, seed: int, acc: float) -> Cell:
-    config = {"dataset": "d", "imbalance_ratio": 100.0, "seed": seed,
+    config = {"dataset": "d", "dataset_options": {"imbalance_ratio": 100.0}, "seed": seed,
               "policy": "full" if method.startswith("baseline:") else "linear"}
     if budget is not None:  # None: a cell from before --budget
         config["budget"] = budget
