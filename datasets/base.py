@@ -148,14 +148,19 @@ SplitsDir = Annotated[str | None, opt("folder holding split manifests (default: 
 SkipMissing = Annotated[bool, opt("skip images listed but absent or unreadable")]
 
 
-def build_dataset(name: str, /, options: Mapping[str, Any] | None = None, **runtime: Any) -> LTDataset:
-    """Build a registered dataset with its options (checked) and the run-time arguments
-    (`progress`, `cache_dir`) its builder takes.
+def build_dataset(
+    name: str, /, options: Mapping[str, Any] | None = None, **runtime: Any
+) -> LTDataset:
+    """Build a registered dataset with its options (checked; given as a mapping or as
+    keywords) and the run-time arguments (`progress`, `cache_dir`) its builder takes.
 
     An `image_size` the builder does not declare would otherwise be one "no option" line;
     it gets the longer explanation of what to use instead.
     """
-    options = dict(options or {})
+    # keywords that are not run-time arguments are options too (examples pass them so),
+    # checked like the rest; None means "the dataset's default"
+    extra = {k: runtime.pop(k) for k in list(runtime) if k not in DATASETS.runtime}
+    options = {k: v for k, v in {**dict(options or {}), **extra}.items() if v is not None}
     if options.get("image_size") is not None and "image_size" not in DATASETS.options(
         name
     ).model_fields:
