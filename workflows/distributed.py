@@ -92,14 +92,14 @@ def start(device_name: str, timeout_s: float) -> DistributedRun | None:
     return DistributedRun(Ranks(), local_rank, device, backend)
 
 
-def finish(dist: DistributedRun | None) -> None:
+def finish(run: DistributedRun | None) -> None:
     """Leave the process group after a run that ended well on every rank."""
-    if dist is None:
+    if run is None:
         return
     import torch.distributed as dist
 
     if dist.is_initialized():
-        dist.ranks.barrier()
+        run.ranks.barrier()
         dist.destroy_process_group()
 
 
