@@ -290,13 +290,14 @@ def place_shortcuts(values: dict[str, Any], given: Mapping[str, Any], *, strict:
         if kind is None:
             continue
         name = values.get(kind, RunConfig.model_fields[kind].default)
+        section = values.setdefault(f"{kind}_options", {})
         try:
             takes = option_fields(kind, name)
         except FlexsampleError:
             if strict:
                 raise
+            section[key] = value  # a component not registered here (a plugin's): kept as given
             continue
-        section = values.setdefault(f"{kind}_options", {})
         if key in takes:
             section[key] = value
             continue
