@@ -332,7 +332,7 @@ def build_datalist(
     """Images listed in a CSV or JSON file (MONAI datalist, ISIC ground-truth CSV)."""
     if datalist is None:
         raise FlexsampleError(
-            "--dataset datalist needs the list: --dataset-opt datalist=PATH (a .json or .csv "
+            "--dataset datalist needs the list: --datalist PATH (a .json or .csv "
             "file of image, label and split)"
         )
     path = Path(datalist).expanduser()
