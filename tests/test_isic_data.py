@@ -125,8 +125,12 @@ def test_shared_layout_and_data_dir_default(fake8) -> None:
 def test_isic_archive14(tmp_path: Path) -> None:
     data_dir, splits_dir, chosen = make_fake_isic(tmp_path, "14-class", per_class=(2, 1, 1))
     ds = build_dataset("isic-archive14", data_dir=str(data_dir), splits_dir=str(splits_dir),
-                       image_size=16, imbalance_ratio=100)
+                       image_size=16)
     assert ds.num_classes == 14 and ds.class_names[0] == "nevus"
+    # the 14-class set has one split: an imbalance ratio is not one of its options
+    with pytest.raises(FlexsampleError, match="'isic-archive14' has no option 'imbalance_ratio'"):
+        build_dataset("isic-archive14", data_dir=str(data_dir), splits_dir=str(splits_dir),
+                      image_size=16, imbalance_ratio=100)
     assert ds.class_names[13] == "atypical melanocytic proliferation"
     assert ds.train.ids == chosen["train"]
     assert len(ds.group_of_labels()) == 14

@@ -42,7 +42,7 @@ def test_ratio_driven_profiles() -> None:
                          num_classes=5).train_counts().tolist() == [500, 281, 158, 88, 50]
     with pytest.raises(FlexsampleError, match="unknown --profile 'isic2020'"):
         build_dataset("synthetic-lt", profile="isic2020")
-    with pytest.raises(FlexsampleError, match="--imbalance-ratio"):
+    with pytest.raises(FlexsampleError, match="option 'imbalance_ratio' = 0.5.*1 <= x"):
         build_dataset("synthetic-lt", profile="isic2019", imbalance_ratio=0.5)
 
 
