@@ -109,7 +109,10 @@ def remaining_difficulty_quotas(
     n_c = min(pool_c, max(1, floor(pool_c · q · p_c))), 0 for a class with nothing left."""
     pool = np.asarray(remaining, dtype=np.int64)
     p = remaining_difficulty_weights(recall, len(pool))
-    raw = np.floor(pool.astype(np.float64) * float(query_fraction) * p).astype(np.int64)
+    # + 1e-9: p_c is 1 in exact arithmetic when the classes are equally hard, and a recall
+    # read from float32 must not turn floor(pool · q) into one sample fewer
+    share = pool.astype(np.float64) * float(query_fraction) * p
+    raw = np.floor(share + 1e-9).astype(np.int64)
     return np.where(pool > 0, np.minimum(pool, np.maximum(1, raw)), 0)
 
 
