@@ -42,7 +42,9 @@ def machine() -> dict:
         "load_avg_1_5_15": [round(v, 2) for v in os.getloadavg()],
         "cpu_count": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),
-        "numpy": np.__version__, "sklearn": sklearn.__version__, "torch": torch.__version__,
+        "numpy": np.__version__,
+        "sklearn": sklearn.__version__,
+        "torch": torch.__version__,
     }
 
 
@@ -54,8 +56,12 @@ def main() -> None:
     ap.add_argument("--ks", default="100,1000")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--repeats-large", type=int, default=1, help="repeats for k >= 1000")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="threads for BLAS, OpenMP and torch (0: the libraries' default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads for BLAS, OpenMP and torch (0: the libraries' default)",
+    )
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
 
@@ -65,16 +71,18 @@ def main() -> None:
     before = machine()
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(50, args.dim))
-    feats = np.maximum(centers[rng.integers(0, 50, args.n)]
-                       + 0.7 * rng.normal(size=(args.n, args.dim)), 0).astype(np.float32)
+    feats = np.maximum(
+        centers[rng.integers(0, 50, args.n)] + 0.7 * rng.normal(size=(args.n, args.dim)), 0
+    ).astype(np.float32)
     torch.manual_seed(0)
     head = nn.Linear(args.dim, args.classes)
     with torch.no_grad():
         head.weight.mul_(4.0)  # confident on some samples, unsure on others
     model = adapt_model(nn.Identity(), head, 0.5).eval()
     labels = rng.integers(0, args.classes, args.n)
-    ctx = ScoringContext(model, tensor_inputs(torch.from_numpy(feats)), labels, seed=0, step=1,
-                         batch_size=4096)
+    ctx = ScoringContext(
+        model, tensor_inputs(torch.from_numpy(feats)), labels, seed=0, step=1, batch_size=4096
+    )
     cand = np.arange(args.n)
     h, p = ctx.features(cand), ctx.probs(cand)  # the scoring pass, not timed
     est = build_estimator("badge")
@@ -102,9 +110,13 @@ def main() -> None:
     tracemalloc.stop()
 
     out = {
-        "n": args.n, "dim": args.dim, "classes": args.classes, "bias": True,
+        "n": args.n,
+        "dim": args.dim,
+        "classes": args.classes,
+        "bias": True,
         "threads": args.threads or "default",
-        "machine_before": before, "machine_after": machine(),
+        "machine_before": before,
+        "machine_after": machine(),
         "embed_s": embed_s,
         "select_median_s": {k: float(np.median(v)) for k, v in times.items()},
         "select_times_s": times,

@@ -35,12 +35,24 @@ from flexsample.estimators.diversity import kmeanspp_seeding
 
 
 def conditions() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo", encoding="ascii")
-                if ln.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-            "load_avg_1_5_15": [round(v, 2) for v in os.getloadavg()],
-            "torch_threads_default": torch.get_num_threads(), "numpy": np.__version__,
-            "sklearn": sklearn.__version__, "torch": torch.__version__}
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in open("/proc/cpuinfo", encoding="ascii")
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "load_avg_1_5_15": [round(v, 2) for v in os.getloadavg()],
+        "torch_threads_default": torch.get_num_threads(),
+        "numpy": np.__version__,
+        "sklearn": sklearn.__version__,
+        "torch": torch.__version__,
+    }
 
 
 def rows(n: int, dim: int, classes: int, seed: int = 0):
@@ -66,8 +78,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--k", type=int, default=1_000)
-    ap.add_argument("--classes", type=int, default=0,
-                    help="0: plain rows; C: BADGE gradient embeddings of C classes")
+    ap.add_argument(
+        "--classes",
+        type=int,
+        default=0,
+        help="0: plain rows; C: BADGE gradient embeddings of C classes",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-sklearn", action="store_true", help="ours only (no ratio)")
@@ -79,8 +95,12 @@ def main() -> None:
     before = conditions()
     print("machine:", json.dumps(before), flush=True)
     x, (g, a) = rows(args.n, args.dim, args.classes, args.seed)
-    print(f"rows {args.n} x {x.shape[1]}" + (f" (factors: {args.classes} x {args.dim})"
-          if args.classes else "") + f", k = {args.k}, median of {args.repeats}", flush=True)
+    print(
+        f"rows {args.n} x {x.shape[1]}"
+        + (f" (factors: {args.classes} x {args.dim})" if args.classes else "")
+        + f", k = {args.k}, median of {args.repeats}",
+        flush=True,
+    )
     sides = {
         "ours-authors": lambda: kmeanspp_seeding(g, args.k, args.seed, "authors", a=a),
         "ours-greedy": lambda: kmeanspp_seeding(g, args.k, args.seed, "greedy", a=a),
@@ -107,8 +127,18 @@ def main() -> None:
     print("load average after:", after["load_avg_1_5_15"])
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"args": vars(args), "before": before, "after": after, "times": times,
-                       "median_s": med, "greedy_same_picks_as_sklearn": same}, fh, indent=1)
+            json.dump(
+                {
+                    "args": vars(args),
+                    "before": before,
+                    "after": after,
+                    "times": times,
+                    "median_s": med,
+                    "greedy_same_picks_as_sklearn": same,
+                },
+                fh,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -86,8 +86,10 @@ def per_pick(args: argparse.Namespace) -> list[dict]:
         exec(compile(src, args.before, "exec"), mod.__dict__)
         impls = {"before": mod.batchbald_batch, "ours": batchbald_batch}
     rows = []
-    print(f"\n(c) per pick: T={args.t} C={args.c} samples={args.samples}, median of "
-          f"{args.repeats}, torch threads {args.threads} (ours pins {CPU_THREADS} on a CPU)")
+    print(
+        f"\n(c) per pick: T={args.t} C={args.c} samples={args.samples}, median of "
+        f"{args.repeats}, torch threads {args.threads} (ours pins {CPU_THREADS} on a CPU)"
+    )
     print(f"{'N':>5} {'side':>7} {'exact s/pick':>12} {'sampled s/pick':>14}  same picks")
     for n in args.per_pick_n:
         _, probs = draws(n, args.t, args.c, args.seed)
@@ -103,9 +105,18 @@ def per_pick(args: argparse.Namespace) -> list[dict]:
             t5, t10 = (statistics.median(times[side, k]) for k in (5, 10))
             same = "-" if side == "ours" else str(picks[side] == picks["ours"])
             print(f"{n:>5} {side:>7} {t5 / 5:>12.3f} {(t10 - t5) / 5:>14.3f}  {same}", flush=True)
-            rows.append({"case": "c", "n": n, "side": side, "exact_s_per_pick": t5 / 5,
-                         "sampled_s_per_pick": (t10 - t5) / 5, "t5": times[side, 5],
-                         "t10": times[side, 10], "picks": picks[side]})
+            rows.append(
+                {
+                    "case": "c",
+                    "n": n,
+                    "side": side,
+                    "exact_s_per_pick": t5 / 5,
+                    "sampled_s_per_pick": (t10 - t5) / 5,
+                    "t5": times[side, 5],
+                    "t10": times[side, 10],
+                    "picks": picks[side],
+                }
+            )
     return rows
 
 
@@ -143,17 +154,37 @@ def worker(args: argparse.Namespace) -> None:
         picks = run_ref(log_probs, args.batch, args.samples, args.seed, gc=args.worker == "ref")
     seconds = time.perf_counter() - t0
     peak = _status("VmHWM")
-    print(json.dumps({"seconds": seconds, "peak_mib": (peak - before) / 2**20,
-                      "hwm_reset": reset, "picks": picks}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_mib": (peak - before) / 2**20,
+                "hwm_reset": reset,
+                "picks": picks,
+            }
+        )
+    )
 
 
 def conditions(threads: int) -> dict:
     with open("/proc/loadavg", encoding="ascii") as fh:
         load = " ".join(fh.read().split()[:3])
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo", encoding="ascii")
-                if ln.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "load": load,
-            "torch": torch.__version__, "python": platform.python_version()}
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in open("/proc/cpuinfo", encoding="ascii")
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": threads,
+        "load": load,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def main() -> None:
@@ -168,17 +199,28 @@ def main() -> None:
     ap.add_argument("--exact-batch", type=int, default=10)
     ap.add_argument("--sampled-n", type=int, default=20_000)
     ap.add_argument("--sampled-batch", type=int, default=100)
-    ap.add_argument("--sampled-ref-batch", type=int, default=10,
-                    help="(b): batch for the reference and ours side by side (the reference's "
-                         "full batch takes far too long on a small CPU)")
+    ap.add_argument(
+        "--sampled-ref-batch",
+        type=int,
+        default=10,
+        help="(b): batch for the reference and ours side by side (the reference's "
+        "full batch takes far too long on a small CPU)",
+    )
     ap.add_argument("--skip-sampled", action="store_true", help="only (a)")
     ap.add_argument("--skip-exact", action="store_true", help="only (b)")
-    ap.add_argument("--skip-ref-gc", action="store_true",
-                    help="(a) without the reference as shipped (its gc.collect calls are slow)")
+    ap.add_argument(
+        "--skip-ref-gc",
+        action="store_true",
+        help="(a) without the reference as shipped (its gc.collect calls are slow)",
+    )
     ap.add_argument("--skip-sampled-ref", action="store_true", help="(b) without the reference")
     ap.add_argument("--per-pick", action="store_true", help="only (c): seconds per pick")
-    ap.add_argument("--per-pick-n", type=lambda v: [int(x) for x in v.split(",")],
-                    default=[500, 2000], help="(c): candidate counts, comma-separated")
+    ap.add_argument(
+        "--per-pick-n",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[500, 2000],
+        help="(c): candidate counts, comma-separated",
+    )
     ap.add_argument("--before", help="(c): another batchbald.py to time beside ours")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--worker", choices=["ours", "ref", "ref-nogc"], help=argparse.SUPPRESS)
@@ -198,8 +240,10 @@ def main() -> None:
         args.skip_exact = args.skip_sampled = True
     log_probs, probs = draws(args.exact_n, args.t, args.c, args.seed)
     if not args.skip_exact:
-        print(f"\n(a) N={args.exact_n} T={args.t} C={args.c} samples={args.samples}, "
-              f"median of {args.repeats}")
+        print(
+            f"\n(a) N={args.exact_n} T={args.t} C={args.c} samples={args.samples}, "
+            f"median of {args.repeats}"
+        )
         print(f"{'batch':>5} {'side':>9} {'seconds':>9} {'ref/ours':>8}  same picks as ours")
     for k in [] if args.skip_exact else sorted({args.exact_batch, 5}, reverse=True):
         sides = {
@@ -221,46 +265,95 @@ def main() -> None:
             med = statistics.median(times[side])
             same = "-" if side == "ours" else str(picks[side] == picks["ours"])
             print(f"{k:>5} {side:>9} {med:>9.3f} {med / t_ours:>8.2f}  {same}", flush=True)
-            rows.append({"case": "a", "batch": k, "side": side, "seconds": med,
-                         "all_seconds": times[side], "ratio": med / t_ours,
-                         "same_picks": picks[side] == picks["ours"], "picks": picks[side]})
+            rows.append(
+                {
+                    "case": "a",
+                    "batch": k,
+                    "side": side,
+                    "seconds": med,
+                    "all_seconds": times[side],
+                    "ratio": med / t_ours,
+                    "same_picks": picks[side] == picks["ours"],
+                    "picks": picks[side],
+                }
+            )
         # the reference in float64 on the same draws, once: the float32 sides may part on a
         # near-tie within float32 rounding (ours re-checks near-ties in float64)
         t0 = time.perf_counter()
         p64 = run_ref(log_probs.double(), k, args.samples, args.seed, False)
         t64 = time.perf_counter() - t0
-        print(f"{k:>5} {'ref-f64':>9} {t64:>9.3f} {t64 / t_ours:>8.2f}  {p64 == picks['ours']}"
-              "  (one run)", flush=True)
-        rows.append({"case": "a", "batch": k, "side": "ref-f64", "seconds": t64,
-                     "same_picks": p64 == picks["ours"], "picks": p64})
+        print(
+            f"{k:>5} {'ref-f64':>9} {t64:>9.3f} {t64 / t_ours:>8.2f}  {p64 == picks['ours']}"
+            "  (one run)",
+            flush=True,
+        )
+        rows.append(
+            {
+                "case": "a",
+                "batch": k,
+                "side": "ref-f64",
+                "seconds": t64,
+                "same_picks": p64 == picks["ours"],
+                "picks": p64,
+            }
+        )
 
     if not args.skip_sampled:
         kb, kr = args.sampled_batch, args.sampled_ref_batch
-        print(f"\n(b) N={args.sampled_n} T={args.t} C={args.c} samples={args.samples}; one run "
-              f"per row, each in its own process (peak: RSS high-water mark minus RSS before)")
+        print(
+            f"\n(b) N={args.sampled_n} T={args.t} C={args.c} samples={args.samples}; one run "
+            f"per row, each in its own process (peak: RSS high-water mark minus RSS before)"
+        )
         print(f"{'side':>9} {'batch':>5} {'seconds':>9} {'peak MiB':>9}  same picks as ours")
         runs = [("ours", kb)] + ([] if args.skip_sampled_ref else [("ours", kr), ("ref", kr)])
         runs = list(dict.fromkeys(runs))  # once each
         got = {}
         for side, k in runs:
-            cmd = [sys.executable, __file__, "--worker", side, "--n", str(args.sampled_n),
-                   "--batch", str(k), "--t", str(args.t), "--c", str(args.c),
-                   "--samples", str(args.samples), "--seed", str(args.seed),
-                   "--threads", str(args.threads)]
-            res = json.loads(subprocess.run(cmd, check=True, capture_output=True,
-                                            text=True).stdout.splitlines()[-1])
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                side,
+                "--n",
+                str(args.sampled_n),
+                "--batch",
+                str(k),
+                "--t",
+                str(args.t),
+                "--c",
+                str(args.c),
+                "--samples",
+                str(args.samples),
+                "--seed",
+                str(args.seed),
+                "--threads",
+                str(args.threads),
+            ]
+            res = json.loads(
+                subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[
+                    -1
+                ]
+            )
             got[side, k] = res
             ours = got["ours", kb]["picks"][:k]
             same = "-" if side == "ours" else str(res["picks"] == ours)
-            print(f"{side:>9} {k:>5} {res['seconds']:>9.1f} {res['peak_mib']:>9.1f}  {same}",
-                  flush=True)
+            print(
+                f"{side:>9} {k:>5} {res['seconds']:>9.1f} {res['peak_mib']:>9.1f}  {same}",
+                flush=True,
+            )
             rows.append({"case": "b", "side": side, "batch": k, **res})
         if ("ref", kr) in got:
             ratio = got["ref", kr]["seconds"] / got["ours", kr]["seconds"]
             guess = got["ours", kb]["seconds"] * ratio
-            print(f"ref/ours at batch {kr}: {ratio:.2f}" + ("" if kb == kr else
-                  f"; the reference at batch {kb} was not run (rough estimate at that ratio: "
-                  f"{guess / 60:.0f} min)"))
+            print(
+                f"ref/ours at batch {kr}: {ratio:.2f}"
+                + (
+                    ""
+                    if kb == kr
+                    else f"; the reference at batch {kb} was not run "
+                    f"(rough estimate at that ratio: {guess / 60:.0f} min)"
+                )
+            )
 
     cond["load_after"] = conditions(args.threads)["load"]
     print("\nload average after:", cond["load_after"])

@@ -30,8 +30,16 @@ import time
 from pathlib import Path
 
 GRID = [
-    "--estimators", "random,entropy", "--policies", "linear", "--baselines", "ce",
-    "--device", "cpu", "--cpus-per-cell", "1",
+    "--estimators",
+    "random,entropy",
+    "--policies",
+    "linear",
+    "--baselines",
+    "ce",
+    "--device",
+    "cpu",
+    "--cpus-per-cell",
+    "1",
 ]
 MODES = {
     "local1": ["--launcher", "local", "--jobs", "1"],
@@ -42,8 +50,19 @@ MODES = {
 
 def run(mode: str, seeds: str, root: Path, size: list[str]) -> dict:
     out = root / mode
-    cmd = [sys.executable, "-m", "flexsample", "bench", "--out", str(out), "--seeds", seeds,
-           *GRID, *size, *MODES[mode]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flexsample",
+        "bench",
+        "--out",
+        str(out),
+        "--seeds",
+        seeds,
+        *GRID,
+        *size,
+        *MODES[mode],
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -82,8 +101,10 @@ def main() -> None:
             shutil.copytree(root, args.keep, dirs_exist_ok=True)
         shutil.rmtree(root, ignore_errors=True)
     load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else "?"
-    print(f"cores: {os.cpu_count()}, load average after: {' '.join(load)}; grid: {' '.join(GRID)} "
-          f"{' '.join(size)} --seeds {args.seeds}")
+    print(
+        f"cores: {os.cpu_count()}, load average after: {' '.join(load)}; grid: {' '.join(GRID)} "
+        f"{' '.join(size)} --seeds {args.seeds}"
+    )
     print("| launcher | cells | grid wall (s) | sum of cell wall_s (s) | overhead per cell (s) |")
     print("|---|---:|---:|---:|---:|")
     for r in results:

@@ -92,7 +92,9 @@ def machine() -> dict:
         "cpu_count": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),
         "cpu": platform.processor() or platform.machine(),
-        "numpy": np.__version__, "faiss": faiss.__version__, "torch": torch.__version__,
+        "numpy": np.__version__,
+        "faiss": faiss.__version__,
+        "torch": torch.__version__,
     }
 
 
@@ -111,8 +113,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--baseline-repeats", type=int, default=1)
     ap.add_argument("--no-gemv", action="store_true")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="threads for BLAS, OpenMP, faiss and torch (0: the libraries' default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads for BLAS, OpenMP, faiss and torch (0: the libraries' default)",
+    )
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
 
@@ -141,11 +147,17 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
     med = {m: float(np.median(v)) for m, v in times.items() if v}
     out = {
-        "n": args.n, "dim": args.dim, "k": args.k, "subset": args.subset, "data": args.data,
+        "n": args.n,
+        "dim": args.dim,
+        "k": args.k,
+        "subset": args.subset,
+        "data": args.data,
         "repeats": {m: len(v) for m, v in times.items() if v},
         "threads": args.threads or "default",
-        "machine_before": before, "machine_after": machine(),
-        "median_s": med, "times_s": {m: v for m, v in times.items() if v},
+        "machine_before": before,
+        "machine_after": machine(),
+        "median_s": med,
+        "times_s": {m: v for m, v in times.items() if v},
         "speedup_plain_over_ours": med["plain"] / med["ours"],
         "target": "speedup_plain_over_ours >= 5 with identical centers",
         "identical_to_plain": bool(np.array_equal(picks["ours"], picks["plain"])),

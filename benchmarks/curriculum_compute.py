@@ -34,9 +34,22 @@ from flexsample.workflows.components import flat_view, is_old_layout, migrate
 
 # the configuration keys that tell methods apart (everything else is fixed by the grid)
 KEYS = (
-    "estimator", "policy", "loss", "logit_adjust", "sampler", "budget", "restart",
-    "lr_subset_scale", "checkpoint_on", "init", "decouple", "acquisition", "mc_source",
-    "recipe", "optimizer", "allocation",
+    "estimator",
+    "policy",
+    "loss",
+    "logit_adjust",
+    "sampler",
+    "budget",
+    "restart",
+    "lr_subset_scale",
+    "checkpoint_on",
+    "init",
+    "decouple",
+    "acquisition",
+    "mc_source",
+    "recipe",
+    "optimizer",
+    "allocation",
 )
 
 
@@ -50,18 +63,22 @@ def load_cells(roots: list[Path]) -> list[dict[str, Any]]:
                 continue
             res = json.loads(results.read_text())
             raw = cell["config"]
-            cfg = flat_view(migrate(raw) if is_old_layout(raw) else raw)  # options under their own names, old cells too
-            cells.append({
-                "method": cell["method"],
-                "baseline": bool(cell.get("baseline")),
-                "key": tuple((k, cfg.get(k)) for k in KEYS),
-                "ratio": float(cfg["imbalance_ratio"]),
-                "pair": (int(cfg["data_seed"]), int(cfg["seed"])),
-                "test": float(res["test"]["balanced_accuracy"]),
-                "val": float(res["best_val_balanced_accuracy"]),
-                "samples": int(res["compute"]["train_samples"]),
-                "train_s": float(res["compute"]["train_s"]),
-            })
+            cfg = flat_view(
+                migrate(raw) if is_old_layout(raw) else raw
+            )  # options under their own names, old cells too
+            cells.append(
+                {
+                    "method": cell["method"],
+                    "baseline": bool(cell.get("baseline")),
+                    "key": tuple((k, cfg.get(k)) for k in KEYS),
+                    "ratio": float(cfg["imbalance_ratio"]),
+                    "pair": (int(cfg["data_seed"]), int(cfg["seed"])),
+                    "test": float(res["test"]["balanced_accuracy"]),
+                    "val": float(res["best_val_balanced_accuracy"]),
+                    "samples": int(res["compute"]["train_samples"]),
+                    "train_s": float(res["compute"]["train_s"]),
+                }
+            )
     return cells
 
 
@@ -74,8 +91,12 @@ def label(key: tuple, baseline: bool, method: str) -> str:
         name = f"{cfg['estimator']}/{cfg['policy']} {loss}"
     extras = [f"budget={cfg.get('budget') or 'epochs'}"] if not baseline else []
     for k, default in (
-        ("restart", "fresh"), ("lr_subset_scale", 0.0), ("checkpoint_on", "val"),
-        ("init", "random"), ("decouple", "none"), ("acquisition", "topk"),
+        ("restart", "fresh"),
+        ("lr_subset_scale", 0.0),
+        ("checkpoint_on", "val"),
+        ("init", "random"),
+        ("decouple", "none"),
+        ("acquisition", "topk"),
         ("mc_source", "dropout"),
     ):
         if cfg.get(k, default) not in (default, None):
@@ -131,14 +152,23 @@ def report(summary: dict[float, dict[str, dict[str, Any]]], pairs: list[tuple[st
         rows = sorted(methods.items(), key=lambda kv: -np.mean(list(kv[1]["val"].values())))
         for name, m in rows:
             share = m["samples"] / full_samples
-            print(f"| {name} | {m['n']} | {_ms(m['test'])} | {_ms(m['val'])} | "
-                  f"{m['samples']:,.0f} | {share:.0%} |")
-        doc[f"{ratio:g}"] = {"methods": {
-            name: {"n": m["n"], "test": float(np.mean(list(m["test"].values()))),
-                   "val": float(np.mean(list(m["val"].values()))), "samples": m["samples"],
-                   "train_s": m["train_s"]}
-            for name, m in methods.items()
-        }, "paired": {}}
+            print(
+                f"| {name} | {m['n']} | {_ms(m['test'])} | {_ms(m['val'])} | "
+                f"{m['samples']:,.0f} | {share:.0%} |"
+            )
+        doc[f"{ratio:g}"] = {
+            "methods": {
+                name: {
+                    "n": m["n"],
+                    "test": float(np.mean(list(m["test"].values()))),
+                    "val": float(np.mean(list(m["val"].values()))),
+                    "samples": m["samples"],
+                    "train_s": m["train_s"],
+                }
+                for name, m in methods.items()
+            },
+            "paired": {},
+        }
         print("\n| a − b (pp) | test: mean [95 % CI] | validation: mean [95 % CI] |")
         print("|---|---|---|")
         for a, b in pairs:
@@ -177,8 +207,12 @@ def plot(summary: dict[float, dict[str, dict[str, Any]]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", type=Path, help="bench --out folders")
-    parser.add_argument("--pair", action="append", default=[],
-                        help="'A|B': print the paired difference A - B (method labels)")
+    parser.add_argument(
+        "--pair",
+        action="append",
+        default=[],
+        help="'A|B': print the paired difference A - B (method labels)",
+    )
     parser.add_argument("--plot", type=Path, help="write the Pareto plot here")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()

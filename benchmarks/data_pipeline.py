@@ -66,8 +66,11 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    ap.add_argument("--tune-allocator", action="store_true",
-                    help="call flexsample.datasets.images.tune_allocator() first")
+    ap.add_argument(
+        "--tune-allocator",
+        action="store_true",
+        help="call flexsample.datasets.images.tune_allocator() first",
+    )
     ap.add_argument("--passes", nargs="+", choices=["eval", "train"], default=["eval", "train"])
     ap.add_argument("--repeats", type=int, default=2, help="passes per setting; the best counts")
     ap.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "data_pipeline")
@@ -98,9 +101,16 @@ def main() -> None:
                 cached = ImageItems(paths, labels, args.image_size, train=train, cache=ref)
                 d = max(timed_pass(decode, bs, workers) for _ in range(args.repeats))
                 c = max(timed_pass(cached, bs, workers) for _ in range(args.repeats))
-                rows.append({"pass": split, "batch": bs, "workers": workers,
-                             "decode_img_s": round(d, 1), "cached_img_s": round(c, 1),
-                             "speedup": round(c / d, 2)})
+                rows.append(
+                    {
+                        "pass": split,
+                        "batch": bs,
+                        "workers": workers,
+                        "decode_img_s": round(d, 1),
+                        "cached_img_s": round(c, 1),
+                        "speedup": round(c / d, 2),
+                    }
+                )
                 print(rows[-1], flush=True)
 
     lines = [
@@ -112,18 +122,30 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['pass']} | {r['batch']} | {r['workers']} | {r['decode_img_s']:.0f} | "
-                     f"{r['cached_img_s']:.0f} | {r['speedup']:.1f}x |")
+        lines.append(
+            f"| {r['pass']} | {r['batch']} | {r['workers']} | {r['decode_img_s']:.0f} | "
+            f"{r['cached_img_s']:.0f} | {r['speedup']:.1f}x |"
+        )
     mib = Path(ref.file).stat().st_size / 2**20
     load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
-    lines += ["", f"cache build (one-off, threads): {build_s:.1f} s for {args.images} images "
-              f"({args.images / build_s:.0f} img/s), {mib:.0f} MiB; JPEG generation {gen_s:.1f} s; "
-              f"{load}"]
+    lines += [
+        "",
+        f"cache build (one-off, threads): {build_s:.1f} s for {args.images} images "
+        f"({args.images / build_s:.0f} img/s), {mib:.0f} MiB; JPEG generation {gen_s:.1f} s; "
+        f"{load}",
+    ]
     print("\n".join(lines))
-    out = {"rows": rows, "cache_build_s": build_s, "images": args.images,
-           "image_size": args.image_size, "batch_sizes": args.batch_sizes,
-           "cpus": os.cpu_count(), "allocator_tuned": tuned, "torch": torch.__version__,
-           "table": "\n".join(lines)}
+    out = {
+        "rows": rows,
+        "cache_build_s": build_s,
+        "images": args.images,
+        "image_size": args.image_size,
+        "batch_sizes": args.batch_sizes,
+        "cpus": os.cpu_count(),
+        "allocator_tuned": tuned,
+        "torch": torch.__version__,
+        "table": "\n".join(lines),
+    }
     (args.work / "data_pipeline.json").write_text(json.dumps(out, indent=2))
 
 

@@ -92,8 +92,14 @@ def recall(got: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(got, exact, strict=True)]))
 
 
-def measure(db: np.ndarray, queries: np.ndarray, kind: str, k: int, dev: torch.device,
-            exact_ids: np.ndarray | None) -> dict:
+def measure(
+    db: np.ndarray,
+    queries: np.ndarray,
+    kind: str,
+    k: int,
+    dev: torch.device,
+    exact_ids: np.ndarray | None,
+) -> dict:
     """One build + search of `kind` over `db`; times, memory, and recall on the first rows."""
     n = len(db)
     threshold = n if kind == "flat" else 0
@@ -127,8 +133,9 @@ def measure(db: np.ndarray, queries: np.ndarray, kind: str, k: int, dev: torch.d
     sync(dev)
     row["search_s"] = time.perf_counter() - t1
     row["peak_mb"] = rss_mb("VmHWM") - base
-    row["torch_peak_mb"] = (torch.cuda.max_memory_allocated(dev) / 2**20
-                            if dev.type == "cuda" else None)
+    row["torch_peak_mb"] = (
+        torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+    )
     row["queries"] = len(queries)
     row["search_all_s"] = row["search_s"] * n / len(queries)
     row["extrapolated"] = len(queries) < n
@@ -152,25 +159,35 @@ def line(row: dict) -> str:
     if not gmb:  # a faiss GPU index: memory taken from the device after the build
         gmb = row["gpu_mb"]
     gmb = "-" if gmb is None else f"{gmb:.0f}"
-    return (f"{row['n']:>9} {row['kind']:5} {row['path']:16} {row['build_s']:8.2f}"
-            f" {row['search_s']:8.2f} {row['queries']:>8} {row['search_all_s']:9.1f}{star}"
-            f"{row['index_mb']:8.0f} {row['peak_mb']:8.0f} {gmb:>7}"
-            f" {'-' if rec is None else f'{rec:.4f}':>6}  {row['loadavg']}")
+    return (
+        f"{row['n']:>9} {row['kind']:5} {row['path']:16} {row['build_s']:8.2f}"
+        f" {row['search_s']:8.2f} {row['queries']:>8} {row['search_all_s']:9.1f}{star}"
+        f"{row['index_mb']:8.0f} {row['peak_mb']:8.0f} {gmb:>7}"
+        f" {'-' if rec is None else f'{rec:.4f}':>6}  {row['loadavg']}"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="100000,250000,1000000",
-                    help="comma-separated pool sizes N")
+    ap.add_argument("--sizes", default="100000,250000,1000000", help="comma-separated pool sizes N")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--k", type=int, default=10, help="neighbours (the search asks for k + 1)")
     ap.add_argument("--kinds", default="flat,ivf,torch")
-    ap.add_argument("--flat-max", type=int, default=0,
-                    help="skip faiss flat above this N (0: never skip)")
-    ap.add_argument("--queries", type=int, default=0,
-                    help="search a seeded sample of this many rows and extrapolate (0: all N)")
-    ap.add_argument("--recall-queries", type=int, default=1000,
-                    help="IVF recall against exact search on this many of the queries")
+    ap.add_argument(
+        "--flat-max", type=int, default=0, help="skip faiss flat above this N (0: never skip)"
+    )
+    ap.add_argument(
+        "--queries",
+        type=int,
+        default=0,
+        help="search a seeded sample of this many rows and extrapolate (0: all N)",
+    )
+    ap.add_argument(
+        "--recall-queries",
+        type=int,
+        default=1000,
+        help="IVF recall against exact search on this many of the queries",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="faiss and torch CPU threads")
     ap.add_argument("--json", help="also write the figures to this file")
@@ -186,17 +203,25 @@ def main() -> None:
     k = args.k + 1
     kinds = [s for s in args.kinds.split(",") if s]
     info = {
-        "device": str(dev), "dim": args.dim, "k_search": k, "faiss": faiss.__version__,
-        "faiss_gpus": faiss_gpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+        "device": str(dev),
+        "dim": args.dim,
+        "k_search": k,
+        "faiss": faiss.__version__,
+        "faiss_gpus": faiss_gpu_count(),
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "loadavg_start": loadavg(),
     }
     print(json.dumps(info))
     rows = []
-    head = (f"{'N':>9} {'kind':5} {'path':16} {'build_s':>8} {'search_s':>8} {'q':>8} "
-            f"{'all_N_s':>9} {'index_MB':>8} {'peak_MB':>8} {'gpu_MB':>7} {'recall':>6}  load")
+    head = (
+        f"{'N':>9} {'kind':5} {'path':16} {'build_s':>8} {'search_s':>8} {'q':>8} "
+        f"{'all_N_s':>9} {'index_MB':>8} {'peak_MB':>8} {'gpu_MB':>7} {'recall':>6}  load"
+    )
     print(head)
     for n in (int(s) for s in args.sizes.split(",")):
         t = time.perf_counter()
@@ -226,12 +251,19 @@ def main() -> None:
         del db, queries
     print("* search time for all N queries extrapolated linearly from the timed sample")
     # exact search of all N queries against N rows costs N^2 d: scale it to N = 1M
-    to_1m = {f"{r['path']}@{r['n']}": round(r["search_all_s"] * (1e6 / r["n"]) ** 2, 1)
-             for r in rows if r["kind"] != "ivf" and r["n"] < 10**6}
+    to_1m = {
+        f"{r['path']}@{r['n']}": round(r["search_all_s"] * (1e6 / r["n"]) ** 2, 1)
+        for r in rows
+        if r["kind"] != "ivf" and r["n"] < 10**6
+    }
     if to_1m:
         print("exact all-queries search extrapolated to N = 1M (x (1M/N)^2), s:", json.dumps(to_1m))
-    out = {"info": info, "rows": rows, "exact_search_1m_extrapolated_s": to_1m,
-           "loadavg_end": loadavg()}
+    out = {
+        "info": info,
+        "rows": rows,
+        "exact_search_1m_extrapolated_s": to_1m,
+        "loadavg_end": loadavg(),
+    }
     save(args.json, out)
 
 

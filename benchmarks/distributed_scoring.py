@@ -139,9 +139,7 @@ def _job(rank: int, world: int, args: argparse.Namespace, store: str) -> None:
         torch.set_num_threads(1)
     if world > 1:
         backend = "nccl" if cuda else "gloo"
-        dist.init_process_group(
-            backend, init_method=f"file://{store}", rank=rank, world_size=world
-        )
+        dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         _measure(rank, world, args)
     finally:
@@ -251,22 +249,30 @@ def _report(
             gather = statistics.median(max(g) for g in cell["gather"]) if procs > 1 else 0.0
             # each rank's own work: its time to finish minus its time inside gathers
             compute = [
-                statistics.median(b[r] - g[r] for b, g in zip(cell["busy"], cell["gather"],
-                                                             strict=True))
+                statistics.median(
+                    b[r] - g[r] for b, g in zip(cell["busy"], cell["gather"], strict=True)
+                )
                 for r in range(procs)
             ]
-            rows.append({
-                "case": name, "config": label, "processes": procs, "threads": threads,
-                "candidates": n, "median_s": wall, "items_per_s": n / wall,
-                "speedup_vs_1x1": base / wall, "gather_s": gather, "compute_s_per_rank": compute,
-                "cores_used": statistics.median(cell["cores"]),
-                "max_abs_diff_vs_1_process": cell["diff"], "walls_s": cell["wall"],
-            })
+            rows.append(
+                {
+                    "case": name,
+                    "config": label,
+                    "processes": procs,
+                    "threads": threads,
+                    "candidates": n,
+                    "median_s": wall,
+                    "items_per_s": n / wall,
+                    "speedup_vs_1x1": base / wall,
+                    "gather_s": gather,
+                    "compute_s_per_rank": compute,
+                    "cores_used": statistics.median(cell["cores"]),
+                    "max_abs_diff_vs_1_process": cell["diff"],
+                    "walls_s": cell["wall"],
+                }
+            )
     cols = f"{'case':<16}{'configuration':<28}{'N':>6}{'median s':>10}{'items/s':>10}"
-    print(
-        f"\n{cols}{'x vs 1x1':>10}{'cores':>7}{'gather s':>10}  {'compute s/rank':<16}"
-        "max |diff|"
-    )
+    print(f"\n{cols}{'x vs 1x1':>10}{'cores':>7}{'gather s':>10}  {'compute s/rank':<16}max |diff|")
     for r in rows:
         busy = "/".join(f"{b:.2f}" for b in r["compute_s_per_rank"])
         print(
@@ -330,16 +336,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--n", type=int, default=None, help="pool size (cpu 2000, cuda 20000)")
-    ap.add_argument("--full-n", type=int, default=None,
-                    help="candidates of the full-mode case (cpu 100, cuda 2000)")
+    ap.add_argument(
+        "--full-n",
+        type=int,
+        default=None,
+        help="candidates of the full-mode case (cpu 100, cuda 2000)",
+    )
     ap.add_argument("--mc-samples", type=int, default=20)
     ap.add_argument("--backbone", default="small-cnn")
     ap.add_argument("--size", type=int, default=28)
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--procs", type=int, default=None,
-                    help="processes (cpu: 2; cuda: the number of GPUs)")
+    ap.add_argument(
+        "--procs", type=int, default=None, help="processes (cpu: 2; cuda: the number of GPUs)"
+    )
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
     cuda = args.device == "cuda"

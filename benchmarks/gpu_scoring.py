@@ -75,16 +75,22 @@ def scoring(args: argparse.Namespace, device: torch.device) -> dict:
         est = get_estimator("mcdropout", mc_samples=t, mc_score="bald", mc_mode="head")
 
         def run(est=est) -> None:
-            ctx = ScoringContext(model, tensor_inputs(x), labels, seed=0, step=1,
-                                 batch_size=args.batch)
+            ctx = ScoringContext(
+                model, tensor_inputs(x), labels, seed=0, step=1, batch_size=args.batch
+            )
             score_candidates(est, ctx, cand)
 
         s = timed(run, device, args.repeats)
         out[f"mcdropout_T{t}_s"] = s
         out[f"mcdropout_T{t}_images_per_s"] = n / s
         out[f"mcdropout_T{t}_over_floor"] = s / out["floor_s"]
-    out.update(backbone=args.backbone, pool=n, image_size=size, batch=args.batch,
-               autocast="bf16" if device.type == "cuda" else "none")
+    out.update(
+        backbone=args.backbone,
+        pool=n,
+        image_size=size,
+        batch=args.batch,
+        autocast="bf16" if device.type == "cuda" else "none",
+    )
     return out
 
 
@@ -95,49 +101,68 @@ def knn(args: argparse.Namespace, device: torch.device) -> dict:
     feats = centers[rng.integers(0, 64, n)] + rng.standard_normal((n, d), dtype=np.float32)
     db = l2_normalize(feats)
     queries = db[:nq]
-    out: dict = {"rows": n, "dim": d, "k": k, "queries": nq, "faiss": faiss.__version__,
-                 "faiss_gpus": faiss_gpu_count(), "faiss_cpu_threads": faiss.omp_get_max_threads()}
+    out: dict = {
+        "rows": n,
+        "dim": d,
+        "k": k,
+        "queries": nq,
+        "faiss": faiss.__version__,
+        "faiss_gpus": faiss_gpu_count(),
+        "faiss_cpu_threads": faiss.omp_get_max_threads(),
+    }
     out["cpu_s"] = timed(lambda: knn_search(db, queries, k + 1, device="cpu"), device, 1)
     if device.type != "cuda":
         out["gpu"] = "no CUDA device"
         return out
-    out["gpu_backend"] = "faiss-gpu" if faiss_gpu_count() else (
-        "torch (faiss has no GPU support here: flexsample's fallback path)")
-    out["gpu_s"] = timed(lambda: knn_search(db, queries, k + 1, device=device), device,
-                         args.repeats)
+    out["gpu_backend"] = (
+        "faiss-gpu"
+        if faiss_gpu_count()
+        else ("torch (faiss has no GPU support here: flexsample's fallback path)")
+    )
+    out["gpu_s"] = timed(
+        lambda: knn_search(db, queries, k + 1, device=device), device, args.repeats
+    )
     out["cpu_over_gpu"] = out["cpu_s"] / out["gpu_s"]
     _, ids_cpu = knn_search(db, queries, k + 1, device="cpu")
     _, ids_gpu = knn_search(db, queries, k + 1, device=device)
     same = [set(a) == set(b) for a, b in zip(ids_cpu.tolist(), ids_gpu.tolist(), strict=True)]
     out["same_neighbour_sets"] = float(np.mean(same))
     if args.knn_all_queries_gpu:
-        out["gpu_all_queries_s"] = timed(lambda: knn_search(db, db, k + 1, device=device),
-                                         device, 1)
+        out["gpu_all_queries_s"] = timed(
+            lambda: knn_search(db, db, k + 1, device=device), device, 1
+        )
     return out
 
 
 def markdown(res: dict) -> str:
     s, k = res["scoring"], res["knn"]
     lines = [
-        f"# GPU scoring benchmark ({res['device']})", "",
-        f"torch {res['torch']}, faiss {k['faiss']}; command: `{res['command']}`", "",
+        f"# GPU scoring benchmark ({res['device']})",
+        "",
+        f"torch {res['torch']}, faiss {k['faiss']}; command: `{res['command']}`",
+        "",
         f"## MC-dropout head mode, {s['backbone']} {s['image_size']}px, pool {s['pool']}, "
-        f"batch {s['batch']}, autocast {s['autocast']}", "",
-        "| method | images/s | time / plain forward |", "|---|---|---|",
+        f"batch {s['batch']}, autocast {s['autocast']}",
+        "",
+        "| method | images/s | time / plain forward |",
+        "|---|---|---|",
         f"| plain forward pass | {s['floor_images_per_s']:.0f} | 1.00 |",
     ]
     for t in res["mc_samples"]:
-        lines.append(f"| mcdropout BALD, T={t} | {s[f'mcdropout_T{t}_images_per_s']:.0f} | "
-                     f"{s[f'mcdropout_T{t}_over_floor']:.2f} |")
-    lines += ["", f"## exact kNN, {k['rows']} x {k['dim']}, k={k['k']}, {k['queries']} queries",
-              ""]
+        lines.append(
+            f"| mcdropout BALD, T={t} | {s[f'mcdropout_T{t}_images_per_s']:.0f} | "
+            f"{s[f'mcdropout_T{t}_over_floor']:.2f} |"
+        )
+    lines += ["", f"## exact kNN, {k['rows']} x {k['dim']}, k={k['k']}, {k['queries']} queries", ""]
     if "gpu_s" in k:
         lines += [
-            "| backend | seconds | queries/s |", "|---|---|---|",
+            "| backend | seconds | queries/s |",
+            "|---|---|---|",
             f"| faiss CPU ({k['faiss_cpu_threads']} threads) | {k['cpu_s']:.2f} | "
             f"{k['queries'] / k['cpu_s']:.0f} |",
             f"| GPU: {k['gpu_backend']} | {k['gpu_s']:.3f} | {k['queries'] / k['gpu_s']:.0f} |",
-            "", f"CPU / GPU: {k['cpu_over_gpu']:.1f}x; identical neighbour sets on "
+            "",
+            f"CPU / GPU: {k['cpu_over_gpu']:.1f}x; identical neighbour sets on "
             f"{100 * k['same_neighbour_sets']:.2f}% of the queries.",
         ]
         if "gpu_all_queries_s" in k:
@@ -160,8 +185,12 @@ def main() -> None:
     ap.add_argument("--knn-rows", type=int, default=100_000)
     ap.add_argument("--knn-dim", type=int, default=2048)
     ap.add_argument("--knn-queries", type=int, default=5_000)
-    ap.add_argument("--no-knn-all-queries", dest="knn_all_queries_gpu", action="store_false",
-                    help="skip timing all rows as queries on the GPU")
+    ap.add_argument(
+        "--no-knn-all-queries",
+        dest="knn_all_queries_gpu",
+        action="store_false",
+        help="skip timing all rows as queries on the GPU",
+    )
     ap.add_argument("--small", action="store_true", help="a seconds-long run to check the script")
     args = ap.parse_args()
     if args.small:
@@ -170,9 +199,11 @@ def main() -> None:
     device = torch.device(args.device)
     t0 = time.perf_counter()
     res = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        f"CPU ({platform.processor() or platform.machine()})",
-        "torch": torch.__version__, "mc_samples": args.mc_samples,
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()})",
+        "torch": torch.__version__,
+        "mc_samples": args.mc_samples,
         "command": "python benchmarks/gpu_scoring.py " + " ".join(sys.argv[1:]),
     }
     res["scoring"] = scoring(args, device)

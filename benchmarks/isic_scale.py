@@ -150,8 +150,11 @@ def prepare_files(
         return csv_path, 0.0
     ds = build_dataset("synthetic-lt", {"profile": PROFILE, "image_size": size})
     names = ds.class_names
-    want = {"train": counts, "val": [val_per_class] * len(names),
-            "test": [test_per_class] * len(names)}
+    want = {
+        "train": counts,
+        "val": [val_per_class] * len(names),
+        "test": [test_per_class] * len(names),
+    }
     rows, jobs = [], []
     for split, per_class in want.items():
         labels = getattr(ds, split).labels
@@ -249,13 +252,15 @@ def make_meter(stall: Stall) -> Any:
             self._t0, self._stall0, self._subset = time.perf_counter(), stall.total, subset_size
 
         def on_epoch_result(self, epoch: int, result: Any) -> None:
-            self.epochs.append({
-                "epoch": int(epoch),
-                "subset_size": int(self._subset),
-                "train_s": float(result.seconds),
-                "samples": int(result.extra.get("samples", self._subset)),
-                "stall_s": stall.total - self._stall0,
-            })
+            self.epochs.append(
+                {
+                    "epoch": int(epoch),
+                    "subset_size": int(self._subset),
+                    "train_s": float(result.seconds),
+                    "samples": int(result.extra.get("samples", self._subset)),
+                    "stall_s": stall.total - self._stall0,
+                }
+            )
 
         def on_epoch_end(self, epoch: int, loss: float, val: Any, improved: bool) -> None:
             if self.epochs:
@@ -292,8 +297,14 @@ def throughput(epochs: list[dict[str, Any]], skip_first: bool) -> float:
     return sum(r["samples"] for r in rows) / seconds if seconds > 0 else float("nan")
 
 
-def flexsample_run(name: str, recipe: str, common: dict[str, Any], work: Path,
-                   device: torch.device, projection_epochs: int) -> dict[str, Any]:
+def flexsample_run(
+    name: str,
+    recipe: str,
+    common: dict[str, Any],
+    work: Path,
+    device: torch.device,
+    projection_epochs: int,
+) -> dict[str, Any]:
     """One `flexsample.run` with the epoch meter and the stall wrapper; its figures."""
     import flexsample
 
@@ -302,8 +313,9 @@ def flexsample_run(name: str, recipe: str, common: dict[str, Any], work: Path,
     reset_peak(device)
     t0 = time.perf_counter()
     with stall_on_training_loaders(stall):
-        res = flexsample.run(recipe=recipe, out=work / "runs" / name, overwrite=True,
-                             callbacks=[meter], **common)
+        res = flexsample.run(
+            recipe=recipe, out=work / "runs" / name, overwrite=True, callbacks=[meter], **common
+        )
     sync(device)
     wall = time.perf_counter() - t0
     compute = res.results["compute"]
@@ -349,13 +361,24 @@ def warm_up(common: dict[str, Any], work: Path) -> float:
     import flexsample
 
     t0 = time.perf_counter()
-    flexsample.run(recipe="paper-control", out=work / "runs" / "warm_up", overwrite=True,
-                   **{**common, "rounds": 1, "epochs_per_round": 1})
+    flexsample.run(
+        recipe="paper-control",
+        out=work / "runs" / "warm_up",
+        overwrite=True,
+        **{**common, "rounds": 1, "epochs_per_round": 1},
+    )
     return time.perf_counter() - t0
 
 
-def bare_loop(ds: Any, backbone: str, weights: Path, batch_size: int, epochs: int,
-              workers: int | None, device: torch.device) -> dict[str, Any]:
+def bare_loop(
+    ds: Any,
+    backbone: str,
+    weights: Path,
+    batch_size: int,
+    epochs: int,
+    workers: int | None,
+    device: torch.device,
+) -> dict[str, Any]:
     """The same timm model and DataLoader settings in plain PyTorch (AdamW, CE)."""
     import timm
     from torch.utils.data import DataLoader
@@ -363,13 +386,15 @@ def bare_loop(ds: Any, backbone: str, weights: Path, batch_size: int, epochs: in
     from flexsample.datasets.images import dataloader_options
 
     torch.manual_seed(0)
-    model = timm.create_model(backbone, pretrained=False, num_classes=ds.num_classes,
-                              drop_rate=0.5)  # dropout before the classifier, as the contract
+    model = timm.create_model(
+        backbone, pretrained=False, num_classes=ds.num_classes, drop_rate=0.5
+    )  # dropout before the classifier, as the contract
     state = torch.load(weights, map_location="cpu", weights_only=True)
     head = model.get_classifier()
     head_name = next(n for n, m in model.named_modules() if m is head)
-    model.load_state_dict({k: v for k, v in state.items()
-                           if not k.startswith(head_name + ".")}, strict=False)
+    model.load_state_dict(
+        {k: v for k, v in state.items() if not k.startswith(head_name + ".")}, strict=False
+    )
     cuda = device.type == "cuda"
     model = model.to(device)
     if cuda:
@@ -378,12 +403,14 @@ def bare_loop(ds: Any, backbone: str, weights: Path, batch_size: int, epochs: in
     loss_fn = torch.nn.CrossEntropyLoss()
     cached = getattr(ds.train, "cache", None) is not None
     loader = DataLoader(
-        ds.train.torch_dataset(True), batch_size=batch_size, shuffle=True, drop_last=False,
+        ds.train.torch_dataset(True),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=False,
         generator=torch.Generator().manual_seed(0),
         **dataloader_options(device, workers, True, cached),
     )
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda
-                else contextlib.nullcontext())
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     stall = Stall()
     rows = []
     reset_peak(device)
@@ -406,8 +433,14 @@ def bare_loop(ds: Any, backbone: str, weights: Path, batch_size: int, epochs: in
             float(loss.detach())  # one sync per step, as the trainer's loss bookkeeping
             seen += len(y)
         sync(device)
-        rows.append({"epoch": epoch, "train_s": time.perf_counter() - t0, "samples": seen,
-                     "stall_s": stall.total - s0})
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_s": time.perf_counter() - t0,
+                "samples": seen,
+                "stall_s": stall.total - s0,
+            }
+        )
     wall = time.perf_counter() - t_all
     train_s = sum(r["train_s"] for r in rows)
     return {
@@ -454,8 +487,10 @@ def table(out: dict[str, Any]) -> str:
     def scoring(r: dict[str, Any]) -> str:
         if not r.get("queries"):
             return "-"
-        return (f"{r['score_s_per_query']:.2f} / {r['score_s_per_query_max']:.2f} "
-                f"({r['queries']} queries)")
+        return (
+            f"{r['score_s_per_query']:.2f} / {r['score_s_per_query_max']:.2f} "
+            f"({r['queries']} queries)"
+        )
 
     c = out["config"]
     lines = [
@@ -521,27 +556,44 @@ def table(out: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", action="store_true",
-                    help="CPU mode: 64 px, resnet18, 2 x 1 epochs, counts x 0.01, 4 val/test")
+    ap.add_argument(
+        "--small",
+        action="store_true",
+        help="CPU mode: 64 px, resnet18, 2 x 1 epochs, counts x 0.01, 4 val/test",
+    )
     ap.add_argument("--image-size", type=int, help="default 224 (small: 64)")
     ap.add_argument("--backbone", help="timm name; default resnet50 (small: resnet18)")
-    ap.add_argument("--epochs", type=int,
-                    help=f"epoch budget of both runs (default {PAPER_EPOCHS}, the paper's; "
-                         "small: 2); split as --rounds rounds")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        help=f"epoch budget of both runs (default {PAPER_EPOCHS}, the paper's; "
+        "small: 2); split as --rounds rounds",
+    )
     ap.add_argument("--rounds", type=int, help="rounds (default 6 as the recipe; small: 2)")
     ap.add_argument("--bare-epochs", type=int, help="epochs of the bare loop (default 3; small 2)")
     ap.add_argument("--scale", type=float, help="training counts x this (default 1; small 0.01)")
     ap.add_argument("--min-per-class", type=int, default=2)
     ap.add_argument("--val-per-class", type=int, help="default 50 (small: 4)")
     ap.add_argument("--test-per-class", type=int, help="default 100 (small: 4)")
-    ap.add_argument("--workers", type=int, default=None,
-                    help="DataLoader workers of all three loops (default: the project's)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers of all three loops (default: the project's)",
+    )
     ap.add_argument("--score-batch-size", type=int, default=None)
-    ap.add_argument("--anchor-features", choices=["weights", "ssl"], default="weights",
-                    help="weights: a random-init weights file stands for ImageNet's (one "
-                         "feature pass); ssl: self-supervised pre-training as without weights")
-    ap.add_argument("--no-warm-up", action="store_true",
-                    help="skip the warm-up run (figures then carry one-off costs; for tests)")
+    ap.add_argument(
+        "--anchor-features",
+        choices=["weights", "ssl"],
+        default="weights",
+        help="weights: a random-init weights file stands for ImageNet's (one "
+        "feature pass); ssl: self-supervised pre-training as without weights",
+    )
+    ap.add_argument(
+        "--no-warm-up",
+        action="store_true",
+        help="skip the warm-up run (figures then carry one-off costs; for tests)",
+    )
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     ap.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "isic_scale")
@@ -582,8 +634,11 @@ def main() -> None:
     ds = build_dataset("datalist", ds_options, cache_dir=str(cache_dir))  # builds the cache once
     cache_s = time.perf_counter() - t0
     weights = random_weights(work, backbone, ds.num_classes)
-    print(f"device: {device_name(device)}; data {csv_path.parent.name}; "
-          f"rendering {render_s:.1f} s, cache {cache_s:.1f} s", flush=True)
+    print(
+        f"device: {device_name(device)}; data {csv_path.parent.name}; "
+        f"rendering {render_s:.1f} s, cache {cache_s:.1f} s",
+        flush=True,
+    )
 
     common: dict[str, Any] = {
         "dataset": "datalist",
@@ -602,39 +657,57 @@ def main() -> None:
     if args.score_batch_size is not None:
         common["score_batch_size"] = args.score_batch_size
 
-    out: dict[str, Any] = {"mode": "small" if small else "full", "device": str(device),
-                           "device_name": device_name(device), "torch": torch.__version__,
-                           "cpus": os.cpu_count(), "load_before": list(load_before)}
+    out: dict[str, Any] = {
+        "mode": "small" if small else "full",
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "load_before": list(load_before),
+    }
     # a warm-up run, the bare loop, then the two runs
     warm_s = 0.0 if args.no_warm_up else warm_up(common, work)
     batch = 32  # the recipe's (checked against the runs' resolved configs below)
     out["bare"] = bare_loop(ds, backbone, weights, batch, bare_epochs, args.workers, device)
     print(f"bare loop: {out['bare']['wall_s']:.1f} s", flush=True)
-    out["full_set"] = flexsample_run("full_set", "paper-control", common, work, device,
-                                     PAPER_EPOCHS)
+    out["full_set"] = flexsample_run(
+        "full_set", "paper-control", common, work, device, PAPER_EPOCHS
+    )
     print(f"full set: {out['full_set']['wall_s']:.1f} s", flush=True)
     out["curriculum"] = flexsample_run("curriculum", "paper", common, work, device, PAPER_EPOCHS)
     print(f"curriculum: {out['curriculum']['wall_s']:.1f} s", flush=True)
     if out["curriculum"]["batch_size"] != batch:
-        print(f"note: the recipe's batch size is {out['curriculum']['batch_size']}, the bare "
-              f"loop used {batch}")
+        print(
+            f"note: the recipe's batch size is {out['curriculum']['batch_size']}, the bare "
+            f"loop used {batch}"
+        )
 
     cur, full, bare = out["curriculum"], out["full_set"], out["bare"]
     out["ratios"] = {
-        "curriculum_train_throughput_vs_bare": ratio(cur["train_img_s_steady"],
-                                                     bare["train_img_s_steady"]),
-        "full_set_train_throughput_vs_bare": ratio(full["train_img_s_steady"],
-                                                   bare["train_img_s_steady"]),
+        "curriculum_train_throughput_vs_bare": ratio(
+            cur["train_img_s_steady"], bare["train_img_s_steady"]
+        ),
+        "full_set_train_throughput_vs_bare": ratio(
+            full["train_img_s_steady"], bare["train_img_s_steady"]
+        ),
         "curriculum_wall_vs_full_set_wall": ratio(cur["wall_s"], full["wall_s"]),
         "scoring_share_of_curriculum_wall": ratio(cur["score_s"], cur["wall_s"]),
         "curriculum_samples_vs_full_set": ratio(cur["train_samples"], full["train_samples"]),
     }
     out["config"] = {
-        "image_size": size, "backbone": backbone, "epochs": epochs, "rounds": rounds,
-        "epochs_per_round": epochs // rounds, "bare_epochs": bare_epochs, "scale": scale,
-        "train_counts": counts, "train_images": int(sum(counts)),
-        "val_images": val_n * len(counts), "test_images": test_n * len(counts),
-        "workers": args.workers, "anchor_features": args.anchor_features,
+        "image_size": size,
+        "backbone": backbone,
+        "epochs": epochs,
+        "rounds": rounds,
+        "epochs_per_round": epochs // rounds,
+        "bare_epochs": bare_epochs,
+        "scale": scale,
+        "train_counts": counts,
+        "train_images": int(sum(counts)),
+        "val_images": val_n * len(counts),
+        "test_images": test_n * len(counts),
+        "workers": args.workers,
+        "anchor_features": args.anchor_features,
         "torch_threads": torch.get_num_threads(),
     }
     out["prepare"] = {"render_s": render_s, "cache_s": cache_s, "warm_up_s": warm_s}

@@ -54,8 +54,12 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=0,
-                    help="threads for faiss, BLAS and OpenMP alike (0: the libraries' default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads for faiss, BLAS and OpenMP alike (0: the libraries' default)",
+    )
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
 
@@ -94,19 +98,35 @@ def main() -> None:
     _, ids_ours = knn_search(unit, unit, k + 1)  # the search knn_density runs
     nn_ = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(unit)
     dist, ids_sk = nn_.kneighbors(unit)
-    same = np.mean([a == b for a, b in zip(neighbour_sets(ids_ours, rows),
-                                            neighbour_sets(ids_sk, rows), strict=True)])
+    same = np.mean(
+        [
+            a == b
+            for a, b in zip(
+                neighbour_sets(ids_ours, rows), neighbour_sets(ids_sk, rows), strict=True
+            )
+        ]
+    )
     dens_sk = (1.0 - dist[:, 1:] ** 2 / 2.0).mean(axis=1)
     max_diff = float(np.abs(knn_density(feats, k=k) - dens_sk).max())
 
     out = {
-        "n": args.n, "dim": args.dim, "k": k, "repeats": args.repeats,
-        "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(),
-        "median_s": med, "times_s": times,
-        "ratios": {"sklearn_over_density": med["sklearn"] / med["density"],
-                   "density_over_floor": med["density"] / med["floor"]},
-        "targets": {"sklearn_over_density": ">= 3", "density_over_floor": "<= 1.2",
-                    "same_neighbour_sets": ">= 0.999"},
+        "n": args.n,
+        "dim": args.dim,
+        "k": k,
+        "repeats": args.repeats,
+        "faiss": faiss.__version__,
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "median_s": med,
+        "times_s": times,
+        "ratios": {
+            "sklearn_over_density": med["sklearn"] / med["density"],
+            "density_over_floor": med["density"] / med["floor"],
+        },
+        "targets": {
+            "sklearn_over_density": ">= 3",
+            "density_over_floor": "<= 1.2",
+            "same_neighbour_sets": ">= 0.999",
+        },
         "same_neighbour_sets": float(same),
         "max_abs_density_diff_vs_sklearn": max_diff,
     }

@@ -28,8 +28,14 @@ def main() -> None:
     n = ap.parse_args().cells
     tmp = tempfile.mkdtemp(prefix="fs-ray-overhead-")
     tasks = [
-        CellTask(config={"rounds": -1}, out=f"{tmp}/c{i}", method="m", baseline=False,
-                 key=str(i), label=f"c{i}")
+        CellTask(
+            config={"rounds": -1},
+            out=f"{tmp}/c{i}",
+            method="m",
+            baseline=False,
+            key=str(i),
+            label=f"c{i}",
+        )
         for i in range(n)
     ]
     t0 = time.perf_counter()
@@ -63,8 +69,10 @@ def main() -> None:
     mi, ml = statistics.median(inline), statistics.median(latency)
     p90 = sorted(latency)[int(0.9 * n)]
     print(f"local Ray runtime start: {start_s:.1f} s")
-    print(f"{n} cells: inline median {mi * 1e3:.1f} ms; Ray submit->outcome median "
-          f"{ml * 1e3:.1f} ms (p90 {p90 * 1e3:.1f} ms); overhead per cell {(ml - mi) * 1e3:.1f} ms")
+    print(
+        f"{n} cells: inline median {mi * 1e3:.1f} ms; Ray submit->outcome median "
+        f"{ml * 1e3:.1f} ms (p90 {p90 * 1e3:.1f} ms); overhead per cell {(ml - mi) * 1e3:.1f} ms"
+    )
     print(f"all {n} submitted at once on 2 CPUs: {batch / n * 1e3:.1f} ms per cell")
     print("load average:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
 

@@ -138,14 +138,23 @@ def main() -> None:
         ratios["baal_over_flexsample"] = med["baal"] / med["flexsample"]
         ratios["baal_cache_over_flexsample"] = med["baal-cache"] / med["flexsample"]
     out = {
-        "pool": args.pool, "image_size": args.size, "mc_samples": args.samples,
-        "batch": args.batch, "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-        "median_s": med, "times_s": times,
+        "pool": args.pool,
+        "image_size": args.size,
+        "mc_samples": args.samples,
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "median_s": med,
+        "times_s": times,
         "images_per_s": {k: args.pool / v for k, v in med.items()},
         "ratios": ratios,
-        "targets": {"baal_over_flexsample": ">= 20", "baal_cache_over_flexsample": ">= 4",
-                    "flexsample_over_floor": "<= 1.15"},
+        "targets": {
+            "baal_over_flexsample": ">= 20",
+            "baal_cache_over_flexsample": ">= 4",
+            "flexsample_over_floor": "<= 1.15",
+        },
         "mean_bald": {k: float(np.mean(v)) for k, v in scores.items()},
     }
     print(json.dumps(out, indent=2))

@@ -81,11 +81,14 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
     med = {k: float(np.median(v)) for k, v in times.items()}
     out = {
-        "n": args.n, "classes": args.classes, "k": args.k, "repeats": args.repeats,
+        "n": args.n,
+        "classes": args.classes,
+        "k": args.k,
+        "repeats": args.repeats,
         "median_s": med,
         "ratio_vs_argpartition": {
-            "select_segments (the loop's path, candidates grouped by class)":
-                med["select_segments"] / med["floor"],
+            "select_segments (the loop's path, candidates grouped by class)": med["select_segments"]
+            / med["floor"],
             "select_per_class (any order: groups first)": med["select_per_class"] / med["floor"],
         },
         "target": "<= 2.0",

@@ -363,9 +363,11 @@ def run(
             raise typer.Exit()
         start = time.perf_counter()
         hooks = api.Hooks(
-            callbacks=lambda cfg: []
-            if quiet
-            else [ProgressDisplay(console, cfg.rounds * cfg.epochs_per_round, start)],
+            callbacks=lambda cfg: (
+                []
+                if quiet
+                else [ProgressDisplay(console, cfg.rounds * cfg.epochs_per_round, start)]
+            ),
             reporter=_reporter(quiet, start),
         )
         result = api.run(
@@ -472,9 +474,7 @@ def list_cmd(
             for module in plugin or []:
                 import_plugin(module)
             regs = catalogue.registries()
-            rows = [
-                (reg.kind, n, doc, origin) for reg in regs for n, doc, origin in reg.describe()
-            ]
+            rows = [(reg.kind, n, doc, origin) for reg in regs for n, doc, origin in reg.describe()]
             options = catalogue.option_rows(regs)
         else:  # only built-ins: their names without importing them (and torch)
             rows = [(kind, n, doc, catalogue.__name__) for kind, n, doc in catalogue.BUILTINS]

@@ -40,9 +40,7 @@ def bench(
         help="comma-separated training budgets to sweep, epochs and/or samples (see run "
         "--budget); summary.md gets a table per budget [default: --budget's]",
     ),
-    baselines: str = typer.Option(
-        None, help=f"comma-separated baselines: {', '.join(BASELINES)}"
-    ),
+    baselines: str = typer.Option(None, help=f"comma-separated baselines: {', '.join(BASELINES)}"),
     recipes: str = typer.Option(
         None,
         help="comma-separated recipes, each a method of its own (e.g. paper,paper-control: "
@@ -84,7 +82,8 @@ def bench(
         rich_help_panel=LAUNCH,
     ),
     retries: int = typer.Option(
-        1, help="times a failed cell is retried before it counts as failed",
+        1,
+        help="times a failed cell is retried before it counts as failed",
         rich_help_panel=LAUNCH,
     ),
     address: str = typer.Option(
@@ -95,7 +94,8 @@ def bench(
     ),
     partition: str = typer.Option(None, help="slurm: the partition", rich_help_panel=LAUNCH),
     time_limit: str = typer.Option(
-        None, "--time",
+        None,
+        "--time",
         help="slurm (required there): time limit per cell, HH:MM:SS or D-HH:MM:SS",
         rich_help_panel=LAUNCH,
     ),
@@ -103,11 +103,13 @@ def bench(
         None, help="slurm: at most this many array tasks at once", rich_help_panel=LAUNCH
     ),
     slurm_extra: list[str] = typer.Option(
-        None, help="slurm: extra sbatch parameter KEY=VALUE (repeatable)",
+        None,
+        help="slurm: extra sbatch parameter KEY=VALUE (repeatable)",
         rich_help_panel=LAUNCH,
     ),
     wait: bool = typer.Option(
-        True, "--wait/--no-wait",
+        True,
+        "--wait/--no-wait",
         help="slurm: wait for the array; --no-wait returns after submitting, and the same "
         "command later collects and summarises",
         rich_help_panel=LAUNCH,
@@ -321,6 +323,15 @@ def _passthrough_flags(ctx: typer.Context) -> dict[str, Any]:
             raise FlexsampleError(
                 f"bench sets each cell's run folder itself; drop --{flag.replace('_', '-')}"
             )
-    own = ("out", "config", "resume", "overwrite", "print_config", "quiet", "debug", "log_to",
-           "log_dir")
+    own = (
+        "out",
+        "config",
+        "resume",
+        "overwrite",
+        "print_config",
+        "quiet",
+        "debug",
+        "log_to",
+        "log_dir",
+    )
     return option_flags({k: v for k, v in sub.params.items() if k not in own})

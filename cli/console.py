@@ -85,7 +85,8 @@ class PlainProgress(Progress):
         task_id = super().add_task(description, *args, **kwargs)
         task = self._tasks[task_id]
         self._shown[task_id] = (
-            self._mark(task.completed, task.total), str(task.fields.get("info", ""))
+            self._mark(task.completed, task.total),
+            str(task.fields.get("info", "")),
         )
         return task_id
 
@@ -332,9 +333,7 @@ def metrics_table(columns: dict[str, dict[str, Any]], class_names: list[str]) ->
     for name, values in rows:
         table.add_row(name, *(_number(v) for v in values))
     table.add_section()
-    table.add_row(
-        Text("per class", style="dim"), *(Text(PER_CLASS, style="dim") for _ in metrics)
-    )
+    table.add_row(Text("per class", style="dim"), *(Text(PER_CLASS, style="dim") for _ in metrics))
     for c, cname in enumerate(class_names):
         table.add_row(cname, *(_per_class(m, c) for m in metrics))
     notes = _column_notes(
@@ -349,7 +348,7 @@ def _number(v: Any) -> str:
 
 
 def _per_class(m: dict[str, Any], c: int) -> str:
-    """"sens / spec / AUC" of class `c` ("-" where undefined), recall alone in older reports."""
+    """ "sens / spec / AUC" of class `c` ("-" where undefined), recall alone in older reports."""
     sens = m.get("per_class_sensitivity", m["per_class_recall"])[c]
     if "per_class_specificity" not in m:
         return _number(sens)

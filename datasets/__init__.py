@@ -26,7 +26,11 @@ if TYPE_CHECKING:
 
 _SOURCES: dict[str, tuple[str, ...]] = {
     ".base": (
-        "DATASETS", "LTDataset", "Split", "build_dataset", "exponential_profile",
+        "DATASETS",
+        "LTDataset",
+        "Split",
+        "build_dataset",
+        "exponential_profile",
         "groups_by_count",
     ),
     ".images": ("DecodedCache", "ImageSplit", "dataloader_options"),

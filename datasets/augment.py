@@ -66,8 +66,9 @@ def split_item(item: Any) -> tuple[int, int | None]:
     return int(item), None
 
 
-def seeded_augment(augment: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                   seed: int | None) -> torch.Tensor:
+def seeded_augment(
+    augment: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, seed: int | None
+) -> torch.Tensor:
     """Apply `augment` with its random draws taken from a generator seeded by `seed`.
 
     torchvision's transforms draw from torch's global CPU generator; it is forked and seeded
@@ -136,8 +137,13 @@ class ColorJitter(torch.nn.Module):
     `seeded_augment`).
     """
 
-    def __init__(self, brightness: float = 0.2, contrast: float = 0.2,
-                 saturation: float = 0.2, hue: float = 0.02) -> None:
+    def __init__(
+        self,
+        brightness: float = 0.2,
+        contrast: float = 0.2,
+        saturation: float = 0.2,
+        hue: float = 0.02,
+    ) -> None:
         super().__init__()
         self.brightness, self.contrast = brightness, contrast
         self.saturation, self.hue = saturation, hue
@@ -168,10 +174,12 @@ class ColorJitter(torch.nn.Module):
 
 def train_augmentation(image_size: int) -> v2.Compose:
     """Dermoscopy augmentation on uint8 tensors (runs before normalisation)."""
-    return v2.Compose([
-        v2.RandomResizedCrop(image_size, scale=(0.35, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomVerticalFlip(),
-        RandomRot90(),
-        ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=(0.35, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            RandomRot90(),
+            ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+        ]
+    )

@@ -161,9 +161,10 @@ def build_dataset(
     # checked like the rest; None means "the dataset's default"
     extra = {k: runtime.pop(k) for k in list(runtime) if k not in DATASETS.runtime}
     options = {k: v for k, v in {**dict(options or {}), **extra}.items() if v is not None}
-    if options.get("image_size") is not None and "image_size" not in DATASETS.options(
-        name
-    ).model_fields:
+    if (
+        options.get("image_size") is not None
+        and "image_size" not in DATASETS.options(name).model_fields
+    ):
         raise FlexsampleError(
             f"dataset '{name}' has a fixed image size and does not take --image-size; drop it, "
             "or use synthetic-lt or an image folder (--dataset imagefolder) for other sizes"

@@ -110,9 +110,12 @@ class DecodedCache:
         if meta_file.is_file() and data_file.is_file():
             try:
                 meta = json.loads(meta_file.read_text())
-                ok = (meta.get("version") == CACHE_VERSION and meta.get("rows") == len(paths)
-                      and meta.get("size") == size
-                      and data_file.stat().st_size == len(paths) * size * size * 3)
+                ok = (
+                    meta.get("version") == CACHE_VERSION
+                    and meta.get("rows") == len(paths)
+                    and meta.get("size") == size
+                    and data_file.stat().st_size == len(paths) * size * size * 3
+                )
             except (OSError, ValueError):
                 ok = False
             if ok:
@@ -132,8 +135,13 @@ class DecodedCache:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise FlexsampleError(f"cannot write decoded cache {data_file}: {exc}") from None
-        meta = {"version": CACHE_VERSION, "rows": n, "size": size, "bad": bad,
-                "first_file": paths[0] if n else None}
+        meta = {
+            "version": CACHE_VERSION,
+            "rows": n,
+            "size": size,
+            "bad": bad,
+            "first_file": paths[0] if n else None,
+        }
         tmp_meta = meta_file.with_name(f"{meta_file.name}.tmp-{os.getpid()}")
         tmp_meta.write_text(json.dumps(meta))
         os.replace(tmp_meta, meta_file)
@@ -158,5 +166,7 @@ def tune_allocator(mmap_threshold: int = 512 * 2**20, trim_threshold: int = 2**3
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_trim_threshold, int(trim_threshold)) == 1
-                and mallopt(m_mmap_threshold, int(mmap_threshold)) == 1)
+    return bool(
+        mallopt(m_trim_threshold, int(trim_threshold)) == 1
+        and mallopt(m_mmap_threshold, int(mmap_threshold)) == 1
+    )

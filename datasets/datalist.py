@@ -43,9 +43,13 @@ from .imagefolder import (
 
 MAX_LIST_BYTES = 512 * 2**20
 SPLIT_NAMES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val",
-    "test": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
 }
 IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filename")
 LABEL_COLUMNS = ("label", "class", "target")
@@ -86,8 +90,7 @@ def _json_entries(path: Path) -> tuple[list[Entry], list[str] | None]:
         doc = json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
         raise FlexsampleError(
-            f"datalist {path} is not valid JSON: {exc.msg} (line {exc.lineno}, column "
-            f"{exc.colno})"
+            f"datalist {path} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from None
     names: list[str] | None = None
     entries: list[Entry] = []
@@ -104,8 +107,12 @@ def _json_entries(path: Path) -> tuple[list[Entry], list[str] | None]:
         for key, value in doc.items():
             split = SPLIT_NAMES.get(key.lower())
             if split is None:
-                if isinstance(value, list) and value and isinstance(value[0], dict) \
-                        and "image" in value[0]:
+                if (
+                    isinstance(value, list)
+                    and value
+                    and isinstance(value[0], dict)
+                    and "image" in value[0]
+                ):
                     raise FlexsampleError(
                         f"{source}: key '{key}' lists images but is not a split; use "
                         "training, validation or test"
@@ -225,8 +232,12 @@ def _csv_entries(path: Path) -> tuple[list[Entry], list[str] | None, list[str]]:
             notes.append(f"class column(s) {', '.join(dropped)} never set: no such class")
         names = [header[i] for i in cls if header[i] in used]
     entries = [
-        (r[img].strip(), labels[n], _split_of(r[spl], f"line {n + 2}", source) if spl is not None
-         else None, f"line {n + 2}")
+        (
+            r[img].strip(),
+            labels[n],
+            _split_of(r[spl], f"line {n + 2}", source) if spl is not None else None,
+            f"line {n + 2}",
+        )
         for n, r in enumerate(body)
     ]
     return entries, names, notes
@@ -237,29 +248,40 @@ def _csv_entries(path: Path) -> tuple[list[Entry], list[str] | None, list[str]]:
 
 def _class_names(entries: list[Entry], names: list[str] | None, source: str) -> list[str]:
     labels = [e[1] for e in entries]
-    if all(isinstance(v, int) and not isinstance(v, bool) or
-           isinstance(v, str) and v.strip().isdigit() for v in labels) and names is None:
+    if (
+        all(
+            isinstance(v, int)
+            and not isinstance(v, bool)
+            or isinstance(v, str)
+            and v.strip().isdigit()
+            for v in labels
+        )
+        and names is None
+    ):
         top = max(int(v) for v in labels)
         return [str(i) for i in range(top + 1)]
     if names is not None:
         return names
     bad = [e for e in entries if not isinstance(e[1], (str, int)) or isinstance(e[1], bool)]
     if bad:
-        raise FlexsampleError(f"{source}: {bad[0][3]} has label {bad[0][1]!r}; use a class name "
-                              "or an integer")
+        raise FlexsampleError(
+            f"{source}: {bad[0][3]} has label {bad[0][1]!r}; use a class name or an integer"
+        )
     return sorted({str(v) for v in labels})
 
 
 def _label_index(value: Any, names: list[str], where: str, source: str) -> int:
     if isinstance(value, bool):
         raise FlexsampleError(f"{source}: {where} has label {value!r}")
-    if isinstance(value, int) or isinstance(value, str) and value.strip().isdigit() \
-            and value.strip() not in names:
+    if (
+        isinstance(value, int)
+        or isinstance(value, str)
+        and value.strip().isdigit()
+        and value.strip() not in names
+    ):
         k = int(value)
         if not 0 <= k < len(names):
-            raise FlexsampleError(
-                f"{source}: {where} has label {k}, outside 0..{len(names) - 1}"
-            )
+            raise FlexsampleError(f"{source}: {where} has label {k}, outside 0..{len(names) - 1}")
         return k
     if isinstance(value, str) and value in names:
         return names.index(value)
@@ -346,8 +368,15 @@ def build_datalist(
     size = check_image_size(image_size)
     listing = list_datalist(path, base)
     return build_from_listing(
-        "datalist", listing,
-        imbalance_ratio=imbalance_ratio, data_seed=data_seed, image_size=size,
-        skip_missing=skip_missing, cache_dir=cache_dir, val_per_class=val_per_class,
-        test_per_class=test_per_class, progress=progress, info={"datalist": str(path)},
+        "datalist",
+        listing,
+        imbalance_ratio=imbalance_ratio,
+        data_seed=data_seed,
+        image_size=size,
+        skip_missing=skip_missing,
+        cache_dir=cache_dir,
+        val_per_class=val_per_class,
+        test_per_class=test_per_class,
+        progress=progress,
+        info={"datalist": str(path)},
     )

@@ -47,7 +47,8 @@ def index_images(root: str | Path, exclude: Sequence[str | Path] = ()) -> dict[s
     found: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(
-            d for d in dirnames
+            d
+            for d in dirnames
             if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in skip
         )
         for fn in sorted(filenames):
@@ -175,13 +176,15 @@ def decode_square(path: str | Path, size: int) -> np.ndarray:
             w, h = im.size
             side = min(w, h)
             left, top = (w - side) / 2, (h - side) / 2
-            out = im.resize((size, size), Image.Resampling.BILINEAR,
-                            box=(left, top, left + side, top + side))
+            out = im.resize(
+                (size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
+            )
             return np.asarray(out, dtype=np.uint8)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is one line naming the file
         reason = decoder_reason(exc)
-        raise UnreadableImageError(f"corrupt or unreadable image {path}: {reason}",
-                                   reason) from None
+        raise UnreadableImageError(
+            f"corrupt or unreadable image {path}: {reason}", reason
+        ) from None
 
 
 def to_chw(hwc: np.ndarray) -> torch.Tensor:

@@ -56,13 +56,14 @@ ResampleRatio = Annotated[
 ]
 ValPerClass = Annotated[
     int | None,
-    opt("validation images per class when val is carved from training (default: as many as "
-        "fit)", ge=1),
+    opt(
+        "validation images per class when val is carved from training (default: as many as fit)",
+        ge=1,
+    ),
 ]
 TestPerClass = Annotated[
     int | None,
-    opt("test images per class when test is carved from training (default: as many as fit)",
-        ge=1),
+    opt("test images per class when test is carved from training (default: as many as fit)", ge=1),
 ]
 
 
@@ -71,7 +72,8 @@ def scan_classes(root: Path) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(
-            f.name for f in d.iterdir()
+            f.name
+            for f in d.iterdir()
             if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
         )
         if files:
@@ -138,26 +140,32 @@ def build_from_listing(
             f"class '{empty[0]}' has images in val or test but none for training in "
             f"{listing.source}; every class needs training images"
         )
-    for s, per, what in (("val", val_per_class, "val_per_class"),
-                         ("test", test_per_class, "test_per_class")):
+    for s, per, what in (
+        ("val", val_per_class, "val_per_class"),
+        ("test", test_per_class, "test_per_class"),
+    ):
         if s in given and per is not None:
             raise FlexsampleError(
                 f"{what} sets how many {s} images per class are carved from training, but "
                 f"{listing.source} gives its own {s} split: drop {what}"
             )
     smallest = min(counts.values())
-    n_test = 0 if "test" in given else (
-        test_per_class if test_per_class is not None else max(1, min(100, smallest // 5)))
-    n_val = 0 if "val" in given else (
-        val_per_class if val_per_class is not None else max(1, min(50, smallest // 10)))
+    n_test = (
+        0
+        if "test" in given
+        else (test_per_class if test_per_class is not None else max(1, min(100, smallest // 5)))
+    )
+    n_val = (
+        0
+        if "val" in given
+        else (val_per_class if val_per_class is not None else max(1, min(50, smallest // 10)))
+    )
     if n_test or n_val:
         need = n_test + n_val + 1
         short = [k for k in range(len(names)) if counts[k] < need]
         if short:
             k = short[0]
-            parts_text = " + ".join(
-                f"{s} {n}" for s, n in (("test", n_test), ("val", n_val)) if n
-            )
+            parts_text = " + ".join(f"{s} {n}" for s, n in (("test", n_test), ("val", n_val)) if n)
             raise FlexsampleError(
                 f"{listing.where(names[k])} has {counts[k]} image(s); each class needs at least "
                 f"{need} ({parts_text} + 1 training image)"
@@ -175,8 +183,8 @@ def build_from_listing(
             if n_test:
                 parts["test"][k] = files[:n_test]
             if n_val:
-                parts["val"][k] = files[n_test:n_test + n_val]
-            files = files[n_test + n_val:]
+                parts["val"][k] = files[n_test : n_test + n_val]
+            files = files[n_test + n_val :]
         rest[k] = files
     ranked = sorted(range(len(names)), key=lambda k: (-len(rest[k]), names[k]))
     unused = dict.fromkeys(range(len(names)), 0)
@@ -193,20 +201,29 @@ def build_from_listing(
         ids = [i for k in sorted(per) for i in per[k]]
         labels = np.array([k for k in sorted(per) for _ in per[k]], dtype=np.int64)
         splits[s] = (ids, labels)
-    resolved, out_info = resolve_files(splits, listing.root, skip_missing, locate=listing.locate,
-                                       source=listing.source, progress=progress)
+    resolved, out_info = resolve_files(
+        splits,
+        listing.root,
+        skip_missing,
+        locate=listing.locate,
+        source=listing.source,
+        progress=progress,
+    )
     out_info.update(info or {})
-    out_info.update({
-        "data_dir": str(listing.root),
-        "layout": listing.layout,
-        "imbalance_ratio": None if imbalance_ratio is None else float(imbalance_ratio),
-        "head_order": [names[k] for k in ranked],
-        "val_per_class": n_val or None,
-        "test_per_class": n_test or None,
-        "image_size": image_size,
-    })
-    built = make_image_splits(dataset, resolved, image_size, cache_dir, skip_missing, out_info,
-                              progress)
+    out_info.update(
+        {
+            "data_dir": str(listing.root),
+            "layout": listing.layout,
+            "imbalance_ratio": None if imbalance_ratio is None else float(imbalance_ratio),
+            "head_order": [names[k] for k in ranked],
+            "val_per_class": n_val or None,
+            "test_per_class": n_test or None,
+            "image_size": image_size,
+        }
+    )
+    built = make_image_splits(
+        dataset, resolved, image_size, cache_dir, skip_missing, out_info, progress
+    )
     planned = {s: np.bincount(splits[s][1], minlength=len(names)) for s in SPLITS}
     final = {s: np.bincount(built[s].labels, minlength=len(names)) for s in SPLITS}
     how = {
@@ -215,26 +232,35 @@ def build_from_listing(
     }
     how["train"] = "the rest of each class" if n_test or n_val else "given"
     how["train"] += (
-        ", the data's own distribution (nothing resampled)" if imbalance_ratio is None
+        ", the data's own distribution (nothing resampled)"
+        if imbalance_ratio is None
         else f", resampled to imbalance ratio {imbalance_ratio:g} (the rest: unused)"
     )
     rows = [
-        {"class": names[k], **{s: int(final[s][k]) for s in SPLITS}, "unused": unused[k],
-         "skipped": int(sum(planned[s][k] - final[s][k] for s in SPLITS))}
+        {
+            "class": names[k],
+            **{s: int(final[s][k]) for s in SPLITS},
+            "unused": unused[k],
+            "skipped": int(sum(planned[s][k] - final[s][k] for s in SPLITS)),
+        }
         for k in range(len(names))
     ]
     notes = list(listing.notes)
     skipped = out_info.get("skipped_missing", 0) + out_info.get("skipped_corrupt", 0)
     if skipped:
         names_ = out_info.get("skipped_names", [])
-        notes.append(f"skipped {skipped} missing or unreadable image(s): "
-                     + ", ".join(names_[:5]) + (", ..." if skipped > 5 else ""))
+        notes.append(
+            f"skipped {skipped} missing or unreadable image(s): "
+            + ", ".join(names_[:5])
+            + (", ..." if skipped > 5 else "")
+        )
     table = allocation_table(dataset, listing.source, how, rows, notes)
     out_info["allocation"] = {"splits": how, "classes": rows, "table": table}
     if progress is not None and hasattr(progress, "message"):
         progress.message(table)
-    check_every_class_trains(built["train"].labels, names,
-                             f"{listing.source} after skipping broken images")
+    check_every_class_trains(
+        built["train"].labels, names, f"{listing.source} after skipping broken images"
+    )
     return LTDataset(
         name=dataset,
         class_names=names,
@@ -249,7 +275,10 @@ def build_from_listing(
 
 
 def allocation_table(
-    dataset: str, source: str, how: dict[str, str], rows: list[dict[str, Any]],
+    dataset: str,
+    source: str,
+    how: dict[str, str],
+    rows: list[dict[str, Any]],
     notes: list[str] = (),  # type: ignore[assignment]
 ) -> str:
     """The printed table of what went where: one line per class and a total."""
@@ -262,8 +291,9 @@ def allocation_table(
     lines += [f"  note: {n}" for n in notes]
     lines.append("  " + "class".ljust(width) + "".join(c.rjust(nums + 2) for c in cols))
     for r in [*rows, {"class": "total", **total}]:
-        lines.append("  " + str(r["class"]).ljust(width)
-                     + "".join(str(r[c]).rjust(nums + 2) for c in cols))
+        lines.append(
+            "  " + str(r["class"]).ljust(width) + "".join(str(r[c]).rjust(nums + 2) for c in cols)
+        )
     return "\n".join(lines)
 
 
@@ -320,8 +350,10 @@ def list_image_folder(root: Path) -> Listing:
                 f"{', '.join(sorted(split_dirs))}; need at least 2"
             )
         given = {
-            s: {k: [f"{folders[s].name}/{c}/{f}" for f in classes.get(c, [])]
-                for k, c in enumerate(names)}
+            s: {
+                k: [f"{folders[s].name}/{c}/{f}" for f in classes.get(c, [])]
+                for k, c in enumerate(names)
+            }
             for s, classes in per_split.items()
         }
         layout = "split folders (" + ", ".join(f"{p.name}/" for p in folders.values()) + ")"
@@ -363,10 +395,16 @@ def build_imagefolder(
         raise FlexsampleError(f"--data-dir not found or not a folder: {root}")
     size = check_image_size(image_size)
     return build_from_listing(
-        "imagefolder", list_image_folder(root),
-        imbalance_ratio=imbalance_ratio, data_seed=data_seed, image_size=size,
-        skip_missing=skip_missing, cache_dir=cache_dir, val_per_class=val_per_class,
-        test_per_class=test_per_class, progress=progress,
+        "imagefolder",
+        list_image_folder(root),
+        imbalance_ratio=imbalance_ratio,
+        data_seed=data_seed,
+        image_size=size,
+        skip_missing=skip_missing,
+        cache_dir=cache_dir,
+        val_per_class=val_per_class,
+        test_per_class=test_per_class,
+        progress=progress,
     )
 
 

@@ -147,8 +147,9 @@ class ImageItems(Dataset):
         if self._mm is None:
             assert self.cache is not None
             s = self.cache.size
-            self._mm = np.memmap(self.cache.file, dtype=np.uint8, mode="r",
-                                 shape=(self.cache.rows, 3, s, s))
+            self._mm = np.memmap(
+                self.cache.file, dtype=np.uint8, mode="r", shape=(self.cache.rows, 3, s, s)
+            )
         return self._mm
 
     def square(self, i: int) -> torch.Tensor:
@@ -329,8 +330,10 @@ def _drop_undecodable(
 
     step = max(1, n // 200)
     bad: list[int] = []
-    with progress_task(progress, f"decoding {split_name} images (check)", n) as advance, \
-            ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with (
+        progress_task(progress, f"decoding {split_name} images (check)", n) as advance,
+        ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool,
+    ):
         for i, failed in enumerate(pool.map(fails, rs.paths), 1):
             if failed:
                 bad.append(i - 1)
@@ -342,8 +345,7 @@ def _drop_undecodable(
     info["skipped_names"] = (info.get("skipped_names", []) + [rs.names[i] for i in bad])[:20]
     dropped = set(bad)
     keep = np.array([i for i in range(n) if i not in dropped], dtype=np.int64)
-    return ResolvedSplit([rs.names[i] for i in keep], rs.labels[keep],
-                         [rs.paths[i] for i in keep])
+    return ResolvedSplit([rs.names[i] for i in keep], rs.labels[keep], [rs.paths[i] for i in keep])
 
 
 def make_image_splits(
@@ -373,8 +375,7 @@ def make_image_splits(
                 rs = _drop_undecodable(rs, image_size, split_name, info, progress)
             out[split_name] = ImageSplit(rs.labels, rs.names, rs.paths, image_size)
             continue
-        ref, bad = cache.build(f"{dataset}-{split_name}", rs.paths, image_size,
-                               progress=progress)
+        ref, bad = cache.build(f"{dataset}-{split_name}", rs.paths, image_size, progress=progress)
         cache_files[split_name] = ref.file
         if bad and not skip_missing:
             first = min(bad)
@@ -388,8 +389,12 @@ def make_image_splits(
             info.setdefault("skipped_names", []).extend(rs.names[i] for i in sorted(bad))
             info["skipped_names"] = info["skipped_names"][:20]
         out[split_name] = ImageSplit(
-            rs.labels[keep], [rs.names[i] for i in keep], [rs.paths[i] for i in keep],
-            image_size, cache=ref, rows=keep,
+            rs.labels[keep],
+            [rs.names[i] for i in keep],
+            [rs.paths[i] for i in keep],
+            image_size,
+            cache=ref,
+            rows=keep,
         )
     info["cache_files"] = cache_files or None
     return out

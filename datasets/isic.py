@@ -70,8 +70,11 @@ def find_manifest_dir(splits_dir: Path, subfolder: str) -> Path:
 
 def available_ratios(folder: Path) -> list[str]:
     """Ratio tags that have a train_<R>.npy in `folder`, sorted numerically."""
-    tags = [m.group(1) for p in folder.glob("train_*.npy")
-            if (m := re.fullmatch(r"train_([0-9.]+)\.npy", p.name))]
+    tags = [
+        m.group(1)
+        for p in folder.glob("train_*.npy")
+        if (m := re.fullmatch(r"train_([0-9.]+)\.npy", p.name))
+    ]
     return sorted(tags, key=float)
 
 
@@ -111,7 +114,7 @@ def read_manifests(
         out[s] = (names, labels)
     splits = list(out)
     for a_i, a in enumerate(splits):
-        for b in splits[a_i + 1:]:
+        for b in splits[a_i + 1 :]:
             common = sorted(set(out[a][0]) & set(out[b][0]))
             if common:
                 raise FlexsampleError(
@@ -121,17 +124,13 @@ def read_manifests(
     return out, {s: str(p) for s, p in paths.items()}
 
 
-def check_every_class_trains(
-    labels: np.ndarray, class_names: list[str], where: str
-) -> None:
+def check_every_class_trains(labels: np.ndarray, class_names: list[str], where: str) -> None:
     """A class without a training image cannot be learnt or scored: refuse it by name."""
     counts = np.bincount(labels, minlength=len(class_names))
     empty = np.flatnonzero(counts == 0)
     if len(empty):
         c = int(empty[0])
-        raise FlexsampleError(
-            f"class {c} ({class_names[c]}) has no training image in {where}"
-        )
+        raise FlexsampleError(f"class {c} ({class_names[c]}) has no training image in {where}")
 
 
 def _build(
@@ -164,20 +163,29 @@ def _build(
         raise FlexsampleError(f"--image-size must be at least 8, got {size}")
     exclude = [cache_dir] if cache_dir is not None else []
     index = index_images(root, exclude=exclude)
-    resolved, skip_info = resolve_files(splits, root, skip_missing,
-                                        locate=lambda name: find_image(name, index),
-                                        source=f"the {dataset} splits in {manifest_dir}",
-                                        progress=progress)
+    resolved, skip_info = resolve_files(
+        splits,
+        root,
+        skip_missing,
+        locate=lambda name: find_image(name, index),
+        source=f"the {dataset} splits in {manifest_dir}",
+        progress=progress,
+    )
     info.update(skip_info)
     built = make_image_splits(dataset, resolved, size, cache_dir, skip_missing, info, progress)
-    check_every_class_trains(built["train"].labels, class_names,
-                             f"{manifest_files['train']} after skipping missing images")
-    info.update({
-        "data_dir": str(root),
-        "splits_dir": str(manifest_dir),
-        "manifests": manifest_files,
-        "image_size": size,
-    })
+    check_every_class_trains(
+        built["train"].labels,
+        class_names,
+        f"{manifest_files['train']} after skipping missing images",
+    )
+    info.update(
+        {
+            "data_dir": str(root),
+            "splits_dir": str(manifest_dir),
+            "manifests": manifest_files,
+            "image_size": size,
+        }
+    )
     return built, info
 
 
@@ -197,11 +205,25 @@ def build_isic2019(
     """
     tag = ratio_tag(imbalance_ratio)
     files = {s: f"{s}_{tag}.npy" for s in SPLIT_NAMES}
-    info: dict[str, Any] = {"ratio": float(imbalance_ratio), "ratio_tag": tag,
-                            "imbalance_ratio": float(imbalance_ratio),
-                            "class_descriptions": list(ISIC2019_DIAGNOSES)}
-    built, info = _build("isic2019", list(ISIC2019_CODES), "8-class", files, data_dir,
-                         splits_dir, image_size, skip_missing, cache_dir, info, progress)
+    info: dict[str, Any] = {
+        "ratio": float(imbalance_ratio),
+        "ratio_tag": tag,
+        "imbalance_ratio": float(imbalance_ratio),
+        "class_descriptions": list(ISIC2019_DIAGNOSES),
+    }
+    built, info = _build(
+        "isic2019",
+        list(ISIC2019_CODES),
+        "8-class",
+        files,
+        data_dir,
+        splits_dir,
+        image_size,
+        skip_missing,
+        cache_dir,
+        info,
+        progress,
+    )
     del info["ratio"], info["ratio_tag"]
     return LTDataset(
         name="isic2019",
@@ -233,8 +255,19 @@ def build_isic_archive14(
     info: dict[str, Any] = {
         "group_rule": "head >= 1000 training images, medium 100-999, tail < 100"
     }
-    built, info = _build("isic-archive14", list(ISIC14_CLASS_NAMES), "14-class", files, data_dir,
-                         splits_dir, image_size, skip_missing, cache_dir, info, progress)
+    built, info = _build(
+        "isic-archive14",
+        list(ISIC14_CLASS_NAMES),
+        "14-class",
+        files,
+        data_dir,
+        splits_dir,
+        image_size,
+        skip_missing,
+        cache_dir,
+        info,
+        progress,
+    )
     counts = np.bincount(built["train"].labels, minlength=len(ISIC14_CLASS_NAMES))
     return LTDataset(
         name="isic-archive14",

@@ -104,8 +104,15 @@ def exponential_counts(n_max: int, num_classes: int, ratio: float) -> list[int]:
 
 _EXP = re.compile(r"^exponential(?:-r?(?P<r>[0-9]+(?:\.[0-9]+)?))?$")
 
-PROFILE_NAMES = ["isic2019", "isic2019-r100", "isic2019-r200", "isic2019-r500", "isic14",
-                 "exponential", "exponential-r<R>"]
+PROFILE_NAMES = [
+    "isic2019",
+    "isic2019-r100",
+    "isic2019-r200",
+    "isic2019-r500",
+    "isic14",
+    "exponential",
+    "exponential-r<R>",
+]
 
 
 def parse_profile(profile: str | None, imbalance_ratio: float) -> tuple[str, float | None]:
@@ -121,6 +128,4 @@ def parse_profile(profile: str | None, imbalance_ratio: float) -> tuple[str, flo
     m = _EXP.fullmatch(name)
     if m:
         return "exponential", float(m.group("r")) if m.group("r") else float(imbalance_ratio)
-    raise FlexsampleError(
-        f"unknown --profile '{profile}'; available: {', '.join(PROFILE_NAMES)}"
-    )
+    raise FlexsampleError(f"unknown --profile '{profile}'; available: {', '.join(PROFILE_NAMES)}")

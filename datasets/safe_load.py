@@ -23,9 +23,7 @@ import numpy as np
 from flexsample.engine.errors import FlexsampleError
 
 _MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
-_DTYPE_NAME = re.compile(
-    r"^(O[48]?|[<>|=]?U[0-9]{1,4}|[<>|=]?[iu][1248]|u?int(8|16|32|64))$"
-)
+_DTYPE_NAME = re.compile(r"^(O[48]?|[<>|=]?U[0-9]{1,4}|[<>|=]?[iu][1248]|u?int(8|16|32|64))$")
 _MAX_SCALAR_BYTES = 4096
 
 

@@ -151,8 +151,8 @@ def make_splits(
         order = rng.permutation(len(names))
         picked = [names[i] for i in order[: need[c]]]
         parts["test"] += picked[:test_per_class]
-        parts["val"] += picked[test_per_class:test_per_class + val_per_class]
-        parts["train"] += picked[test_per_class + val_per_class:]
+        parts["val"] += picked[test_per_class : test_per_class + val_per_class]
+        parts["train"] += picked[test_per_class + val_per_class :]
     for key in parts:  # mix the classes, as the official files are
         perm = rng.permutation(len(parts[key]))
         parts[key] = [parts[key][i] for i in perm]
@@ -216,9 +216,7 @@ def write_splits(
         for d in made_dirs:  # the folders this call created, deepest first, if still empty
             with contextlib.suppress(OSError):
                 d.rmdir()
-        raise FlexsampleError(
-            f"cannot write splits to {out}: {exc.strerror or exc}"
-        ) from None
+        raise FlexsampleError(f"cannot write splits to {out}: {exc.strerror or exc}") from None
     return written
 
 

@@ -337,9 +337,7 @@ class ScoringContext:
             chunk = indices[start : start + block]
             parts = [p for _, p in self._iter_mc_local(self.ranks.shard(chunk), samples, mode)]
             local = (
-                torch.cat(parts, dim=1).float().cpu()
-                if parts
-                else torch.zeros((draws, 0, classes))
+                torch.cat(parts, dim=1).float().cpu() if parts else torch.zeros((draws, 0, classes))
             )
             rows = self.ranks.gather_rows(local.transpose(0, 1).contiguous())
             yield chunk, torch.from_numpy(rows).transpose(0, 1).to(self.device)

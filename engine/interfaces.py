@@ -204,8 +204,7 @@ def __getattr__(name: str) -> Any:
         import warnings
 
         warnings.warn(
-            "flexsample's Schedule is deprecated: it is now called Policy (the --policy "
-            "component)",
+            "flexsample's Schedule is deprecated: it is now called Policy (the --policy component)",
             FutureWarning,
             stacklevel=2,
         )

@@ -182,8 +182,7 @@ class Curriculum:
         check_acquisition(acquisition, estimator)
         if checkpoint_on not in CHECKPOINT_RULES:
             raise ParameterError(
-                f"unknown checkpoint_on '{checkpoint_on}'; accepted: "
-                f"{', '.join(CHECKPOINT_RULES)}",
+                f"unknown checkpoint_on '{checkpoint_on}'; accepted: {', '.join(CHECKPOINT_RULES)}",
                 "checkpoint_on",
             )
         self.checkpoint_on = checkpoint_on
@@ -280,12 +279,19 @@ class Curriculum:
                 chosen.append(picks)
             else:
                 scores = self._run_scoring(
-                    step, candidates,
+                    step,
+                    candidates,
                     lambda ctx: score_candidates(self.estimator, ctx, candidates),
                 )
                 keys = acquisition_keys(
-                    scores, candidates, bounds, self.acquisition, self.acquisition_beta,
-                    seed=self.seed, step=step, num_items=len(self.pool.labels),
+                    scores,
+                    candidates,
+                    bounds,
+                    self.acquisition,
+                    self.acquisition_beta,
+                    seed=self.seed,
+                    step=step,
+                    num_items=len(self.pool.labels),
                 )
                 chosen.append(
                     select_segments(candidates, keys, bounds, np.where(takes_all, 0, quotas))
@@ -296,7 +302,12 @@ class Curriculum:
         self.pool.add(chosen_idx, step)
         self.step = step
         result = QueryResult(
-            step, quotas, candidates, scores, chosen_idx, time.perf_counter() - t0,
+            step,
+            quotas,
+            candidates,
+            scores,
+            chosen_idx,
+            time.perf_counter() - t0,
             self._score_items,
         )
         self._emit("on_query", result)
@@ -444,7 +455,9 @@ class Curriculum:
         if self.snapshot_keeper is not None:
             round_done = (self.epoch + 1) % self.epochs_per_round == 0
             self.snapshot_keeper.end_epoch(
-                self.epoch // self.epochs_per_round, val.balanced_accuracy, self.learner.model,
+                self.epoch // self.epochs_per_round,
+                val.balanced_accuracy,
+                self.learner.model,
                 round_done,
             )
         self._emit("on_epoch_result", self.epoch, res)
@@ -555,8 +568,7 @@ class Curriculum:
         saved_source = state.get("mc_source", "dropout")  # older checkpoints: dropout
         if saved_source != self.mc_source:
             raise FlexsampleError(
-                f"checkpoint was made with mc_source={saved_source}, this run has "
-                f"{self.mc_source}"
+                f"checkpoint was made with mc_source={saved_source}, this run has {self.mc_source}"
             )
         if self.snapshot_keeper is not None:
             self.snapshot_keeper.load_state_dict(state["snapshots"])

@@ -218,7 +218,7 @@ def _greedy(
     exact = True
     counts = None
     for i in range(k):
-        if i and exact and c ** i <= num_samples:
+        if i and exact and c**i <= num_samples:
             last = probs[:, picks[-1], :].double().clamp_min(1e-300).log()
             log_joint = exact_log_joint(log_joint, last)
         elif i:
@@ -326,9 +326,11 @@ class BatchBALDEstimator(Estimator):
     ) -> None:
         check_mc_options(mc_samples, "bald", mc_mode)
         check_batchbald_samples(batchbald_samples)
-        if isinstance(batchbald_max_draws, bool) or not isinstance(
-            batchbald_max_draws, int | np.integer
-        ) or batchbald_max_draws < 1:
+        if (
+            isinstance(batchbald_max_draws, bool)
+            or not isinstance(batchbald_max_draws, int | np.integer)
+            or batchbald_max_draws < 1
+        ):
             raise FlexsampleError(
                 f"batchbald_max_draws must be an integer >= 1, got {batchbald_max_draws!r}"
             )
@@ -386,7 +388,13 @@ class BatchBALDEstimator(Estimator):
         )
         scores = self.score(ctx, candidates)
         keys = acquisition_keys(
-            scores, candidates, np.array([0, n]), "power", 1.0,
-            seed=ctx.seed, step=ctx.step, num_items=ctx.num_items,
+            scores,
+            candidates,
+            np.array([0, n]),
+            "power",
+            1.0,
+            seed=ctx.seed,
+            step=ctx.step,
+            num_items=ctx.num_items,
         )
         return candidates[top_k(keys, int(k))]

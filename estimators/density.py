@@ -237,9 +237,7 @@ class InfoDensityEstimator(Estimator):
         mc_score: MCScore = "bald",
         mc_mode: MCMode = "head",
         knn: Knn = 10,
-        density_beta: Annotated[
-            float, opt("exponent of the density term", ge=0, le=100)
-        ] = 1.0,
+        density_beta: Annotated[float, opt("exponent of the density term", ge=0, le=100)] = 1.0,
         ivf_threshold: IVFThreshold = DEFAULT_IVF_THRESHOLD,
     ) -> None:
         check_mc_options(mc_samples, mc_score, mc_mode)

@@ -357,8 +357,11 @@ class _Factors:
     def distances(self, ids: torch.Tensor, exact: bool = False) -> torch.Tensor:
         """Squared distances (n, len(ids)) float64 of every row to rows `ids` (0 on the rows
         themselves); `exact`: the products in float64 too."""
-        g, a = (self.g.double(), None if self.a is None else self.a.double()) if exact else (
-            self.g, self.a)
+        g, a = (
+            (self.g.double(), None if self.a is None else self.a.double())
+            if exact
+            else (self.g, self.a)
+        )
         ip = (g @ g[ids].T).double()
         if a is not None:
             ip *= (a @ a[ids].T).double()
@@ -405,16 +408,20 @@ def kmeanspp_seeding(
     When every remaining row coincides with a centre (total distance 0) the rest are the
     unchosen rows of largest norm.
     """
-    dev = torch.device(device) if device is not None else (
-        g.device if isinstance(g, torch.Tensor) else torch.device("cpu"))
+    dev = (
+        torch.device(device)
+        if device is not None
+        else (g.device if isinstance(g, torch.Tensor) else torch.device("cpu"))
+    )
     g = torch.as_tensor(g, dtype=torch.float32).to(dev)
     a = None if a is None else torch.as_tensor(a, dtype=torch.float32).to(dev)
     n, k = len(g), int(k)
     if not 0 <= k <= n:
         raise FlexsampleError(f"k-means++ seeding: k must be in [0, {n}], got {k}")
     if seeding not in ("authors", "greedy"):
-        raise FlexsampleError(f"k-means++ seeding: unknown rule {seeding!r}; accepted: authors, "
-                              "greedy")
+        raise FlexsampleError(
+            f"k-means++ seeding: unknown rule {seeding!r}; accepted: authors, greedy"
+        )
     if k == 0:
         return np.zeros(0, dtype=np.int64)
     rs = np.random.RandomState(int(random_state))
@@ -549,8 +556,10 @@ class BadgeEstimator(Estimator):
         ] = None,
         badge_seeding: Annotated[
             BadgeSeeding,
-            opt("k-means++ seeding: authors (largest gradient, then D^2 sampling, as "
-                "JordanAsh/badge) or greedy (scikit-learn's kmeans_plusplus)"),
+            opt(
+                "k-means++ seeding: authors (largest gradient, then D^2 sampling, as "
+                "JordanAsh/badge) or greedy (scikit-learn's kmeans_plusplus)"
+            ),
         ] = "authors",
         badge_bias: Annotated[
             bool,
@@ -558,16 +567,15 @@ class BadgeEstimator(Estimator):
         ] = False,
     ) -> None:
         if badge_memory is not None and (
-            isinstance(badge_memory, bool) or not isinstance(badge_memory, int | np.integer)
+            isinstance(badge_memory, bool)
+            or not isinstance(badge_memory, int | np.integer)
             or badge_memory <= 0
         ):
             raise FlexsampleError(
                 f"badge_memory must be a number of bytes > 0, got {badge_memory!r}"
             )
         if badge_seeding not in ("authors", "greedy"):
-            raise FlexsampleError(
-                f"badge_seeding must be authors or greedy, got {badge_seeding!r}"
-            )
+            raise FlexsampleError(f"badge_seeding must be authors or greedy, got {badge_seeding!r}")
         self.badge_memory = None if badge_memory is None else int(badge_memory)
         self.badge_seeding = badge_seeding
         self.badge_bias = bool(badge_bias)

@@ -59,7 +59,10 @@ ClusterOrder = Literal["static", "greedy"]
 Distance = Literal["squared", "euclidean"]
 # the rule as the paper's text states it (and as this estimator ran before it followed the code)
 PAPER_TEXT: dict[str, object] = {
-    "min_cluster_size": 0, "knn_rule": "all", "order": "greedy", "distance": "euclidean"
+    "min_cluster_size": 0,
+    "knn_rule": "all",
+    "order": "greedy",
+    "distance": "euclidean",
 }
 MINIBATCH_ABOVE = 2_000_000  # points x clusters above which MiniBatchKMeans replaces KMeans
 _EPS = 1e-8  # keeps the typicality of exact duplicates finite
@@ -316,9 +319,7 @@ class TypiClustEstimator(Estimator):
             ("distance", distance, ("squared", "euclidean")),
         ):
             if value not in allowed:
-                raise FlexsampleError(
-                    f"{name} must be one of {', '.join(allowed)}, got {value!r}"
-                )
+                raise FlexsampleError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         self.knn = int(knn)
         self.max_clusters = int(max_clusters)
         self.ivf_threshold = int(ivf_threshold)
@@ -336,7 +337,10 @@ class TypiClustEstimator(Estimator):
             pos = pos[np.argsort(candidates[pos], kind="stable")]  # ascending global index
             kk = neighbours(self.knn, len(pos), self.knn_rule)
             out[pos] = typicality(
-                ctx.features(candidates[pos]), kk, self.ivf_threshold, ctx.device,
+                ctx.features(candidates[pos]),
+                kk,
+                self.ivf_threshold,
+                ctx.device,
                 self.distance == "squared",
             )
         return out

@@ -220,8 +220,10 @@ def manual_loop(
                 "val_balanced_accuracy": bal,
             }
         )
-        print(f"round {r}: subset {pool.size:4d}  counts {pool.subset_counts().tolist()}  "
-              f"val bal-acc {bal:.3f}")
+        print(
+            f"round {r}: subset {pool.size:4d}  counts {pool.subset_counts().tolist()}  "
+            f"val bal-acc {bal:.3f}"
+        )
 
     test_acc = float(np.mean(per_class_recall(model, ds.test.in_memory, ds.test.labels)))
     print(f"test balanced accuracy {test_acc:.3f}")

@@ -45,8 +45,9 @@ class DDPLearner(MLPLearner):
     """MLPLearner's protocol, trained with DDP: every global batch of 32 is split across the
     ranks (the same seeded order on every rank), gradients are averaged by DDP."""
 
-    def __init__(self, model: MLP, x: torch.Tensor, y: np.ndarray, val: Any, seed: int,
-                 ranks: Ranks):
+    def __init__(
+        self, model: MLP, x: torch.Tensor, y: np.ndarray, val: Any, seed: int, ranks: Ranks
+    ):
         super().__init__(model, x, y, val, seed)
         self.ranks = ranks
         self.ddp = DistributedDataParallel(model) if ranks.sharded else model

@@ -15,11 +15,33 @@ from ._lazy import lazy_exports
 from ._version import __version__
 
 __all__ = [
-    "Allocation", "Anchors", "Curriculum", "Estimator", "FlexsampleError", "PolicyState", "Pool",
-    "RunConfig", "RunResult", "Policy", "ScoringContext", "__version__", "bench",
-    "get_allocation", "get_anchors", "get_estimator", "get_policy", "list_allocations",
-    "list_anchors", "list_estimators", "list_policies", "register_allocation",
-    "register_anchors", "register_estimator", "register_policy", "run", "select_per_class",
+    "Allocation",
+    "Anchors",
+    "Curriculum",
+    "Estimator",
+    "FlexsampleError",
+    "PolicyState",
+    "Pool",
+    "RunConfig",
+    "RunResult",
+    "Policy",
+    "ScoringContext",
+    "__version__",
+    "bench",
+    "get_allocation",
+    "get_anchors",
+    "get_estimator",
+    "get_policy",
+    "list_allocations",
+    "list_anchors",
+    "list_estimators",
+    "list_policies",
+    "register_allocation",
+    "register_anchors",
+    "register_estimator",
+    "register_policy",
+    "run",
+    "select_per_class",
 ]
 
 # name -> the module it comes from, for the names that are not the engine's

@@ -325,9 +325,7 @@ class FlexSampling(pl.Callback):
             **self.loader_options,
         )
 
-    def datamodule(
-        self, val_dataloaders: Any, test_dataloaders: Any = None
-    ) -> SubsetDataModule:
+    def datamodule(self, val_dataloaders: Any, test_dataloaders: Any = None) -> SubsetDataModule:
         """A LightningDataModule: the growing train subset plus the given val (and test) data."""
         return SubsetDataModule(self, val_dataloaders, test_dataloaders)
 

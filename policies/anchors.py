@@ -66,9 +66,7 @@ class _CountedAnchors(Anchors):
         anchor_scaling: Annotated[
             float, opt("anchor imbalance compression s: anchors keep ratio r*s", gt=0, le=1)
         ] = 0.1,
-        anchor_floor: Annotated[
-            int, opt("minimum anchors per class", ge=1, le=1_000_000)
-        ] = 2,
+        anchor_floor: Annotated[int, opt("minimum anchors per class", ge=1, le=1_000_000)] = 2,
     ) -> None:
         if not 0.0 < anchor_scaling <= 1.0:
             raise FlexsampleError(f"--anchor-scaling must be in (0, 1], got {anchor_scaling}")

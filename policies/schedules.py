@@ -105,9 +105,7 @@ class StepSchedule(RoundSchedule):
     the model trains several rounds on each subset.
     """
 
-    def __init__(
-        self, jumps: Annotated[int, opt("number of jumps", ge=1, le=100_000)] = 3
-    ) -> None:
+    def __init__(self, jumps: Annotated[int, opt("number of jumps", ge=1, le=100_000)] = 3) -> None:
         if jumps < 1:
             raise FlexsampleError(f"step schedule: jumps must be >= 1, got {jumps}")
         self.jumps = int(jumps)
@@ -218,25 +216,35 @@ class PlateauSchedule(Policy):
         ] = 20 / 120,
         patience_fraction: Annotated[
             float,
-            opt("epochs without improvement before a query, as a fraction of the epoch "
-                "budget (at least 1 epoch)", ge=0, le=1),
+            opt(
+                "epochs without improvement before a query, as a fraction of the epoch "
+                "budget (at least 1 epoch)",
+                ge=0,
+                le=1,
+            ),
         ] = 7 / 120,
         interval_fraction: Annotated[
             float,
-            opt("epochs after the last query that force the next one, as a fraction of the "
-                "epoch budget (0: off; else at least 1 epoch)", ge=0, le=1),
+            opt(
+                "epochs after the last query that force the next one, as a fraction of the "
+                "epoch budget (0: off; else at least 1 epoch)",
+                ge=0,
+                le=1,
+            ),
         ] = 5 / 120,
         query_fraction: Annotated[
-            float, opt("q: a step adds sum_c min(pool_c, max(1, floor(pool_c q p_c)))",
-                       gt=0, le=1),
+            float,
+            opt("q: a step adds sum_c min(pool_c, max(1, floor(pool_c q p_c)))", gt=0, le=1),
         ] = 0.1,
         fill_last: Annotated[
             bool, opt("whether the rest of the pool joins at the start of the last round")
         ] = False,
     ) -> None:
-        for key, value in (("warmup_fraction", warmup_fraction),
-                           ("patience_fraction", patience_fraction),
-                           ("interval_fraction", interval_fraction)):
+        for key, value in (
+            ("warmup_fraction", warmup_fraction),
+            ("patience_fraction", patience_fraction),
+            ("interval_fraction", interval_fraction),
+        ):
             if not 0.0 <= value <= 1.0:
                 raise FlexsampleError(f"plateau policy: {key} must be in [0, 1], got {value}")
         if not 0.0 < query_fraction <= 1.0:
@@ -255,7 +263,8 @@ class PlateauSchedule(Policy):
         """(warm-up W, patience P, interval I; 0 = off) in epochs for this budget."""
         interval = (
             share_to_epochs(self.interval_fraction, epoch_budget, 1)
-            if self.interval_fraction > 0 else 0
+            if self.interval_fraction > 0
+            else 0
         )
         return (
             share_to_epochs(self.warmup_fraction, epoch_budget),

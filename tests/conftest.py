@@ -79,7 +79,7 @@ def record_reads(trainer: Any) -> list[np.ndarray]:
     def recording(indices, batch_size, key=None, seeds=None):
         done = 0
         for x, y in inner(indices, batch_size, key, seeds):
-            reads.append(np.asarray(indices[done:done + len(y)]))
+            reads.append(np.asarray(indices[done : done + len(y)]))
             done += len(y)
             yield x, y
 

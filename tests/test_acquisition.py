@@ -127,14 +127,17 @@ def test_a_candidates_key_depends_on_its_index_not_on_the_others(mode, seed, ste
     rng = np.random.default_rng(seed % 1000)
     cand = np.sort(rng.choice(200, size=n, replace=False))
     s = rng.random(n)
-    keys = acquisition_keys(s, cand, np.array([0, n]), mode, 2.0, seed=seed, step=step,
-                            num_items=200)
+    keys = acquisition_keys(
+        s, cand, np.array([0, n]), mode, 2.0, seed=seed, step=step, num_items=200
+    )
     perm = rng.permutation(n)
-    again = acquisition_keys(s[perm], cand[perm], np.array([0, n]), mode, 2.0, seed=seed,
-                             step=step, num_items=200)
+    again = acquisition_keys(
+        s[perm], cand[perm], np.array([0, n]), mode, 2.0, seed=seed, step=step, num_items=200
+    )
     np.testing.assert_array_equal(keys[perm], again)
-    alone = acquisition_keys(s[:1], cand[:1], np.array([0, 1]), mode, 2.0, seed=seed,
-                             step=step, num_items=200)
+    alone = acquisition_keys(
+        s[:1], cand[:1], np.array([0, 1]), mode, 2.0, seed=seed, step=step, num_items=200
+    )
     assert alone[0] == keys[0]
 
 
@@ -185,8 +188,9 @@ def test_stochastic_acquisition_by_the_loop_equals_gumbel_top_k_of_its_scores():
     sizes = np.zeros(3, np.int64)
     sizes[partial] = [int((LABELS[r.candidates] == c).sum()) for c in partial]
     bounds = np.concatenate([[0], np.cumsum(sizes)])
-    keys = acquisition_keys(r.scores, r.candidates, bounds, "softmax", 5.0, seed=0,
-                            step=r.step, num_items=len(LABELS))
+    keys = acquisition_keys(
+        r.scores, r.candidates, bounds, "softmax", 5.0, seed=0, step=r.step, num_items=len(LABELS)
+    )
     want = select_segments(r.candidates, keys, bounds, np.where(sizes > 0, r.quotas, 0))
     got = r.chosen[np.isin(r.chosen, r.candidates)]
     np.testing.assert_array_equal(np.sort(got), want)
@@ -233,8 +237,9 @@ def test_the_loop_asks_a_selector_once_per_partial_class_with_its_quota():
     assert set(picked) <= set(first.chosen)
     # the recorded scores are the pick order: 1 for the first pick, 0 for the unpicked
     pos = np.searchsorted(first.candidates, picked)
-    np.testing.assert_allclose(first.scores[pos], (len(picked) - np.arange(len(picked)))
-                               / len(picked))
+    np.testing.assert_allclose(
+        first.scores[pos], (len(picked) - np.arange(len(picked))) / len(picked)
+    )
     assert (first.scores[~np.isin(first.candidates, first.chosen)] == 0).all()
 
 
@@ -265,8 +270,16 @@ def test_a_selector_refuses_stochastic_acquisition():
 
 
 def test_cli_acquisition_runs_and_bad_values_are_one_line(cli, tmp_path):
-    res = cli("run", *TINY, "--acquisition", "softrank", "--acquisition-beta", "2",
-              "--out", tmp_path / "a")
+    res = cli(
+        "run",
+        *TINY,
+        "--acquisition",
+        "softrank",
+        "--acquisition-beta",
+        "2",
+        "--out",
+        tmp_path / "a",
+    )
     assert res.exit_code == 0, res.output
     import json
 

@@ -129,7 +129,12 @@ def test_ssl_features_one_epoch_cached_and_init(digits, tmp_path: Path) -> None:
     again = anchor_features("ssl", digits, small_cnn, **opts)  # read from the cache
     assert path.stat().st_mtime_ns == stamp and np.array_equal(f, again)
     model = init_from_ssl(
-        small_cnn(), digits, small_cnn, backbone="small-cnn", seed=0, ssl_epochs=1,
+        small_cnn(),
+        digits,
+        small_cnn,
+        backbone="small-cnn",
+        seed=0,
+        ssl_epochs=1,
         cache_dir=tmp_path,
     )
     saved = torch.load(path, weights_only=True)

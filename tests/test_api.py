@@ -88,8 +88,9 @@ def test_config_file_dict_and_runconfig_resolve_like_the_cli(cli, tmp_path):
     assert resolve(str(cfg), {"rounds": 4}).model_dump() == printed
     as_dict = {"rounds": 7, "epochs-per-round": 3, "estimator": "entropy"}
     assert resolve(as_dict, {"rounds": 4}).model_dump() == printed
-    assert resolve(RunConfig(rounds=7, epochs_per_round=3, estimator="entropy"), {"rounds": 4}) \
-        == RunConfig.model_validate(printed)
+    assert resolve(
+        RunConfig(rounds=7, epochs_per_round=3, estimator="entropy"), {"rounds": 4}
+    ) == RunConfig.model_validate(printed)
 
     bad = tmp_path / "bad.toml"
     bad.write_text("rounds = 0\n")
@@ -119,8 +120,16 @@ def test_out_resume_and_overwrite_checks_match_the_cli(cli, tiny_run, tmp_path):
     with pytest.raises(FlexsampleError) as err:  # an existing run is not replaced silently
         flexsample.run(**TINY, out=tiny_run)
     assert str(err.value) == cli_message(
-        cli, "run", "--rounds", "3", "--epochs-per-round", "2", "--device", "cpu",
-        "--out", tiny_run,
+        cli,
+        "run",
+        "--rounds",
+        "3",
+        "--epochs-per-round",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        tiny_run,
     )
 
 
@@ -162,7 +171,10 @@ def test_import_flexsample_stays_torch_free():
         "print(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
         cwd=Path(__file__).parent,
     )
     assert out.stdout.strip() == "[]"
@@ -180,7 +192,9 @@ def test_run_and_bench_log_to_trackers(tmp_path):
         assert list(csv_module.DictReader(fh))
     grid = flexsample.bench(
         {"rounds": 2, "epochs_per_round": 1, "device": "cpu", "estimator": "random"},
-        out=tmp_path / "b", log_to=["csv"], log_dir=tmp_path / "logs",
+        out=tmp_path / "b",
+        log_to=["csv"],
+        log_dir=tmp_path / "logs",
     )
     assert not grid.failed
     assert len(list((tmp_path / "logs" / "b").glob("*/test.csv"))) == 1

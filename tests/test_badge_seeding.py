@@ -165,8 +165,9 @@ def test_greedy_first_two_picks_follow_their_law() -> None:
     assert math.isclose(want.sum(), 1.0)
     live = want > 0
     assert stats.chisquare(seen[live], SEEDS * want[live]).pvalue > 1e-3
-    d2 = np.mean([sqdist(SMALL, SMALL[f]) / sqdist(SMALL, SMALL[f]).sum()
-                  for f in range(len(SMALL))], axis=0)  # one trial: plain D^2, not greedy
+    d2 = np.mean(
+        [sqdist(SMALL, SMALL[f]) / sqdist(SMALL, SMALL[f]).sum() for f in range(len(SMALL))], axis=0
+    )  # one trial: plain D^2, not greedy
     assert stats.chisquare(seen[live], SEEDS * d2[live] / d2[live].sum()).pvalue < 1e-6
 
 

@@ -185,8 +185,14 @@ def make_ctx():
 
     def ctx(step: int = 1, **kw) -> ScoringContext:
         return ScoringContext(
-            model, tensor_inputs(x), labels, seed=0, step=step, batch_size=16,
-            subset_indices=np.arange(0, n, 4), **kw,
+            model,
+            tensor_inputs(x),
+            labels,
+            seed=0,
+            step=step,
+            batch_size=16,
+            subset_indices=np.arange(0, n, 4),
+            **kw,
         )
 
     return ctx
@@ -234,8 +240,9 @@ def test_a_class_beyond_the_size_limit_falls_back_to_power_bald(make_ctx) -> Non
     with pytest.warns(RuntimeWarning, match=r"batchbald_max_draws 719.*--acquisition power"):
         got = select_candidates(est, make_ctx(step=3), cand, 7)
     bald = score_candidates(build_estimator("mcdropout", mc_samples=8), make_ctx(step=3), cand)
-    keys = acquisition_keys(bald, cand, np.array([0, 90]), "power", 1.0, seed=0, step=3,
-                            num_items=120)
+    keys = acquisition_keys(
+        bald, cand, np.array([0, 90]), "power", 1.0, seed=0, step=3, num_items=120
+    )
     np.testing.assert_array_equal(np.sort(got), np.sort(cand[top_k(keys, 7)]))
     # at the limit: greedy BatchBALD, no warning
     import warnings

@@ -155,8 +155,18 @@ def boom_plugin(tmp_path, monkeypatch):
 def test_a_failing_cell_is_recorded_retried_and_the_grid_finishes(cli, tmp_path, boom_plugin):
     out = tmp_path / "b"
     res = cli(
-        "bench", "--out", out, *TINY_CELL, "--plugin", boom_plugin,
-        "--estimators", "random,boom", "--seeds", "0,1", "--retries", "1",
+        "bench",
+        "--out",
+        out,
+        *TINY_CELL,
+        "--plugin",
+        boom_plugin,
+        "--estimators",
+        "random,boom",
+        "--seeds",
+        "0,1",
+        "--retries",
+        "1",
     )
     line = one_error_line(res)
     assert "2 of 4 cells failed after every retry" in line
@@ -171,13 +181,25 @@ def test_a_failing_cell_is_recorded_retried_and_the_grid_finishes(cli, tmp_path,
     failures = [read_failure(p.parent) for p in out.rglob(CELL_FILE)]
     failures = [f for f in failures if f is not None]
     assert len(failures) == 2 and all(f.attempts == 2 and f.user_error for f in failures)
-    assert all("ValueError: kaboom" in json.loads((f.out / CELL_FILE).read_text())["traceback"]
-               for f in failures)
+    assert all(
+        "ValueError: kaboom" in json.loads((f.out / CELL_FILE).read_text())["traceback"]
+        for f in failures
+    )
     assert "retried 2" in res.stdout
     # the rerun runs the failed cells only
     res = cli(
-        "bench", "--out", out, *TINY_CELL, "--plugin", boom_plugin,
-        "--estimators", "random,boom", "--seeds", "0,1", "--retries", "0",
+        "bench",
+        "--out",
+        out,
+        *TINY_CELL,
+        "--plugin",
+        boom_plugin,
+        "--estimators",
+        "random,boom",
+        "--seeds",
+        "0,1",
+        "--retries",
+        "0",
     )
     assert "4 cells, 2 already finished, 2 to run" in res.stdout
 
@@ -211,8 +233,18 @@ def test_bad_launcher_flags(cli, tmp_path, args, expected):
 def test_bench_cells_log_to_a_tracker_grouped_by_the_bench(cli, tmp_path):
     out, logs = tmp_path / "mybench", tmp_path / "logs"
     res = cli(
-        "bench", "--out", out, *TINY_CELL, "--estimators", "random", "--seeds", "0,1",
-        "--log-to", "csv", "--log-dir", logs,
+        "bench",
+        "--out",
+        out,
+        *TINY_CELL,
+        "--estimators",
+        "random",
+        "--seeds",
+        "0,1",
+        "--log-to",
+        "csv",
+        "--log-dir",
+        logs,
     )
     assert res.exit_code == 0, res.output
     runs = sorted(p.name for p in (logs / "mybench").iterdir())
@@ -245,8 +277,16 @@ def test_an_interrupt_raised_inside_a_worker_fails_that_cell_only(cli, tmp_path,
     out = tmp_path / "b"
     monkeypatch.setenv(faults.ENV, "train-epoch:interrupt")
     res = cli(
-        "bench", "--out", out, *TINY_CELL, "--estimators", "random", "--seeds", "0,1",
-        "--jobs", "2",
+        "bench",
+        "--out",
+        out,
+        *TINY_CELL,
+        "--estimators",
+        "random",
+        "--seeds",
+        "0,1",
+        "--jobs",
+        "2",
     )
     assert res.exit_code == 0, res.output
     assert "retried 2" in res.stdout

@@ -93,7 +93,7 @@ def test_samples_budget_reads_the_full_size_and_covers_the_subset_floor_or_ceil(
     assert np.array_equal(order[:n], first)
     if n < FULL:
         second = subset[np.random.default_rng([1, 5, ORDER_SALT, 1]).permutation(n)]
-        assert np.array_equal(order[n:2 * n], second[: FULL - n])
+        assert np.array_equal(order[n : 2 * n], second[: FULL - n])
 
 
 def test_a_skipped_lone_trailing_sample_is_not_counted():
@@ -119,15 +119,15 @@ def test_class_balanced_draws_repeat_with_their_own_generators():
 
 def test_a_longer_order_is_cut_into_rank_shares_like_any_global_order():
     subset = np.arange(30)
-    order = epoch_order(subset, subset % 4, instance_sampler, np.random.default_rng(0), 100,
-                        0, 0)
+    order = epoch_order(subset, subset % 4, instance_sampler, np.random.default_rng(0), 100, 0, 0)
     shares = [epoch_share(order, 32, r, 2) for r in range(2)]
     for step in range(4):  # batches of 32, 32, 32, 4: every global batch split in two
         b0, b1 = shares[0].batches[step], shares[1].batches[step]
         assert (b0.lo, b0.hi, b1.lo, b1.hi) == (b0.start, b1.lo, b1.lo, b0.start + b0.size)
     reads = [s.indices for s in shares]
-    glued = np.concatenate([np.r_[reads[0][i * 16:(i + 1) * 16], reads[1][i * 16:(i + 1) * 16]]
-                            for i in range(4)])
+    glued = np.concatenate(
+        [np.r_[reads[0][i * 16 : (i + 1) * 16], reads[1][i * 16 : (i + 1) * 16]] for i in range(4)]
+    )
     assert np.array_equal(glued, order)
 
 
@@ -142,8 +142,10 @@ def _ddp_worker(rank: int, store: str, out: str) -> None:
         trainer = toy_trainer(ranks=Ranks(), samples_per_epoch=FULL, seed=2)
         reads = record_reads(trainer)
         res = trainer.train_epoch(np.arange(0, 100, 2), 3)
-        torch.save({"reads": reads, "samples": res.extra["samples"],
-                    "state": trainer.model.state_dict()}, Path(out) / f"rank{rank}.pt")
+        torch.save(
+            {"reads": reads, "samples": res.extra["samples"], "state": trainer.model.state_dict()},
+            Path(out) / f"rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -171,8 +173,20 @@ CALLS = {0: (0, 4), 4: (1, 4), 6: (1, 2), 8: (2, 4)}
 SIZES = [64] * 4 + [128] * 2 + [192] * 2 + [256] * 4  # the subset at each epoch
 C4 = [1.0, (2 + SQ2) / 4, 0.5, (2 - SQ2) / 4]  # (1 + cos(pi k / 4)) / 2
 C2 = [1.0, 0.5]
-COS12 = [1, (SQ6 + SQ2) / 4, SQ3 / 2, SQ2 / 2, 0.5, (SQ6 - SQ2) / 4, 0,
-         -(SQ6 - SQ2) / 4, -0.5, -SQ2 / 2, -SQ3 / 2, -(SQ6 + SQ2) / 4]  # cos(pi e / 12)
+COS12 = [
+    1,
+    (SQ6 + SQ2) / 4,
+    SQ3 / 2,
+    SQ2 / 2,
+    0.5,
+    (SQ6 - SQ2) / 4,
+    0,
+    -(SQ6 - SQ2) / 4,
+    -0.5,
+    -SQ2 / 2,
+    -SQ3 / 2,
+    -(SQ6 + SQ2) / 4,
+]  # cos(pi e / 12)
 C12 = [(1 + c) / 2 for c in COS12]
 ROUNDS = C4 + C4[:2] + C2 + C4  # fresh and warm: a cosine per start_round
 
@@ -272,37 +286,53 @@ def test_run_help_shows_the_flags_and_bad_values_exit_2(cli):
 
 def test_budgets_axis_expands_into_cells(tmp_path):
     base = RunConfig(rounds=2)
-    cells = plan_cells(base, tmp_path, ["random"], ["linear"], None, None, [0, 1], ["ce"],
-                       ["epochs", "samples"])
+    cells = plan_cells(
+        base, tmp_path, ["random"], ["linear"], None, None, [0, 1], ["ce"], ["epochs", "samples"]
+    )
     got = sorted((c.config.budget, c.method, c.config.seed) for c in cells)
-    assert got == sorted((b, m, s) for b in ("epochs", "samples")
-                         for m in ("random/linear", "baseline:ce") for s in (0, 1))
+    assert got == sorted(
+        (b, m, s)
+        for b in ("epochs", "samples")
+        for m in ("random/linear", "baseline:ce")
+        for s in (0, 1)
+    )
     for cell in cells:
         group = cell.out.parent.parent.name
-        assert group == ("digits-lt-r100" if cell.config.budget == "epochs"
-                         else "digits-lt-r100-samples")
+        assert group == (
+            "digits-lt-r100" if cell.config.budget == "epochs" else "digits-lt-r100-samples"
+        )
         assert cell.config.rounds == 2  # the base flags still apply
     assert len({c.key for c in cells}) == 8
     # without the axis: the base's budget, folders as before
-    plain = plan_cells(RunConfig(budget="samples"), tmp_path, None, None, None, None, None,
-                       None)
+    plain = plan_cells(RunConfig(budget="samples"), tmp_path, None, None, None, None, None, None)
     assert [c.config.budget for c in plain] == ["samples"]
     with pytest.raises(FlexsampleError, match="unknown budget 'both'"):
         plan_cells(base, tmp_path, None, None, None, None, None, None, ["both"])
 
 
 def _cell(out: Path, method: str, budget: str | None, seed: int, acc: float) -> Cell:
-    config = {"dataset": "d", "dataset_options": {"imbalance_ratio": 100.0}, "seed": seed,
-              "policy": "full" if method.startswith("baseline:") else "linear"}
+    config = {
+        "dataset": "d",
+        "dataset_options": {"imbalance_ratio": 100.0},
+        "seed": seed,
+        "policy": "full" if method.startswith("baseline:") else "linear",
+    }
     if budget is not None:  # None: a cell from before --budget
         config["budget"] = budget
     key = config_hash(config, "0.1.0")
     path = out / f"d-r100-{budget}" / method.replace(":", "-").replace("/", "-") / f"seed{seed}"
     path.mkdir(parents=True)
     (path / RESULTS).write_text(json.dumps({"test": {"balanced_accuracy": acc}}))
-    doc = {"format": 1, "status": "finished", "method": method,
-           "baseline": method.startswith("baseline:"), "config_hash": key,
-           "flexsample_version": "0.1.0", "config": config, "wall_s": 1.0}
+    doc = {
+        "format": 1,
+        "status": "finished",
+        "method": method,
+        "baseline": method.startswith("baseline:"),
+        "config_hash": key,
+        "flexsample_version": "0.1.0",
+        "config": config,
+        "wall_s": 1.0,
+    }
     (path / CELL_FILE).write_text(json.dumps(doc))
     return Cell(method, doc["baseline"], RunConfig(), path, key)
 
@@ -321,8 +351,10 @@ def test_summary_has_a_budget_column_and_a_table_per_budget(tmp_path):
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == CSV_COLUMNS and "budget" in CSV_COLUMNS
     assert sorted((r["method"], r["budget"]) for r in rows) == [
-        ("baseline:ce", "epochs"), ("baseline:ce", "samples"),
-        ("entropy/linear", "epochs"), ("entropy/linear", "samples"),
+        ("baseline:ce", "epochs"),
+        ("baseline:ce", "samples"),
+        ("entropy/linear", "epochs"),
+        ("entropy/linear", "samples"),
     ]
     md = (tmp_path / "summary.md").read_text()
     epochs = md.index("## d, r = 100, budget = epochs")

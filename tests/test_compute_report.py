@@ -79,8 +79,9 @@ def test_linear_two_by_two_trains_the_subset_of_each_epoch(tmp_path):
 
 
 def test_head_mode_mc_counts_one_backbone_pass_per_candidate(tmp_path):
-    results, _, out = _run(tmp_path, "mchead", *SCORED, "--estimator", "mcdropout",
-                           "--mc-samples", "3")
+    results, _, out = _run(
+        tmp_path, "mchead", *SCORED, "--estimator", "mcdropout", "--mc-samples", "3"
+    )
     scored = len(np.load(out / "scores.npz")["step"])
     assert scored > 0
     assert results["compute"]["score_samples"] == scored
@@ -94,8 +95,17 @@ def test_random_estimator_scores_nothing(tmp_path):
 
 
 def test_full_mode_mc_counts_one_backbone_pass_per_draw(tmp_path):
-    results, _, out = _run(tmp_path, "mcfull", *SCORED, "--estimator", "mcdropout",
-                           "--mc-mode", "full", "--mc-samples", "3")
+    results, _, out = _run(
+        tmp_path,
+        "mcfull",
+        *SCORED,
+        "--estimator",
+        "mcdropout",
+        "--mc-mode",
+        "full",
+        "--mc-samples",
+        "3",
+    )
     scored = len(np.load(out / "scores.npz")["step"])
     assert scored > 0
     assert results["compute"]["score_samples"] == 3 * scored
@@ -112,8 +122,12 @@ def test_ssl_samples_by_hand():
 
 
 def _cell(out: Path, method: str, seed: int, acc: float, compute: dict | None) -> Cell:
-    config = {"dataset": "d", "imbalance_ratio": 100.0, "seed": seed,
-              "policy": "full" if method.startswith("baseline:") else "linear"}
+    config = {
+        "dataset": "d",
+        "imbalance_ratio": 100.0,
+        "seed": seed,
+        "policy": "full" if method.startswith("baseline:") else "linear",
+    }
     key = config_hash(config, "0.1.0")
     path = out / "d-r100" / method.replace(":", "-").replace("/", "-") / f"seed{seed}"
     path.mkdir(parents=True)
@@ -121,16 +135,30 @@ def _cell(out: Path, method: str, seed: int, acc: float, compute: dict | None) -
     if compute is not None:
         results["compute"] = compute
     (path / RESULTS).write_text(json.dumps(results))
-    doc = {"format": 1, "status": "finished", "method": method,
-           "baseline": method.startswith("baseline:"), "config_hash": key,
-           "flexsample_version": "0.1.0", "config": config, "wall_s": 1.0}
+    doc = {
+        "format": 1,
+        "status": "finished",
+        "method": method,
+        "baseline": method.startswith("baseline:"),
+        "config_hash": key,
+        "flexsample_version": "0.1.0",
+        "config": config,
+        "wall_s": 1.0,
+    }
     (path / CELL_FILE).write_text(json.dumps(doc))
     return Cell(method, doc["baseline"], RunConfig(), path, key)
 
 
 def _compute(train: int, score: int) -> dict:
-    return {"train_samples": train, "score_samples": score, "pretrain_samples": 0,
-            "train_s": 2.5, "score_s": 0.5, "pretrain_s": 0.0, "eval_s": 0.1}
+    return {
+        "train_samples": train,
+        "score_samples": score,
+        "pretrain_samples": 0,
+        "train_s": 2.5,
+        "score_s": 0.5,
+        "pretrain_s": 0.0,
+        "eval_s": 0.1,
+    }
 
 
 def test_bench_columns_summary_column_and_pareto_panel(tmp_path):

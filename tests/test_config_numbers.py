@@ -42,9 +42,26 @@ def test_flags_out_of_range_fail_at_parse_time(cli, tmp_path, flag, value, accep
 
 
 def test_values_at_the_bounds_are_accepted(cli):
-    args = ["--seed", str(2**32 - 1), "--data-seed", str(2**32 - 1), "--lr", "10", "--mixup",
-            "100", "--logit-adjust", "10", "--workers", "256", "--mc-samples", "10000",
-            "--anchor-floor", "1000000", "--rounds", "3"]
+    args = [
+        "--seed",
+        str(2**32 - 1),
+        "--data-seed",
+        str(2**32 - 1),
+        "--lr",
+        "10",
+        "--mixup",
+        "100",
+        "--logit-adjust",
+        "10",
+        "--workers",
+        "256",
+        "--mc-samples",
+        "10000",
+        "--anchor-floor",
+        "1000000",
+        "--rounds",
+        "3",
+    ]
     res = cli("run", *args, "--print-config")
     assert res.exit_code == 0, res.output
     cfg = json.loads(res.stdout)
@@ -127,8 +144,22 @@ def test_python_api_refuses_booleans_and_infinities():
 
 
 def test_digits_lt_refuses_image_size(cli, tmp_path):
-    line = one_error_line(cli("run", "--out", tmp_path / "r", "--quiet", "--device", "cpu",
-                              "--rounds", "1", "--epochs-per-round", "1", "--image-size", "32"))
+    line = one_error_line(
+        cli(
+            "run",
+            "--out",
+            tmp_path / "r",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--rounds",
+            "1",
+            "--epochs-per-round",
+            "1",
+            "--image-size",
+            "32",
+        )
+    )
     assert "--image-size 32: digits-lt images are 8x8" in line
     assert "synthetic-lt" in line and "imagefolder" in line
     assert not (tmp_path / "r").exists()
@@ -139,8 +170,9 @@ def test_image_size_is_honoured_or_refused_by_every_builder():
     from flexsample.engine.errors import FlexsampleError
 
     assert build_dataset("digits-lt", {"image_size": 8}).image_size == 8  # its own size is fine
-    ds = build_dataset("synthetic-lt", {"profile": "exponential", "num_classes": 3,
-                                        "image_size": 12})
+    ds = build_dataset(
+        "synthetic-lt", {"profile": "exponential", "num_classes": 3, "image_size": 12}
+    )
     assert ds.image_size == 12
 
     @DATASETS.register("fixed-size-test")
@@ -175,6 +207,9 @@ def test_validate_config_is_one_flexsample_line():
     from flexsample.workflows.config import validate_config
 
     assert validate_config({"seed": 3}).seed == 3
-    with pytest.raises(FlexsampleError, match=r"^invalid --seed = 99999999999 in the bench grid: "
-                                              r".*accepted: an integer, 0 <= x <= 4294967295$"):
+    with pytest.raises(
+        FlexsampleError,
+        match=r"^invalid --seed = 99999999999 in the bench grid: "
+        r".*accepted: an integer, 0 <= x <= 4294967295$",
+    ):
         validate_config({"seed": 99999999999}, "the bench grid")

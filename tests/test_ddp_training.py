@@ -71,8 +71,7 @@ def _worker(rank: int, store: str, out: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
-                            world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
         _scenarios(rank, Path(out))
     finally:
@@ -86,8 +85,9 @@ def _scenarios(rank: int, out: Path) -> None:
     ranks = Ranks()
     ds = build_dataset("digits-lt")
     # (a)/(b): batch norm, dropout and mixup; every read of the epoch recorded
-    trainer = Trainer(fresh(SmallCNN, 10, 1, 8), ds.train, ds.val, 10, bn_config(), CPU,
-                      ranks=ranks)
+    trainer = Trainer(
+        fresh(SmallCNN, 10, 1, 8), ds.train, ds.val, 10, bn_config(), CPU, ranks=ranks
+    )
     reads = record_reads(trainer)
     res = trainer.train_epoch(SUBSET, 0)
     val = trainer.validate()
@@ -122,10 +122,15 @@ def _scenarios(rank: int, out: Path) -> None:
         torch.save(saved, out / f"rank{rank}.pt")
         return
     small = build_dataset("digits-lt", imbalance_ratio=10.0)
-    small.train = Split(small.train.labels[:70], small.train.ids[:70],
-                        small.train.in_memory[:70])
-    opts = dict(backbone="small-cnn", seed=1, ssl_epochs=1, ssl_batch_size=16,
-                cache_dir=out / "cache", ranks=ranks)
+    small.train = Split(small.train.labels[:70], small.train.ids[:70], small.train.in_memory[:70])
+    opts = dict(
+        backbone="small-cnn",
+        seed=1,
+        ssl_epochs=1,
+        ssl_batch_size=16,
+        cache_dir=out / "cache",
+        ranks=ranks,
+    )
     saved["ssl"] = ssl_weights(small, lambda: SmallCNN(10, 1, 8), **opts)
     saved["ssl_cached"] = ssl_weights(small, lambda: SmallCNN(10, 1, 8), **opts)
     saved["cache_files"] = sorted(p.name for p in (out / "cache").rglob("*") if p.is_file())
@@ -177,7 +182,7 @@ def test_union_of_rank_reads_is_the_single_process_epoch(ranks_out, digits):
     from flexsample.training.samplers import SAMPLERS
 
     order = SUBSET[SAMPLERS.get(cfg.sampler)(digits.train.labels[SUBSET], rng)]
-    single = [order[s:s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+    single = [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
     reads0, reads1 = ranks_out[0]["reads"], ranks_out[1]["reads"]
     assert len(reads0) == len(reads1) == len(single)  # 127 = 3 * 33 + 28: nothing skipped
     for one, a, b in zip(single, reads0, reads1, strict=True):
@@ -246,8 +251,12 @@ def test_file_backed_shares_read_and_augment_as_one_process(world: int) -> None:
     parts = []
     for r in range(world):
         share = epoch_share(order, 8, r, world, key)
-        read = [x for x, _ in SplitLoader(split, True, CPU)(share.indices, share.step_size,
-                                                             key, share.seeds)]
+        read = [
+            x
+            for x, _ in SplitLoader(split, True, CPU)(
+                share.indices, share.step_size, key, share.seeds
+            )
+        ]
         assert [len(x) for x in read] == [b.local for b in share.batches]
         parts.append(read)
     kept = [b.start // 8 for b in epoch_share(order, 8, 0, world, key).batches]

@@ -23,8 +23,10 @@ QUICK = ["--rounds", "2", "--epochs-per-round", "1", "--device", "cpu", "--quiet
 
 
 def _head(weight, bias) -> nn.Linear:
-    return dc.linear_copy(torch.tensor(weight, dtype=torch.float32),
-                          None if bias is None else torch.tensor(bias, dtype=torch.float32))
+    return dc.linear_copy(
+        torch.tensor(weight, dtype=torch.float32),
+        None if bias is None else torch.tensor(bias, dtype=torch.float32),
+    )
 
 
 # --- tau-norm ------------------------------------------------------------------------------
@@ -306,8 +308,7 @@ def test_bench_with_tau_norm_writes_the_stage1_column(cli, tmp_path):
     assert f"{100 * stage1:.1f}" in md
 
 
-def _reference_lws(x, y, weight, bias, *, epochs, batch_size, lr, momentum, weight_decay,
-                   seed):
+def _reference_lws(x, y, weight, bias, *, epochs, batch_size, lr, momentum, weight_decay, seed):
     """LWS as the authors train it, written in NumPy (float64): logits z = x W^T + b fixed,
     s = z * f; per class-balanced batch (dc.epoch_order, the sampler tested above) the gradient
     of the mean cross-entropy, dL/df_c = mean_i (softmax(s_i)_c - [y_i = c]) z_ic; torch's SGD
@@ -348,9 +349,18 @@ def test_lws_matches_an_independent_implementation_of_the_authors_recipe(seed, b
     weight = head.weight.detach().double().numpy()  # the head's float32 values
     bias = head.bias.detach().double().numpy()
     got = dc.train_lws(x, y, head, batch_size=batch_size, seed=seed)
-    want = _reference_lws(x, y, weight, bias, epochs=5,
-                          batch_size=batch_size, lr=0.2, momentum=0.9, weight_decay=5e-4,
-                          seed=seed)
+    want = _reference_lws(
+        x,
+        y,
+        weight,
+        bias,
+        epochs=5,
+        batch_size=batch_size,
+        lr=0.2,
+        momentum=0.9,
+        weight_decay=5e-4,
+        seed=seed,
+    )
     np.testing.assert_allclose(got.scales, want, rtol=1e-9, atol=1e-12)
     assert (dc.LWS_EPOCHS, dc.LWS_LR, dc.LWS_MOMENTUM, dc.LWS_WEIGHT_DECAY) == (5, 0.2, 0.9, 5e-4)
     # the reported losses: the class-balanced loss over the split, before (f = 1) and after
@@ -360,8 +370,9 @@ def test_lws_matches_an_independent_implementation_of_the_authors_recipe(seed, b
         s = z * f
         ce = np.log(np.exp(s - s.max(1, keepdims=True)).sum(1)) + s.max(1) - s[np.arange(len(y)), y]
         assert loss == pytest.approx(float((w * ce).sum()), rel=1e-9)
-    np.testing.assert_allclose(dc.class_balanced_weights(y, 3)[[0, 300, 330]],
-                               [1 / 900, 1 / 90, 1 / 24])
+    np.testing.assert_allclose(
+        dc.class_balanced_weights(y, 3)[[0, 300, 330]], [1 / 900, 1 / 90, 1 / 24]
+    )
 
 
 def test_lws_is_a_pure_function_of_its_inputs_on_separable_features():

@@ -72,7 +72,12 @@ def tiny_model(num_classes: int = 4, seed: int = 0, bias: bool = True):
 def make_ctx(model, x, subset=None, seed: int = 0, step: int = 1) -> ScoringContext:
     labels = np.arange(len(x)) % model.head.out_features
     return ScoringContext(
-        model, tensor_inputs(x), labels, seed=seed, step=step, batch_size=16,
+        model,
+        tensor_inputs(x),
+        labels,
+        seed=seed,
+        step=step,
+        batch_size=16,
         subset_indices=subset,
     )
 
@@ -165,8 +170,11 @@ def covering_radius(x: np.ndarray, picks) -> float:
 
 @settings(max_examples=40, deadline=None)
 @given(
-    x=arrays(np.float32, st.tuples(st.integers(2, 8), st.integers(1, 3)),
-             elements=st.integers(-20, 20).map(float)),
+    x=arrays(
+        np.float32,
+        st.tuples(st.integers(2, 8), st.integers(1, 3)),
+        elements=st.integers(-20, 20).map(float),
+    ),
     k=st.integers(1, 4),
     first=st.integers(0, 7),
 )
@@ -283,8 +291,9 @@ def test_badge_default_is_the_authors_seeding_on_the_weight_gradient(pool) -> No
     # bias columns on request: the same rule on the longer embedding
     both = select_candidates(build_estimator("badge", badge_bias=True), ctx, cand, 10)
     full = autograd_embedding(model.head, h.clone())
-    np.testing.assert_array_equal(both, cand[authors_init_centers(full, 10,
-                                                                  class_seed(3, 5, cand, 4))])
+    np.testing.assert_array_equal(
+        both, cand[authors_init_centers(full, 10, class_seed(3, 5, cand, 4))]
+    )
 
 
 def test_badge_options_are_validated() -> None:

@@ -22,7 +22,13 @@ from flexsample.estimators import functional as F
 from flexsample.training.models import adapt_model
 
 BUILTINS = [
-    "random", "entropy", "margin", "least-confidence", "mcdropout", "density", "info-density",
+    "random",
+    "entropy",
+    "margin",
+    "least-confidence",
+    "mcdropout",
+    "density",
+    "info-density",
     "prototype-cosine",
 ]
 
@@ -44,15 +50,28 @@ def setup():
 
     def ctx(**kw) -> ScoringContext:
         return ScoringContext(
-            model, tensor_inputs(x), labels, seed=0, step=1, batch_size=16,
-            subset_indices=subset, **kw,
+            model,
+            tensor_inputs(x),
+            labels,
+            seed=0,
+            step=1,
+            batch_size=16,
+            subset_indices=subset,
+            **kw,
         )
 
     with torch.inference_mode():
         feats = model.embed(x).numpy().astype(np.float64)
         probs = torch.softmax(model.head(model.embed(x)), -1).numpy().astype(np.float64)
-    return {"ctx": ctx, "cand": cand, "labels": labels, "subset": subset, "feats": feats,
-            "probs": probs, "n": n}
+    return {
+        "ctx": ctx,
+        "cand": cand,
+        "labels": labels,
+        "subset": subset,
+        "feats": feats,
+        "probs": probs,
+        "n": n,
+    }
 
 
 def test_all_builtins_registered_with_a_description() -> None:
@@ -118,10 +137,12 @@ def test_knn_density_edge_cases() -> None:
     rng = np.random.default_rng(0)
     f = rng.normal(size=(30, 5)).astype(np.float32)
     dup = np.concatenate([f, f[:3], f[:3]])  # exact duplicates: self may not come first
-    np.testing.assert_allclose(knn_density(dup, k=4), brute_density(dup, np.arange(36), 4),
-                               atol=1e-5)
-    np.testing.assert_allclose(knn_density(f[:3], k=10), brute_density(f[:3], np.arange(3), 2),
-                               atol=1e-5)  # fewer rows than k: all the others
+    np.testing.assert_allclose(
+        knn_density(dup, k=4), brute_density(dup, np.arange(36), 4), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        knn_density(f[:3], k=10), brute_density(f[:3], np.arange(3), 2), atol=1e-5
+    )  # fewer rows than k: all the others
     assert knn_density(f[:1], k=3).tolist() == [0.0]
     assert len(knn_density(f, np.zeros(0, np.int64), k=3)) == 0
     zero = np.zeros((4, 5), np.float32)
@@ -166,8 +187,9 @@ def reference_prototype_cosine(feats, labels, subset, cand) -> np.ndarray:
 
 def test_prototype_cosine_is_cosine_to_the_subset_prototype(setup) -> None:
     got = score_candidates(build_estimator("prototype-cosine"), setup["ctx"](), setup["cand"])
-    want = reference_prototype_cosine(setup["feats"], setup["labels"], setup["subset"],
-                                      setup["cand"])
+    want = reference_prototype_cosine(
+        setup["feats"], setup["labels"], setup["subset"], setup["cand"]
+    )
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
@@ -188,8 +210,9 @@ def test_the_old_name_typicality_still_scores_as_prototype_cosine(setup) -> None
     with pytest.warns(FutureWarning, match="'typicality' is deprecated.*'prototype-cosine'"):
         old = build_estimator("typicality")
     got = score_candidates(old, setup["ctx"](), setup["cand"])
-    want = reference_prototype_cosine(setup["feats"], setup["labels"], setup["subset"],
-                                      setup["cand"])
+    want = reference_prototype_cosine(
+        setup["feats"], setup["labels"], setup["subset"], setup["cand"]
+    )
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
@@ -203,8 +226,9 @@ def test_random_is_seeded_by_seed_and_step(setup) -> None:
 
 
 def test_normalized_ranks_with_ties() -> None:
-    np.testing.assert_allclose(normalized_ranks(np.array([3.0, 1.0, 2.0, 2.0])),
-                               [1.0, 0.25, 0.625, 0.625])
+    np.testing.assert_allclose(
+        normalized_ranks(np.array([3.0, 1.0, 2.0, 2.0])), [1.0, 0.25, 0.625, 0.625]
+    )
     assert len(normalized_ranks(np.zeros(0))) == 0
 
 
@@ -274,8 +298,9 @@ def test_a_part_returning_bad_scores_is_named(setup) -> None:
             return np.full(len(candidates), np.nan)
 
     with pytest.raises(EstimatorError, match="'bad-part' returned .* non-finite"):
-        score_candidates(CombinedEstimator([Bad(), build_estimator("random")]), setup["ctx"](),
-                         setup["cand"])
+        score_candidates(
+            CombinedEstimator([Bad(), build_estimator("random")]), setup["ctx"](), setup["cand"]
+        )
 
 
 # -- through the CLI, on the embedded dataset ------------------------------------------------

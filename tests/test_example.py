@@ -76,7 +76,10 @@ def test_queries_follow_the_difficulty_allocation(curriculum_run):
         epoch = records[q.step].epoch
         before = (entered >= 0) & (entered < q.step)
         state = PolicyState(
-            epoch=epoch, step=q.step, rounds=3, epochs_per_round=2,
+            epoch=epoch,
+            step=q.step,
+            rounds=3,
+            epochs_per_round=2,
             subset_counts=np.bincount(labels[before], minlength=10),
             remaining_counts=np.bincount(labels[~before], minlength=10),
             anchor_size=int((entered == 0).sum()),
@@ -97,5 +100,6 @@ def test_manual_loop_selects_what_the_curriculum_selects(example, curriculum_run
     assert [h["subset_size"] for h in out["history"]] == [
         r.subset_size for r in curriculum_run["records"]
     ]
-    assert [h["quotas"] for h in out["history"][1:]] == [q.quotas.tolist() for q in
-                                                          curriculum_run["queries"]]
+    assert [h["quotas"] for h in out["history"][1:]] == [
+        q.quotas.tolist() for q in curriculum_run["queries"]
+    ]

@@ -133,8 +133,19 @@ def test_installed_tracker_logs_a_run(installed: Path, tmp_path: Path) -> None:
 def test_installed_launcher_runs_a_bench(installed: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     res = flexsample(
-        installed, "bench", "--out", out, *SHORT, "--launcher", LAUNCHER,
-        "--estimators", "random", "--seeds", "0,1", "--log-to", TRACKER,
+        installed,
+        "bench",
+        "--out",
+        out,
+        *SHORT,
+        "--launcher",
+        LAUNCHER,
+        "--estimators",
+        "random",
+        "--seeds",
+        "0,1",
+        "--log-to",
+        TRACKER,
     )
     assert res.returncode == 0, res.stderr
     assert f"({LAUNCHER})" in res.stdout  # "2 cells, 0 already finished, 2 to run (demo-inline)"
@@ -154,20 +165,31 @@ def test_a_flag_the_launcher_does_not_declare_is_refused(installed: Path, tmp_pa
         ("--cpus-per-cell", "2", "local or ray or slurm"),
     ):
         line = error_line(
-            flexsample(installed, "bench", "--out", tmp_path / "b", *SHORT,
-                       "--launcher", LAUNCHER, flag, value)
+            flexsample(
+                installed,
+                "bench",
+                "--out",
+                tmp_path / "b",
+                *SHORT,
+                "--launcher",
+                LAUNCHER,
+                flag,
+                value,
+            )
         )
         assert f"{flag} applies to --launcher {takers}, not {LAUNCHER}" in line
     assert not (tmp_path / "b").exists()
 
 
 def test_unknown_names_list_the_installed_ones(installed: Path, tmp_path: Path) -> None:
-    line = error_line(flexsample(installed, "run", *SHORT, "--log-to", "neptune",
-                                 "--out", tmp_path / "r"))
+    line = error_line(
+        flexsample(installed, "run", *SHORT, "--log-to", "neptune", "--out", tmp_path / "r")
+    )
     assert "unknown tracker 'neptune'" in line
     assert f"accepted: csv, {TRACKER}, mlflow, tensorboard, wandb" in line
-    line = error_line(flexsample(installed, "bench", "--out", tmp_path / "b", *SHORT,
-                                 "--launcher", "mpi"))
+    line = error_line(
+        flexsample(installed, "bench", "--out", tmp_path / "b", *SHORT, "--launcher", "mpi")
+    )
     assert f"unknown --launcher 'mpi'; accepted: {LAUNCHER}, local, ray, slurm" in line
     assert not (tmp_path / "r").exists() and not (tmp_path / "b").exists()
 

@@ -140,8 +140,9 @@ def test_train_augmentation_on_uint8(jpegs: list[str]) -> None:
     assert aug(x).dtype == torch.uint8 and aug(x).shape == (3, 24, 24)
 
 
-@pytest.mark.parametrize("b, c, s", [(1.2, 1.0, 1.0), (1.0, 0.8, 1.0), (1.0, 1.0, 1.25),
-                                     (0.85, 1.15, 0.8)])
+@pytest.mark.parametrize(
+    "b, c, s", [(1.2, 1.0, 1.0), (1.0, 0.8, 1.0), (1.0, 1.0, 1.25), (0.85, 1.15, 0.8)]
+)
 def test_colour_jitter_matches_torchvision(b: float, c: float, s: float, monkeypatch) -> None:
     rng = np.random.default_rng(1)
     x = torch.from_numpy(rng.integers(40, 210, (3, 32, 32), dtype=np.uint8))  # no clipping
@@ -159,8 +160,9 @@ def test_colour_jitter_matches_torchvision(b: float, c: float, s: float, monkeyp
 
 def test_normalize_is_imagenet() -> None:
     x = torch.full((3, 2, 2), 255, dtype=torch.uint8)
-    expected = torch.tensor([(1 - m) / s for m, s in zip(im.IMAGENET_MEAN, im.IMAGENET_STD,
-                                                          strict=True)])
+    expected = torch.tensor(
+        [(1 - m) / s for m, s in zip(im.IMAGENET_MEAN, im.IMAGENET_STD, strict=True)]
+    )
     assert torch.allclose(Normalize()(x)[:, 0, 0], expected, atol=1e-5)
 
 
@@ -201,7 +203,7 @@ def _garbage_jpeg(path: Path) -> Path:
     _bars(path)
     raw = path.read_bytes()
     sos = raw.index(b"\xff\xda")
-    start = sos + 2 + int.from_bytes(raw[sos + 2:sos + 4], "big")
+    start = sos + 2 + int.from_bytes(raw[sos + 2 : sos + 4], "big")
     path.write_bytes(raw[:start] + b"\xff\xd8" * ((len(raw) - start) // 2) + b"\xff\xd9")
     return path
 

@@ -49,8 +49,11 @@ def make_fake_isic(
     """(data_dir, splits_dir, {split: names}) with JPEGs in ISIC_2019_Training_Input/."""
     labels = load_label_dict(SHARED / kind / "dic.npy")
     num_classes = 8 if kind == "8-class" else 14
-    files = ({s: f"{s}_100.npy" for s in ("train", "val", "test")} if kind == "8-class"
-             else {s: f"{s}.npy" for s in ("train", "val", "test")})
+    files = (
+        {s: f"{s}_100.npy" for s in ("train", "val", "test")}
+        if kind == "8-class"
+        else {s: f"{s}.npy" for s in ("train", "val", "test")}
+    )
     data_dir, splits_dir = root / "data", root / "splits"
     splits_dir.mkdir(parents=True)
     chosen: dict[str, list[str]] = {}
@@ -71,8 +74,14 @@ def fake8(tmp_path: Path) -> tuple[Path, Path, dict[str, list[str]]]:
 
 def test_isic2019_builds_from_manifests(fake8) -> None:
     data_dir, splits_dir, chosen = fake8
-    ds = build_dataset("isic2019", imbalance_ratio=100, data_dir=str(data_dir),
-                       splits_dir=str(splits_dir), image_size=32, skip_missing=False)
+    ds = build_dataset(
+        "isic2019",
+        imbalance_ratio=100,
+        data_dir=str(data_dir),
+        splits_dir=str(splits_dir),
+        image_size=32,
+        skip_missing=False,
+    )
     assert ds.class_names == ["NV", "MEL", "BCC", "BKL", "AK", "SCC", "VASC", "DF"]
     assert ds.group_of_labels() == ["head"] * 2 + ["medium"] * 3 + ["tail"] * 3
     assert ds.train.ids == chosen["train"] and ds.test.ids == chosen["test"]
@@ -102,8 +111,13 @@ def test_images_found_anywhere_with_or_without_extension(fake8, tmp_path: Path) 
         Image.open(p).save(dest)
     for p in src.iterdir():
         p.unlink()
-    ds = build_dataset("isic2019", imbalance_ratio=100, data_dir=str(data_dir),
-                       splits_dir=str(splits_dir), image_size=16)
+    ds = build_dataset(
+        "isic2019",
+        imbalance_ratio=100,
+        data_dir=str(data_dir),
+        splits_dir=str(splits_dir),
+        image_size=16,
+    )
     assert len(ds.train) == len(chosen["train"])
 
 
@@ -124,13 +138,19 @@ def test_shared_layout_and_data_dir_default(fake8) -> None:
 
 def test_isic_archive14(tmp_path: Path) -> None:
     data_dir, splits_dir, chosen = make_fake_isic(tmp_path, "14-class", per_class=(2, 1, 1))
-    ds = build_dataset("isic-archive14", data_dir=str(data_dir), splits_dir=str(splits_dir),
-                       image_size=16)
+    ds = build_dataset(
+        "isic-archive14", data_dir=str(data_dir), splits_dir=str(splits_dir), image_size=16
+    )
     assert ds.num_classes == 14 and ds.class_names[0] == "nevus"
     # the 14-class set has one split: an imbalance ratio is not one of its options
     with pytest.raises(FlexsampleError, match="'isic-archive14' has no option 'imbalance_ratio'"):
-        build_dataset("isic-archive14", data_dir=str(data_dir), splits_dir=str(splits_dir),
-                      image_size=16, imbalance_ratio=100)
+        build_dataset(
+            "isic-archive14",
+            data_dir=str(data_dir),
+            splits_dir=str(splits_dir),
+            image_size=16,
+            imbalance_ratio=100,
+        )
     assert ds.class_names[13] == "atypical melanocytic proliferation"
     assert ds.train.ids == chosen["train"]
     assert len(ds.group_of_labels()) == 14
@@ -148,10 +168,16 @@ def test_real_manifests_with_a_partial_image_folder(tmp_path: Path) -> None:
         _jpeg(tmp_path / "img" / n, labels[n], i, (12, 12))
     total = len(train) + len(val) + len(test)
     with pytest.raises(FlexsampleError, match=rf"{total - len(keep)} of {total} images .* missing"):
-        build_dataset("isic2019", data_dir=str(tmp_path / "img"), splits_dir=str(SHARED),
-                      image_size=8)
-    ds = build_dataset("isic2019", data_dir=str(tmp_path / "img"), splits_dir=str(SHARED),
-                       image_size=8, skip_missing=True)
+        build_dataset(
+            "isic2019", data_dir=str(tmp_path / "img"), splits_dir=str(SHARED), image_size=8
+        )
+    ds = build_dataset(
+        "isic2019",
+        data_dir=str(tmp_path / "img"),
+        splits_dir=str(SHARED),
+        image_size=8,
+        skip_missing=True,
+    )
     assert ds.info["skipped_missing"] == total - len(keep)
     assert ds.train_counts().tolist() == [3] * 8
     assert len(ds.info["skipped_names"]) == 20
@@ -235,16 +261,22 @@ def test_labels_outside_range_and_unknown_names(fake8) -> None:
     bad = dict(labels)
     del bad[chosen["val"][2]]
     save_label_dict(splits_dir / "dic.npy", bad)
-    with pytest.raises(FlexsampleError, match=rf"val_100.npy: 1 name\(s\) are not in .*dic.npy: "
-                                              rf"{chosen['val'][2]}"):
+    with pytest.raises(
+        FlexsampleError,
+        match=rf"val_100.npy: 1 name\(s\) are not in .*dic.npy: "
+        rf"{chosen['val'][2]}",
+    ):
         _build(data_dir, splits_dir)
 
 
 def test_overlapping_splits_and_empty_class(fake8) -> None:
     data_dir, splits_dir, chosen = fake8
     save_name_array(splits_dir / "test_100.npy", chosen["test"] + [chosen["train"][0]])
-    with pytest.raises(FlexsampleError, match=rf"train_100.npy and test_100.npy overlap in 1 "
-                                              rf"image\(s\): {chosen['train'][0]}"):
+    with pytest.raises(
+        FlexsampleError,
+        match=rf"train_100.npy and test_100.npy overlap in 1 "
+        rf"image\(s\): {chosen['train'][0]}",
+    ):
         _build(data_dir, splits_dir)
     save_name_array(splits_dir / "test_100.npy", chosen["test"])
     labels = load_label_dict(splits_dir / "dic.npy")
@@ -267,19 +299,31 @@ def test_imagefolder(tmp_path: Path) -> None:
         for i in range(n):
             _jpeg(tmp_path / "root" / c / f"{c}{i}.jpg", ord(c) - 97, i, (20, 16))
     (tmp_path / "root" / "notes").mkdir()  # a folder without images is not a class
-    ds = build_dataset("imagefolder", data_dir=str(tmp_path / "root"), imbalance_ratio=4,
-                       data_seed=1, image_size=16)
+    ds = build_dataset(
+        "imagefolder",
+        data_dir=str(tmp_path / "root"),
+        imbalance_ratio=4,
+        data_seed=1,
+        image_size=16,
+    )
     assert ds.class_names == ["a", "b", "c"]
     # smallest class 12 -> test 2, val 1 per class; remainders 37, 22, 9 -> profile 36, 18, 9
     assert np.bincount(ds.test.labels).tolist() == [2, 2, 2]
     assert np.bincount(ds.val.labels).tolist() == [1, 1, 1]
     assert ds.train_counts().tolist() == [36, 18, 9]
-    assert all(i.split("/")[0] == ds.class_names[y] for i, y in zip(ds.train.ids, ds.train.labels,
-                                                                      strict=True))
+    assert all(
+        i.split("/")[0] == ds.class_names[y]
+        for i, y in zip(ds.train.ids, ds.train.labels, strict=True)
+    )
     assert not set(ds.train.ids) & set(ds.test.ids)
     assert ds.train.torch_dataset(True)[0][0].shape == (3, 16, 16)
-    again = build_dataset("imagefolder", data_dir=str(tmp_path / "root"), imbalance_ratio=4,
-                          data_seed=1, image_size=16)
+    again = build_dataset(
+        "imagefolder",
+        data_dir=str(tmp_path / "root"),
+        imbalance_ratio=4,
+        data_seed=1,
+        image_size=16,
+    )
     assert again.split_hash() == ds.split_hash()
     with pytest.raises(FlexsampleError, match="need at least 2"):
         build_dataset("imagefolder", data_dir=str(tmp_path / "root" / "a"))

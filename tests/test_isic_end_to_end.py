@@ -24,11 +24,22 @@ needs_splits = pytest.mark.skipif(
 )
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("flexsample.cli.app") is None,
-                       reason="the flexsample CLI (flexsample.cli.app) is not available"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("flexsample.cli.app") is None,
+        reason="the flexsample CLI (flexsample.cli.app) is not available",
+    ),
 ]
-SHORT = ["--rounds", "1", "--epochs-per-round", "1", "--device", "cpu", "--quiet",
-         "--batch-size", "8"]
+SHORT = [
+    "--rounds",
+    "1",
+    "--epochs-per-round",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
+    "--batch-size",
+    "8",
+]
 SYNTHETIC = ["--dataset", "synthetic-lt", "--image-size", "16", *SHORT[:-2], "--batch-size", "128"]
 
 
@@ -40,14 +51,15 @@ def _invoke(*args: object):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def fake_tree(
-    root: Path, kind: str, per_class: tuple[int, int, int]
-) -> tuple[Path, Path, Path]:
+def fake_tree(root: Path, kind: str, per_class: tuple[int, int, int]) -> tuple[Path, Path, Path]:
     """(data dir, splits dir, first image): the first names per class of the real split."""
     labels = load_label_dict(SHARED / kind / "dic.npy")
     c = 8 if kind == "8-class" else 14
-    files = ({s: f"{s}_100.npy" for s in ("train", "val", "test")} if kind == "8-class"
-             else {s: f"{s}.npy" for s in ("train", "val", "test")})
+    files = (
+        {s: f"{s}_100.npy" for s in ("train", "val", "test")}
+        if kind == "8-class"
+        else {s: f"{s}.npy" for s in ("train", "val", "test")}
+    )
     data, splits = root / "data" / "ISIC_2019_Training_Input", root / "splits"
     data.mkdir(parents=True)
     splits.mkdir()
@@ -70,8 +82,22 @@ def fake_tree(
 def test_isic2019_r100_runs(tmp_path: Path) -> None:
     data, splits, _ = fake_tree(tmp_path, "8-class", (6, 2, 2))
     out = tmp_path / "run"
-    res = _invoke("run", "--dataset", "isic2019", "--imbalance-ratio", "100", "--data-dir", data,
-                  "--splits-dir", splits, "--image-size", "32", *SHORT, "--out", out)
+    res = _invoke(
+        "run",
+        "--dataset",
+        "isic2019",
+        "--imbalance-ratio",
+        "100",
+        "--data-dir",
+        data,
+        "--splits-dir",
+        splits,
+        "--image-size",
+        "32",
+        *SHORT,
+        "--out",
+        out,
+    )
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
     assert results["class_names"] == ["NV", "MEL", "BCC", "BKL", "AK", "SCC", "VASC", "DF"]
@@ -84,8 +110,20 @@ def test_isic2019_r100_runs(tmp_path: Path) -> None:
 def test_isic_archive14_runs(tmp_path: Path) -> None:
     data, splits, _ = fake_tree(tmp_path, "14-class", (3, 1, 1))
     out = tmp_path / "run"
-    res = _invoke("run", "--dataset", "isic-archive14", "--data-dir", data, "--splits-dir",
-                  splits, "--image-size", "32", *SHORT, "--out", out)
+    res = _invoke(
+        "run",
+        "--dataset",
+        "isic-archive14",
+        "--data-dir",
+        data,
+        "--splits-dir",
+        splits,
+        "--image-size",
+        "32",
+        *SHORT,
+        "--out",
+        out,
+    )
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
     assert len(results["class_names"]) == 14
@@ -96,13 +134,39 @@ def test_missing_images_stop_before_training(tmp_path: Path) -> None:
     data, splits, first = fake_tree(tmp_path, "8-class", (3, 1, 1))
     first.unlink()
     out = tmp_path / "run"
-    res = _invoke("run", "--dataset", "isic2019", "--data-dir", data, "--splits-dir", splits,
-                  "--image-size", "32", *SHORT, "--out", out)
+    res = _invoke(
+        "run",
+        "--dataset",
+        "isic2019",
+        "--data-dir",
+        data,
+        "--splits-dir",
+        splits,
+        "--image-size",
+        "32",
+        *SHORT,
+        "--out",
+        out,
+    )
     assert res.exit_code == 2
     assert "1 of 40 images" in res.output and first.name in res.output
     assert not (out / "checkpoint.pt").exists()
-    res = _invoke("run", "--dataset", "isic2019", "--data-dir", data, "--splits-dir", splits,
-                  "--image-size", "32", "--skip-missing", *SHORT, "--out", out, "--overwrite")
+    res = _invoke(
+        "run",
+        "--dataset",
+        "isic2019",
+        "--data-dir",
+        data,
+        "--splits-dir",
+        splits,
+        "--image-size",
+        "32",
+        "--skip-missing",
+        *SHORT,
+        "--out",
+        out,
+        "--overwrite",
+    )
     assert res.exit_code == 0, res.output
     config = json.loads((out / "config.json").read_text())
     assert config["dataset_info"]["skipped_missing"] == 1

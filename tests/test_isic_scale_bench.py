@@ -28,17 +28,54 @@ def tiny_backbone() -> str:
 
 
 TIGHT = [
-    "--small", "--image-size", "32", "--scale", "0.002",
-    "--val-per-class", "1", "--test-per-class", "1", "--bare-epochs", "1", "--workers", "0",
-    "--score-batch-size", "64", "--device", "cpu", "--no-warm-up",
+    "--small",
+    "--image-size",
+    "32",
+    "--scale",
+    "0.002",
+    "--val-per-class",
+    "1",
+    "--test-per-class",
+    "1",
+    "--bare-epochs",
+    "1",
+    "--workers",
+    "0",
+    "--score-batch-size",
+    "64",
+    "--device",
+    "cpu",
+    "--no-warm-up",
 ]
-RUN_KEYS = ("wall_s", "epochs", "train_s", "train_samples", "train_img_s", "train_img_s_steady",
-            "stall_s", "stall_share", "gpu_mem_peak_mib", "per_epoch")
-FLEX_KEYS = ("run_total_s", "queries", "score_s", "score_s_per_query", "score_s_per_query_max",
-             "score_samples", "final_subset_size", "test_balanced_accuracy")
-RATIOS = ("curriculum_train_throughput_vs_bare", "full_set_train_throughput_vs_bare",
-          "curriculum_wall_vs_full_set_wall", "scoring_share_of_curriculum_wall",
-          "curriculum_samples_vs_full_set")
+RUN_KEYS = (
+    "wall_s",
+    "epochs",
+    "train_s",
+    "train_samples",
+    "train_img_s",
+    "train_img_s_steady",
+    "stall_s",
+    "stall_share",
+    "gpu_mem_peak_mib",
+    "per_epoch",
+)
+FLEX_KEYS = (
+    "run_total_s",
+    "queries",
+    "score_s",
+    "score_s_per_query",
+    "score_s_per_query_max",
+    "score_samples",
+    "final_subset_size",
+    "test_balanced_accuracy",
+)
+RATIOS = (
+    "curriculum_train_throughput_vs_bare",
+    "full_set_train_throughput_vs_bare",
+    "curriculum_wall_vs_full_set_wall",
+    "scoring_share_of_curriculum_wall",
+    "curriculum_samples_vs_full_set",
+)
 
 
 def positive(x: object) -> bool:
@@ -50,9 +87,22 @@ def test_small_mode_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "isic_small.json"
     env = {**os.environ, "MPLBACKEND": "Agg"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *TIGHT, "--backbone", tiny_backbone(),
-         "--work", str(tmp_path / "work"), "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
+        [
+            sys.executable,
+            str(SCRIPT),
+            *TIGHT,
+            "--backbone",
+            tiny_backbone(),
+            "--work",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "device: CPU" in proc.stdout  # the exact device name is printed

@@ -49,8 +49,9 @@ def local_reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     before = torch.get_num_threads()
     out = tmp_path_factory.mktemp("local") / "b"
     try:
-        res = Cli()("bench", "--out", out, *TINY_CELL, *GRID, "--baselines", "ce",
-                    "--cpus-per-cell", "1")
+        res = Cli()(
+            "bench", "--out", out, *TINY_CELL, *GRID, "--baselines", "ce", "--cpus-per-cell", "1"
+        )
     finally:
         torch.set_num_threads(before)
     assert res.exit_code == 0, res.output
@@ -81,8 +82,19 @@ def ray_runtime():
 
 def test_ray_grid_gives_the_local_results(ray_runtime, local_reference, cli, tmp_path):
     out = tmp_path / "b"
-    res = cli("bench", "--out", out, *TINY_CELL, *GRID, "--baselines", "ce",
-              "--launcher", "ray", "--cpus-per-cell", "1")
+    res = cli(
+        "bench",
+        "--out",
+        out,
+        *TINY_CELL,
+        *GRID,
+        "--baselines",
+        "ce",
+        "--launcher",
+        "ray",
+        "--cpus-per-cell",
+        "1",
+    )
     assert res.exit_code == 0, res.output
     assert "6 cells, 0 already finished, 6 to run (ray)" in res.stdout
     table = rows(out)
@@ -99,6 +111,7 @@ def test_a_dead_ray_worker_is_one_line(ray_runtime):
     launcher = RayLauncher()
     launcher.start([])
     assert not launcher.owns_runtime and "already initialised" in launcher.note
+
     def die() -> None:
         os._exit(3)  # as a kill or the out-of-memory killer would end the worker
 
@@ -160,8 +173,20 @@ FLAGS = dict(
     array_parallelism=8,
     extra={"mem": "32G"},
 )
-CLI_FLAGS = ["--partition", "gpu", "--gpus-per-cell", "1", "--cpus-per-cell", "4", "--time",
-             "04:00:00", "--slurm-array-parallelism", "8", "--slurm-extra", "mem=32G"]
+CLI_FLAGS = [
+    "--partition",
+    "gpu",
+    "--gpus-per-cell",
+    "1",
+    "--cpus-per-cell",
+    "4",
+    "--time",
+    "04:00:00",
+    "--slurm-array-parallelism",
+    "8",
+    "--slurm-extra",
+    "mem=32G",
+]
 
 
 @pytest.mark.parametrize(
@@ -227,8 +252,9 @@ def test_bad_slurm_flags_are_one_line(flags, message):
 def test_slurm_without_slurm_is_one_line(cli, tmp_path, monkeypatch):
     monkeypatch.delenv(slurm_mod.CLUSTER_ENV, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch, no srun
-    res = cli("bench", "--out", tmp_path / "b", *TINY_CELL, "--launcher", "slurm",
-              "--time", "1:00:00")
+    res = cli(
+        "bench", "--out", tmp_path / "b", *TINY_CELL, "--launcher", "slurm", "--time", "1:00:00"
+    )
     line = one_error_line(res)
     assert "--launcher slurm needs Slurm's sbatch and srun on PATH" in line
     assert f"{slurm_mod.CLUSTER_ENV}=local" in line
@@ -267,8 +293,20 @@ def test_slurm_submits_one_array_and_a_rerun_reattaches(cli, tmp_path, monkeypat
     fake_slurm(tmp_path / "bin", state, base=7100)
     monkeypatch.delenv(slurm_mod.CLUSTER_ENV, raising=False)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    args = ["bench", "--out", out, *TINY_CELL, "--seeds", "0,1", "--estimator", "random",
-            "--launcher", "slurm", *CLI_FLAGS, "--no-wait"]
+    args = [
+        "bench",
+        "--out",
+        out,
+        *TINY_CELL,
+        "--seeds",
+        "0,1",
+        "--estimator",
+        "random",
+        "--launcher",
+        "slurm",
+        *CLI_FLAGS,
+        "--no-wait",
+    ]
 
     res = cli(*args)
     assert res.exit_code == 0, res.output
@@ -320,13 +358,28 @@ def test_slurm_job_that_ended_without_a_result_is_one_line(tmp_path, monkeypatch
 # --- Slurm: submitit's local executor, same results, --no-wait then rerun ----------------------
 
 
-def test_slurm_local_executor_no_wait_then_rerun_collects(local_reference, cli, tmp_path,
-                                                         monkeypatch):
+def test_slurm_local_executor_no_wait_then_rerun_collects(
+    local_reference, cli, tmp_path, monkeypatch
+):
     pytest.importorskip("submitit")
     monkeypatch.setenv(slurm_mod.CLUSTER_ENV, "local")
     out = tmp_path / "b"
-    args = ["bench", "--out", out, *TINY_CELL, "--estimators", "random", "--policies",
-            "linear", "--seeds", "0,1", "--launcher", "slurm", "--cpus-per-cell", "1"]
+    args = [
+        "bench",
+        "--out",
+        out,
+        *TINY_CELL,
+        "--estimators",
+        "random",
+        "--policies",
+        "linear",
+        "--seeds",
+        "0,1",
+        "--launcher",
+        "slurm",
+        "--cpus-per-cell",
+        "1",
+    ]
     res = cli(*args, "--no-wait")
     assert res.exit_code == 0, res.output
     assert "2 cells submitted and not finished yet (--no-wait)" in res.stdout
@@ -355,8 +408,7 @@ def test_slurm_local_executor_no_wait_then_rerun_collects(local_reference, cli, 
     "launcher, module, extra_flags",
     [("ray", "ray", []), ("slurm", "submitit", ["--time", "1:00:00"])],
 )
-def test_missing_package_names_the_extra(cli, tmp_path, monkeypatch, launcher, module,
-                                         extra_flags):
+def test_missing_package_names_the_extra(cli, tmp_path, monkeypatch, launcher, module, extra_flags):
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now fails
     res = cli("bench", "--out", tmp_path / "b", *TINY_CELL, "--launcher", launcher, *extra_flags)
     line = one_error_line(res)

@@ -101,8 +101,9 @@ def test_mask_edge_cases() -> None:
         keep_masks(0, 0, torch.arange(3), 2, 4, 1.0)
     assert draw_unit_hash(0, 1, 2, 3).dtype == torch.int32
     assert sample_hash(torch.tensor([1, 2])).dtype == torch.int32
-    assert not torch.equal(keep_masks(0, 1, torch.arange(8), 4, 16, 0.5),
-                           keep_masks(0, 2, torch.arange(8), 4, 16, 0.5))
+    assert not torch.equal(
+        keep_masks(0, 1, torch.arange(8), 4, 16, 0.5), keep_masks(0, 2, torch.arange(8), 4, 16, 0.5)
+    )
 
 
 # -- MC dropout in the context ---------------------------------------------------------------

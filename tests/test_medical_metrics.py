@@ -190,8 +190,9 @@ def test_sensitivity_specificity_brute_force():
 
 def test_class_absent_from_the_split():
     y = np.array([0, 0, 1, 1, 1])
-    probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1],
-                      [0.1, 0.1, 0.8]])
+    probs = np.array(
+        [[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8]]
+    )
     m = strict_json(classification_metrics(y, probs))
     assert m["per_class_auc"][2] is None
     assert m["auc_excluded_classes"] == [2]
@@ -227,8 +228,9 @@ def test_metrics_use_the_logit_adjusted_probabilities():
     adjusted = adjust_probs(raw, prior, 1.0)
     assert got["ece"] == pytest.approx(expected_calibration_error(adjusted, labels))
     assert got["ece"] != pytest.approx(expected_calibration_error(raw, labels))
-    assert got["per_class_auc"] == pytest.approx(classification_metrics(labels, adjusted)
-                                                 ["per_class_auc"])
+    assert got["per_class_auc"] == pytest.approx(
+        classification_metrics(labels, adjusted)["per_class_auc"]
+    )
 
 
 # ------------------------------------------------------------------ properties
@@ -238,8 +240,9 @@ def test_metrics_use_the_logit_adjusted_probabilities():
 def predictions(draw):
     c = draw(st.integers(2, 5))
     n = draw(st.integers(1, 40))
-    weights = draw(st.lists(st.lists(st.floats(0.01, 1.0), min_size=c, max_size=c),
-                            min_size=n, max_size=n))
+    weights = draw(
+        st.lists(st.lists(st.floats(0.01, 1.0), min_size=c, max_size=c), min_size=n, max_size=n)
+    )
     probs = np.asarray(weights)
     probs /= probs.sum(1, keepdims=True)
     y = np.asarray(draw(st.lists(st.integers(0, c - 1), min_size=n, max_size=n)))
@@ -269,8 +272,10 @@ def test_one_bin_ece_is_the_confidence_accuracy_gap(case):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 8), st.integers(0, 8)), min_size=1, max_size=6),
-       st.integers(1, 20))
+@given(
+    st.lists(st.tuples(st.integers(1, 8), st.integers(0, 8)), min_size=1, max_size=6),
+    st.integers(1, 20),
+)
 def test_perfect_calibration_gives_zero(groups, n_bins):
     # each group: k samples with confidence c/k >= 1/2 for class 0, exactly c of them class 0
     rows, labels = [], []
@@ -288,8 +293,9 @@ def test_perfect_calibration_gives_zero(groups, n_bins):
 
 def test_metrics_table_shows_auc_ece_and_per_class_rates():
     y = np.array([0, 0, 1, 1, 1])
-    probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1],
-                      [0.1, 0.1, 0.8]])
+    probs = np.array(
+        [[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8]]
+    )
     m = classification_metrics(y, probs)
     console = Console(record=True, width=140)
     console.print(metrics_table({"test": m}, ["nevus", "melanoma", "dermatofibroma"]))
@@ -322,7 +328,8 @@ def test_run_reports_the_medical_metrics(tiny_run: Path):
         assert 0.0 <= m["ece"] <= 1.0 and 0.0 <= m["macro_auc"] <= 1.0
         # digits-lt's test split is balanced (50 per class): the note explains accuracy
         assert m["class_balanced"] is True and m["accuracy"] == pytest.approx(
-            m["balanced_accuracy"], abs=1e-12)
+            m["balanced_accuracy"], abs=1e-12
+        )
         assert m["per_class_sensitivity"] == m["per_class_recall"]
     png = tiny_run / "calibration.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

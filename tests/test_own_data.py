@@ -59,30 +59,39 @@ def long_tailed(tmp_path: Path) -> Path:
 
 def test_imagefolder_keeps_the_folders_own_distribution(long_tailed: Path) -> None:
     notes = Notes()
-    ds = build_dataset("imagefolder", {"data_dir": str(long_tailed), "image_size": 8},
-                       progress=notes)
+    ds = build_dataset(
+        "imagefolder", {"data_dir": str(long_tailed), "image_size": 8}, progress=notes
+    )
     assert ds.class_names == ["bcc", "mel", "nv"]
     # smallest class 20: test 4 and val 2 per class carved out; every other image trains
     assert _counts(ds.test) == [4, 4, 4] and _counts(ds.val) == [2, 2, 2]
     assert _counts(ds.train) == [14, 44, 24]
     assert len(ds.train) + len(ds.val) + len(ds.test) == 100
     rows = {r["class"]: r for r in ds.info["allocation"]["classes"]}
-    assert rows["mel"] == {"class": "mel", "train": 44, "val": 2, "test": 4, "unused": 0,
-                           "skipped": 0}
+    assert rows["mel"] == {
+        "class": "mel",
+        "train": 44,
+        "val": 2,
+        "test": 4,
+        "unused": 0,
+        "skipped": 0,
+    }
     assert ds.info["imbalance_ratio"] is None
     # the table reached the user through the reporter, and is the recorded one
     assert notes.messages == [ds.info["allocation"]["table"]]
     table = notes.messages[0]
     assert "nothing resampled" in table and "carved per class" in table
     assert any(line.split() == ["mel", "44", "2", "4", "0", "0"] for line in table.splitlines())
-    assert any(line.split() == ["total", "82", "6", "12", "0", "0"]
-               for line in table.splitlines())
+    assert any(line.split() == ["total", "82", "6", "12", "0", "0"] for line in table.splitlines())
 
 
 def test_imagefolder_resamples_only_when_a_ratio_is_given(long_tailed: Path) -> None:
     notes = Notes()
-    ds = build_dataset("imagefolder", {"data_dir": str(long_tailed), "image_size": 8,
-                                       "imbalance_ratio": 100}, progress=notes)
+    ds = build_dataset(
+        "imagefolder",
+        {"data_dir": str(long_tailed), "image_size": 8, "imbalance_ratio": 100},
+        progress=notes,
+    )
     assert _counts(ds.train) == [1, 44, 4]  # the old behaviour, now asked for by name
     rows = {r["class"]: r for r in ds.info["allocation"]["classes"]}
     assert [rows[c]["unused"] for c in ("bcc", "mel", "nv")] == [13, 0, 20]
@@ -109,8 +118,9 @@ def test_train_val_test_folders_are_used_as_given(tmp_path: Path) -> None:
     ds = build_dataset("imagefolder", {"data_dir": str(root), "image_size": 8, "data_seed": 3})
     assert _counts(ds.val) == [1, 1, 1] and _counts(ds.test) == [3, 3, 3]
     assert _counts(ds.train) == [11, 6, 4]
-    assert set(ds.val.ids) <= {f"train/{p.relative_to(root / 'train')}"
-                               for p in (root / "train").rglob("*.png")}
+    assert set(ds.val.ids) <= {
+        f"train/{p.relative_to(root / 'train')}" for p in (root / "train").rglob("*.png")
+    }
     assert "carved" in ds.info["allocation"]["splits"]["val"]
     with pytest.raises(FlexsampleError, match="gives its own test split: drop test_per_class"):
         build_dataset("imagefolder", {"data_dir": str(root), "test_per_class": 2})
@@ -120,8 +130,10 @@ def test_train_val_test_folders_are_used_as_given(tmp_path: Path) -> None:
 
 
 def test_monai_json_datalist(tmp_path: Path) -> None:
-    imgs = {c: _images(tmp_path / "imgs" / c, n, k) for k, (c, n) in
-            enumerate({"benign": 9, "malignant": 6}.items())}
+    imgs = {
+        c: _images(tmp_path / "imgs" / c, n, k)
+        for k, (c, n) in enumerate({"benign": 9, "malignant": 6}.items())
+    }
 
     def entries(c: str, sl: slice) -> list[dict]:
         return [{"image": str(p.relative_to(tmp_path)), "label": c} for p in imgs[c][sl]]
@@ -133,21 +145,26 @@ def test_monai_json_datalist(tmp_path: Path) -> None:
     }
     (tmp_path / "datalist.json").write_text(json.dumps(doc))
     notes = Notes()
-    ds = build_dataset("datalist", {"datalist": str(tmp_path / "datalist.json"),
-                                    "image_size": 8}, progress=notes)
+    ds = build_dataset(
+        "datalist", {"datalist": str(tmp_path / "datalist.json"), "image_size": 8}, progress=notes
+    )
     assert ds.class_names == ["benign", "malignant"]
     assert ds.train_counts().tolist() == [7, 4]
     assert np.bincount(ds.val.labels).tolist() == [1, 1]
     assert ds.test.ids == [doc["test"][0]["image"], doc["test"][1]["image"]]
     assert "datalist (train, val, test)" == ds.info["layout"] and notes.messages
     # integer labels named by "classes"; no validation list: carved from training
-    doc = {"classes": ["benign", "malignant"],
-           "training": [{"image": e["image"], "label": int(e["label"] == "malignant")}
-                        for e in doc["training"]],
-           "test": doc["test"]}
+    doc = {
+        "classes": ["benign", "malignant"],
+        "training": [
+            {"image": e["image"], "label": int(e["label"] == "malignant")} for e in doc["training"]
+        ],
+        "test": doc["test"],
+    }
     (tmp_path / "ints.json").write_text(json.dumps(doc))
-    ds = build_dataset("datalist", {"datalist": "ints.json", "data_dir": str(tmp_path),
-                                    "image_size": 8})
+    ds = build_dataset(
+        "datalist", {"datalist": "ints.json", "data_dir": str(tmp_path), "image_size": 8}
+    )
     assert np.bincount(ds.val.labels).tolist() == [1, 1]
     assert ds.train_counts().tolist() == [6, 3] and len(ds.test) == 2
 
@@ -163,7 +180,8 @@ def test_isic_ground_truth_csv(tmp_path: Path) -> None:
             name = f"ISIC_{n:07d}"
             folder.mkdir(exist_ok=True)
             Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)).save(
-                folder / f"{name}.jpg")
+                folder / f"{name}.jpg"
+            )
             hot = ["1.0" if c == col else "0.0" for col in ("MEL", "NV", "BCC", "UNK")]
             rows.append(",".join([name, *hot]))
             n += 1
@@ -177,8 +195,9 @@ def test_isic_ground_truth_csv(tmp_path: Path) -> None:
     assert ds.train_counts().tolist() == [6, 12, 4]
     assert "UNK never set" in notes.messages[0]
     # a plain label/split CSV with an unknown split value, then a row that is not one-hot
-    (tmp_path / "bad.csv").write_text("image,label,split\nISIC_0000000,MEL,training\n"
-                                      "ISIC_0000001,NV,holdout\n")
+    (tmp_path / "bad.csv").write_text(
+        "image,label,split\nISIC_0000000,MEL,training\nISIC_0000001,NV,holdout\n"
+    )
     with pytest.raises(FlexsampleError, match=r"line 3 has split 'holdout'"):
         build_dataset("datalist", {"datalist": str(tmp_path / "bad.csv")})
     gt.write_text("\n".join([*rows, "ISIC_0000099,1.0,1.0,0.0,0.0"]) + "\n")
@@ -194,12 +213,18 @@ def test_csv_datalist_with_split_column_and_missing_images(tmp_path: Path) -> No
             lines.append(f"{c}/{p.name},{c},{split}")
     lines.append("x/gone.png,x,train")
     (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
-    with pytest.raises(FlexsampleError, match=r"1 of 12 images listed in .*list\.csv are missing"
-                                              r".*x/gone\.png"):
+    with pytest.raises(
+        FlexsampleError,
+        match=r"1 of 12 images listed in .*list\.csv are missing"
+        r".*x/gone\.png",
+    ):
         build_dataset("datalist", {"datalist": str(tmp_path / "list.csv")})
     notes = Notes()
-    ds = build_dataset("datalist", {"datalist": str(tmp_path / "list.csv"), "image_size": 8,
-                                    "skip_missing": True}, progress=notes)
+    ds = build_dataset(
+        "datalist",
+        {"datalist": str(tmp_path / "list.csv"), "image_size": 8, "skip_missing": True},
+        progress=notes,
+    )
     assert ds.train_counts().tolist() == [4, 3] and len(ds.val) == 2 and len(ds.test) == 2
     assert ds.info["skipped_missing"] == 1
     assert ds.info["allocation"]["classes"][0]["skipped"] == 1
@@ -213,7 +238,7 @@ def bad_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp / "ok.jpg")
     raw = (tmp / "ok.jpg").read_bytes()
     sos = raw.index(b"\xff\xda")
-    start = sos + 2 + int.from_bytes(raw[sos + 2:sos + 4], "big")
+    start = sos + 2 + int.from_bytes(raw[sos + 2 : sos + 4], "big")
     garbage = raw[:start] + b"\xff\xd8" * ((len(raw) - start) // 2) + b"\xff\xd9"
     return {"bomb.png": (tmp / "bomb.png").read_bytes(), "garbage.jpg": garbage}
 
@@ -241,9 +266,26 @@ def test_a_run_names_the_unreadable_image_in_one_line(
 ) -> None:
     bad = long_tailed / "mel" / "garbage.jpg"
     bad.write_bytes(bad_images["garbage.jpg"])
-    res = cli("run", "--dataset", "imagefolder", "--data-dir", long_tailed, "--image-size", "8",
-              "--backbone", "small-cnn", "--rounds", "2", "--epochs-per-round", "1",
-              "--quiet", "--device", "cpu", "--out", tmp_path / "run")
+    res = cli(
+        "run",
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        long_tailed,
+        "--image-size",
+        "8",
+        "--backbone",
+        "small-cnn",
+        "--rounds",
+        "2",
+        "--epochs-per-round",
+        "1",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "run",
+    )
     # the allocation table (stderr, beside progress), then one error line naming the file
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
@@ -251,9 +293,27 @@ def test_a_run_names_the_unreadable_image_in_one_line(
     line = lines[-1]
     assert line.startswith("error: corrupt or unreadable image"), res.stderr
     assert str(bad) in line and "OSError" in line and len(line) < 300, line
-    res = cli("run", "--dataset", "imagefolder", "--data-dir", long_tailed, "--image-size", "8",
-              "--backbone", "small-cnn", "--rounds", "2", "--epochs-per-round", "1",
-              "--quiet", "--device", "cpu", "--skip-missing", "--out", tmp_path / "run2")
+    res = cli(
+        "run",
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        long_tailed,
+        "--image-size",
+        "8",
+        "--backbone",
+        "small-cnn",
+        "--rounds",
+        "2",
+        "--epochs-per-round",
+        "1",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--skip-missing",
+        "--out",
+        tmp_path / "run2",
+    )
     assert res.exit_code == 0, res.output
     config = json.loads((tmp_path / "run2" / "config.json").read_text())
     assert config["dataset_info"]["skipped_corrupt"] == 1

@@ -120,9 +120,7 @@ def authors_anchor_count(counts: list[int], s: float, floor: int = 2) -> list[in
     n_min, n_max = min(counts), max(counts)
     r = Fraction(n_max, n_min)
     sf = Fraction(s)
-    return [
-        min(c, max(floor, math.floor(n_min * min(Fraction(c, n_min), r * sf)))) for c in counts
-    ]
+    return [min(c, max(floor, math.floor(n_min * min(Fraction(c, n_min), r * sf)))) for c in counts]
 
 
 # --- fakes ---------------------------------------------------------------------------------------
@@ -203,9 +201,16 @@ def curriculum(
     joins = Joins(holder)
     c = int(labels.max()) + 1
     cur = Curriculum(
-        Pool(labels, c), policy, allocation, estimator, learner,
-        inputs=lambda idx, bs: iter(()), rounds=rounds, epochs_per_round=epochs_per_round,
-        seed=0, callbacks=[joins],
+        Pool(labels, c),
+        policy,
+        allocation,
+        estimator,
+        learner,
+        inputs=lambda idx, bs: iter(()),
+        rounds=rounds,
+        epochs_per_round=epochs_per_round,
+        seed=0,
+        callbacks=[joins],
     )
     holder.append(cur)
     return cur, joins
@@ -225,8 +230,13 @@ def query_cases(draw: Any) -> tuple[list[int], list[int], list[float], list[floa
         taken[0] = 1
     perfect = draw(st.booleans())
     acc = [1.0] * k if perfect else draw(st.lists(accuracy, min_size=k, max_size=k))
-    scores = draw(st.lists(st.sampled_from([0.0, 0.1, 0.2, 0.5, 1.0, 2.0]),  # ties included
-                           min_size=sum(counts), max_size=sum(counts)))
+    scores = draw(
+        st.lists(
+            st.sampled_from([0.0, 0.1, 0.2, 0.5, 1.0, 2.0]),  # ties included
+            min_size=sum(counts),
+            max_size=sum(counts),
+        )
+    )
     q = draw(st.sampled_from([0.05, 0.1, 0.3, 1.0]))
     return counts, taken, acc, scores, q
 
@@ -237,13 +247,18 @@ def test_one_query_step_equals_the_authors_quotas_and_picks(case: Any) -> None:
     counts, taken, acc, scores, q = case
     labels = np.repeat(np.arange(len(counts)), counts)
     labels = np.random.default_rng(len(scores)).permutation(labels).astype(np.int64)
-    anchors = np.sort(np.concatenate(
-        [np.flatnonzero(labels == c)[:t] for c, t in enumerate(taken)]
-    )).astype(np.int64)
+    anchors = np.sort(
+        np.concatenate([np.flatnonzero(labels == c)[:t] for c, t in enumerate(taken)])
+    ).astype(np.int64)
     policy = get_policy("plateau", query_fraction=q)
     cur, joins = curriculum(
-        labels, policy, get_allocation("remaining-difficulty", query_fraction=q),
-        GivenScores(np.asarray(scores)), ScriptedLearner(len(counts), [0.5]), 1, 10,
+        labels,
+        policy,
+        get_allocation("remaining-difficulty", query_fraction=q),
+        GivenScores(np.asarray(scores)),
+        ScriptedLearner(len(counts), [0.5]),
+        1,
+        10,
     )
     cur.start(anchors)
     cur.epoch = 1  # after one validated epoch
@@ -261,8 +276,15 @@ def test_all_perfect_classes_query_q_of_each_pool_and_empty_classes_nothing() ->
     labels = np.repeat(np.arange(3), [40, 20, 5]).astype(np.int64)
     anchors = np.concatenate([np.arange(0, 10), np.arange(40, 60)])  # class 1 all taken
     alloc = get_allocation("remaining-difficulty", query_fraction=0.1)
-    cur, _ = curriculum(labels, get_policy("plateau"), alloc, GivenScores(np.zeros(65)),
-                        ScriptedLearner(3, [1.0]), 1, 10)
+    cur, _ = curriculum(
+        labels,
+        get_policy("plateau"),
+        alloc,
+        GivenScores(np.zeros(65)),
+        ScriptedLearner(3, [1.0]),
+        1,
+        10,
+    )
     cur.start(anchors)
     cur.history = [ValRecord(0, 1.0, (1.0, 1.0, 1.0))]
     state = cur.policy_state()
@@ -281,8 +303,9 @@ def curves(draw: Any) -> tuple[list[float], int, int, tuple[float, float, float]
     rounds = draw(st.integers(2, 4))
     epochs_per_round = draw(st.integers(3, 12))
     budget = rounds * epochs_per_round
-    accs = draw(st.lists(st.sampled_from([0.1, 0.2, 0.3, 0.4, 0.5]),
-                         min_size=budget, max_size=budget))
+    accs = draw(
+        st.lists(st.sampled_from([0.1, 0.2, 0.3, 0.4, 0.5]), min_size=budget, max_size=budget)
+    )
     fractions = (
         draw(st.sampled_from([0.0, 0.1, 1 / 6, 0.3])),
         draw(st.sampled_from([0.0, 7 / 120, 0.1, 0.2])),
@@ -304,11 +327,16 @@ def test_query_epochs_follow_the_authors_counters(case: Any) -> None:
     counts = [head, max(1, head // 4), 3]
     labels = np.repeat(np.arange(3), counts).astype(np.int64)
     anchors = np.concatenate([np.flatnonzero(labels == c)[:1] for c in range(3)])
-    policy = get_policy("plateau", warmup_fraction=w, patience_fraction=p,
-                        interval_fraction=i, query_fraction=0.1)
+    policy = get_policy(
+        "plateau", warmup_fraction=w, patience_fraction=p, interval_fraction=i, query_fraction=0.1
+    )
     cur, joins = curriculum(
-        labels, policy, get_allocation("remaining-difficulty", query_fraction=0.1),
-        GivenScores(np.zeros(len(labels))), ScriptedLearner(3, accs), rounds,
+        labels,
+        policy,
+        get_allocation("remaining-difficulty", query_fraction=0.1),
+        GivenScores(np.zeros(len(labels))),
+        ScriptedLearner(3, accs),
+        rounds,
         epochs_per_round,
     )
     cur.start(anchors)
@@ -331,8 +359,15 @@ def test_scripted_curve_hand_checked_and_fill_last() -> None:
     labels = np.repeat(np.arange(2), [5000, 500]).astype(np.int64)
     anchors = np.array([0, 5000])
     policy = get_policy("plateau")
-    cur, joins = curriculum(labels, policy, get_allocation("remaining-difficulty"),
-                            GivenScores(np.zeros(5500)), ScriptedLearner(2, accs), 12, 10)
+    cur, joins = curriculum(
+        labels,
+        policy,
+        get_allocation("remaining-difficulty"),
+        GivenScores(np.zeros(5500)),
+        ScriptedLearner(2, accs),
+        12,
+        10,
+    )
     cur.start(anchors)
     cur.run()
     want = sorted({e for start in range(21, 120, 7) for e in (start, start + 5) if e < 120})
@@ -343,8 +378,15 @@ def test_scripted_curve_hand_checked_and_fill_last() -> None:
     assert policy.state_dict()["queries"][1:3] == [[26, False], [28, True]]
     # fill_last: the rest joins at the start of the last round (epoch 110)
     filled = get_policy("plateau", fill_last=True)
-    cur, joins = curriculum(labels, filled, get_allocation("remaining-difficulty"),
-                            GivenScores(np.zeros(5500)), ScriptedLearner(2, accs), 12, 10)
+    cur, joins = curriculum(
+        labels,
+        filled,
+        get_allocation("remaining-difficulty"),
+        GivenScores(np.zeros(5500)),
+        ScriptedLearner(2, accs),
+        12,
+        10,
+    )
     cur.start(anchors)
     cur.run()
     assert joins.epochs == [e for e in want if e <= 110] and cur.pool.is_full
@@ -355,8 +397,15 @@ def test_scripted_curve_hand_checked_and_fill_last() -> None:
 def test_plateau_state_resumes_and_no_query_when_nothing_is_left() -> None:
     policy = get_policy("plateau", warmup_fraction=0.0, patience_fraction=0.1)
     labels = np.repeat(np.arange(2), [4, 2]).astype(np.int64)
-    cur, _ = curriculum(labels, policy, get_allocation("remaining-difficulty"),
-                        GivenScores(np.zeros(6)), ScriptedLearner(2, [0.5] * 10), 1, 10)
+    cur, _ = curriculum(
+        labels,
+        policy,
+        get_allocation("remaining-difficulty"),
+        GivenScores(np.zeros(6)),
+        ScriptedLearner(2, [0.5] * 10),
+        1,
+        10,
+    )
     cur.start(np.arange(6))
     cur.epoch = 5
     cur.history = [ValRecord(e, 0.5, (0.5, 0.5)) for e in range(5)]
@@ -533,18 +582,19 @@ def test_class_aware_sampler_visits_classes_in_cycles_and_members_without_replac
     k = len(counts)
     drawn = labels[order]
     for start in range(0, len(order), k):  # every full cycle holds every class once
-        cycle = drawn[start:start + k]
+        cycle = drawn[start : start + k]
         assert len(set(cycle.tolist())) == len(cycle)
     for c, n in enumerate(counts):  # a class's stream: whole permutations of its members
         stream = order[drawn == c]
         for start in range(0, len(stream), n):
-            part = stream[start:start + n]
+            part = stream[start : start + n]
             assert len(set(part.tolist())) == len(part)
             assert set(part.tolist()) <= set(np.flatnonzero(labels == c).tolist())
 
 
-def authors_cb_focal(logits: torch.Tensor, targets: torch.Tensor, counts: list[int],
-                     beta: float, gamma: float) -> torch.Tensor:
+def authors_cb_focal(
+    logits: torch.Tensor, targets: torch.Tensor, counts: list[int], beta: float, gamma: float
+) -> torch.Tensor:
     """losses/cb_loss.py `CBLoss(loss_type='focal')`, counts of absent classes read as 1
     (pipeline.py `_build_criterion`)."""
     counts = [n if n > 0 else 1 for n in counts]

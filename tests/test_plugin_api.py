@@ -65,9 +65,10 @@ def test_registration_by_decorator_with_options() -> None:
     assert DoubleMargin.name == "test-double-margin"
     est = get_estimator("test-double-margin", knn=3)  # what it declares
     assert est.knn == 3
-    with pytest.raises(OptionError,  # and only that: an option it does not declare is refused
-                       match="estimator 'test-double-margin' has no option 'mc_samples'; "
-                             "its options: knn"):
+    with pytest.raises(
+        OptionError,  # and only that: an option it does not declare is refused
+        match="estimator 'test-double-margin' has no option 'mc_samples'; its options: knn",
+    ):
         get_estimator("test-double-margin", knn=3, mc_samples=9)
     rows = {n: (doc, mod) for n, doc, mod in ESTIMATORS.describe()}
     assert rows["test-double-margin"][0] == "Twice the top-2 margin (test plugin)."
@@ -89,8 +90,11 @@ def test_a_name_cannot_be_taken_twice() -> None:
 @pytest.mark.parametrize(
     "fn, needs, match",
     [
-        (lambda c, i: np.zeros(len(i) + 1), frozenset(),
-         r"returned shape \(13,\); expected \(12,\)"),
+        (
+            lambda c, i: np.zeros(len(i) + 1),
+            frozenset(),
+            r"returned shape \(13,\); expected \(12,\)",
+        ),
         (lambda c, i: np.zeros((len(i), 1)), frozenset(), r"returned shape \(12, 1\)"),
         (lambda c, i: np.full(len(i), np.nan), frozenset(), "12 non-finite scores"),
         (lambda c, i: np.r_[np.inf, np.zeros(len(i) - 1)], frozenset(), "1 non-finite"),
@@ -101,8 +105,11 @@ def test_a_name_cannot_be_taken_twice() -> None:
         (lambda c, i: None, frozenset(), "returned NoneType"),
         (lambda c, i: c.features(i)[:, 0], frozenset({"probs"}), "reads 'features' but does not"),
         (lambda c, i: c.labels[i] * 1.0, frozenset(), "reads 'labels'"),
-        (lambda c, i: c.reduce_mc(i, 3, lambda p: p[0, :, 0]), frozenset({"features"}),
-         "reads 'mc'"),
+        (
+            lambda c, i: c.reduce_mc(i, 3, lambda p: p[0, :, 0]),
+            frozenset({"features"}),
+            "reads 'mc'",
+        ),
     ],
 )
 def test_output_validation_names_the_plugin(fn, needs, match) -> None:

@@ -388,8 +388,11 @@ def test_the_loop_checks_any_anchor_set_and_schedule():
 
     loop, _ = make_loop()
     loop.schedule = Drifting()
-    with pytest.raises(PluginError, match=r"policy 'Drifting' returned a negative budget -1 .*"
-                       rf"\(module {__name__}\)"):
+    with pytest.raises(
+        PluginError,
+        match=r"policy 'Drifting' returned a negative budget -1 .*"
+        rf"\(module {__name__}\)",
+    ):
         loop.run()
 
 
@@ -452,7 +455,11 @@ def run_process(cwd: Path, *args: str, env: dict[str, str] | None = None):
     full_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     full_env.update(env or {})
     return subprocess.run(
-        [*flexsample_cmd(), *args], cwd=cwd, capture_output=True, text=True, env=full_env,
+        [*flexsample_cmd(), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=full_env,
         timeout=300,
     )
 
@@ -477,8 +484,15 @@ def test_plugin_module_in_the_current_folder_works(tmp_path):
     )
     (tmp_path / "my_helper.py").write_text("POWER = 2\n")
     proc = run_process(
-        tmp_path, "run", *TINY, "--out", "out", "--plugin", "my_module",
-        "--estimator", "margin-squared",
+        tmp_path,
+        "run",
+        *TINY,
+        "--out",
+        "out",
+        "--plugin",
+        "my_module",
+        "--estimator",
+        "margin-squared",
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "out" / "config.json").read_text())["config"]["estimator"] == (
@@ -504,7 +518,7 @@ def test_the_current_folder_is_searched_in_process(cli, in_tmp_folder):
         "from flexsample import Estimator, register_estimator\n\n"
         "@register_estimator('pe-from-cwd')\n"
         "class FromCwd(Estimator):\n"
-        "    \"\"\"Found in the current folder.\"\"\"\n"
+        '    """Found in the current folder."""\n'
     )
     res = cli("list", "--plugin", "cwd_plugin_q")
     assert res.exit_code == 0, res.output
@@ -536,7 +550,10 @@ def test_entry_point_plugins_are_named_by_their_entry_point(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     write_distribution(
-        site, "flexsample.policies", "ep-fails", "ep_fails_mod",
+        site,
+        "flexsample.policies",
+        "ep-fails",
+        "ep_fails_mod",
         "from flexsample import Policy, register_policy\n\n"
         "@register_policy('ep-fails')\n"
         "class Fails(Policy):\n"
@@ -588,6 +605,9 @@ def test_an_exception_in_a_plugins_load_state_dict_names_it(write_plugin):
     loop, _ = make_loop()
     state = loop.state_dict()
     loop.estimator = get_estimator("pe-no-restore")
-    with pytest.raises(PluginError, match=r"estimator 'pe-no-restore' raised ValueError: "
-                       r"cannot restore in load_state_dict\(\)"):
+    with pytest.raises(
+        PluginError,
+        match=r"estimator 'pe-no-restore' raised ValueError: "
+        r"cannot restore in load_state_dict\(\)",
+    ):
         loop.load_state_dict(state)

@@ -105,8 +105,9 @@ def test_pretrained_anchor_features_use_the_imagenet_weights(hub) -> None:
 
     _, state = hub
     digits = build_dataset("digits-lt")
-    digits.train = Split(digits.train.labels[:20], digits.train.ids[:20],
-                         digits.train.in_memory[:20])
+    digits.train = Split(
+        digits.train.labels[:20], digits.train.ids[:20], digits.train.in_memory[:20]
+    )
 
     def factory():
         return create_model("resnet18", 10, 1, pretrained="imagenet")
@@ -140,8 +141,14 @@ def test_offline_without_cache_says_what_to_do(
         create_model("resnet18", 3, 3, pretrained="imagenet")
     text = str(err.value)
     assert "\n" not in text
-    for part in ("--pretrained imagenet", REPO, str(tmp_path / "empty"), "HF_HUB_OFFLINE",
-                 "--pretrained PATH", "HF_HUB_CACHE"):
+    for part in (
+        "--pretrained imagenet",
+        REPO,
+        str(tmp_path / "empty"),
+        "HF_HUB_OFFLINE",
+        "--pretrained PATH",
+        "HF_HUB_CACHE",
+    ):
         assert part in text, text
 
 
@@ -189,8 +196,18 @@ def test_cli_missing_cache_and_small_cnn_exit_2(
 ) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "nothing"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    common = ["run", "--rounds", "1", "--epochs-per-round", "1", "--quiet", "--device", "cpu",
-              "--pretrained", "imagenet"]
+    common = [
+        "run",
+        "--rounds",
+        "1",
+        "--epochs-per-round",
+        "1",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--pretrained",
+        "imagenet",
+    ]
     line = one_error_line(cli(*common, "--backbone", "resnet18", "--out", tmp_path / "a"))
     assert "not in the Hugging Face cache" in line and "--pretrained PATH" in line
     line = one_error_line(cli(*common, "--out", tmp_path / "b"))  # digits: auto = small-cnn

@@ -192,12 +192,25 @@ def test_progress_bars_off_a_terminal_print_one_line_per_bench_cell() -> None:
 
 def test_run_output_captured_off_a_terminal_has_plain_progress(cli, tmp_path: Path) -> None:
     """CliRunner captures stdout like a job log does: not a terminal."""
-    res = cli("run", "--rounds", "2", "--epochs-per-round", "1", "--device", "cpu",
-              "--out", tmp_path / "run")
+    res = cli(
+        "run",
+        "--rounds",
+        "2",
+        "--epochs-per-round",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "run",
+    )
     assert res.exit_code == 0, res.output
     out = res.stdout
-    assert re.search(r"^\[ *\d+\.\d s\] epoch 1/2  subset \d+  loss \d\.\d{4}  val bal-acc "
-                     r"\d\.\d{4}( \*)?  \(\d+\.\d s\)$", out, re.M), out
+    assert re.search(
+        r"^\[ *\d+\.\d s\] epoch 1/2  subset \d+  loss \d\.\d{4}  val bal-acc "
+        r"\d\.\d{4}( \*)?  \(\d+\.\d s\)$",
+        out,
+        re.M,
+    ), out
     assert re.search(r"^\[ *\d+\.\d s\] epoch 2/2  subset \d+ ", out, re.M), out
     assert re.search(r"^\[ *\d+\.\d s\] step 1: ", out, re.M), out
 
@@ -207,9 +220,25 @@ def test_run_with_stdout_to_a_file_writes_progress_lines(tmp_path: Path) -> None
     log = tmp_path / "job.log"
     with log.open("w") as f:
         proc = subprocess.run(
-            [sys.executable, "-m", "flexsample", "run", "--rounds", "2", "--epochs-per-round",
-             "1", "--device", "cpu", "--out", str(tmp_path / "run")],
-            stdout=f, stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "flexsample",
+                "run",
+                "--rounds",
+                "2",
+                "--epochs-per-round",
+                "1",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "run"),
+            ],
+            stdout=f,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            timeout=600,
         )
     assert proc.returncode == 0, proc.stderr
     text = log.read_text()
@@ -233,13 +262,27 @@ def _tiny_split(ds, n: int = 24) -> Split:
 def test_ssl_pretraining_reports_each_epoch(digits) -> None:
     rec = Recorder()
     model = create_model("small-cnn", digits.num_classes, 1, 0.5)
-    train_ssl(model, _tiny_split(digits), epochs=3, seed=0, device=torch.device("cpu"),
-              batch_size=16, progress=rec)
+    train_ssl(
+        model,
+        _tiny_split(digits),
+        epochs=3,
+        seed=0,
+        device=torch.device("cpu"),
+        batch_size=16,
+        progress=rec,
+    )
     assert rec.tasks == [["SSL pre-training (3 epochs)", 3, 3]]
     # a plain callable still gets the images of every batch
     seen: list[int] = []
-    train_ssl(model, _tiny_split(digits), epochs=2, seed=0, device=torch.device("cpu"),
-              batch_size=16, progress=seen.append)
+    train_ssl(
+        model,
+        _tiny_split(digits),
+        epochs=2,
+        seed=0,
+        device=torch.device("cpu"),
+        batch_size=16,
+        progress=seen.append,
+    )
     assert sum(seen) == 2 * 24
 
 
@@ -251,8 +294,9 @@ def test_ssl_cache_hit_says_so(digits, tmp_path: Path) -> None:
     def factory():
         return create_model("small-cnn", ds.num_classes, 1, 0.5)
 
-    options = dict(backbone="small-cnn", seed=0, ssl_epochs=1, cache_dir=tmp_path,
-                   ssl_batch_size=16)
+    options = dict(
+        backbone="small-cnn", seed=0, ssl_epochs=1, cache_dir=tmp_path, ssl_batch_size=16
+    )
     first = Recorder()
     ssl_weights(ds, factory, progress=first, **options)
     assert [t[0] for t in first.tasks] == ["SSL pre-training (1 epochs)"]
@@ -272,11 +316,19 @@ def test_anchor_features_report_per_batch(digits, tmp_path: Path) -> None:
     ds.train = _tiny_split(digits)
     rec = Recorder()
     anchor_features(
-        "ssl", ds, lambda: create_model("small-cnn", ds.num_classes, 1, 0.5),
-        ssl_epochs=2, batch_size=16, ssl_batch_size=16, cache_dir=tmp_path, progress=rec,
+        "ssl",
+        ds,
+        lambda: create_model("small-cnn", ds.num_classes, 1, 0.5),
+        ssl_epochs=2,
+        batch_size=16,
+        ssl_batch_size=16,
+        cache_dir=tmp_path,
+        progress=rec,
     )
-    assert rec.tasks == [["SSL pre-training (2 epochs)", 2, 2],
-                         ["anchor features (embedding)", 24, 24]]
+    assert rec.tasks == [
+        ["SSL pre-training (2 epochs)", 2, 2],
+        ["anchor features (embedding)", 24, 24],
+    ]
 
 
 def _pngs(root: Path, per_class: dict[str, int]) -> None:
@@ -291,8 +343,14 @@ def _pngs(root: Path, per_class: dict[str, int]) -> None:
 def test_image_checks_and_cache_building_report_progress(tmp_path: Path) -> None:
     _pngs(tmp_path / "data", {"a": 12, "b": 10})
     rec = Recorder()
-    ds = build_dataset("imagefolder", data_dir=str(tmp_path / "data"), image_size=8,
-                       imbalance_ratio=2, cache_dir=str(tmp_path / "cache"), progress=rec)
+    ds = build_dataset(
+        "imagefolder",
+        data_dir=str(tmp_path / "data"),
+        image_size=8,
+        imbalance_ratio=2,
+        cache_dir=str(tmp_path / "cache"),
+        progress=rec,
+    )
     total = len(ds.train) + len(ds.val) + len(ds.test)
     assert rec.tasks[0] == ["checking image files", total, total]
     decoded = {t[0]: t for t in rec.tasks[1:]}

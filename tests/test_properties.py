@@ -36,9 +36,7 @@ from flexsample.engine.selection import select_per_class, select_segments
 from flexsample.estimators import build_estimator
 from flexsample.training.models import adapt_model
 
-SETTINGS = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def builtins(registry, names: list[str]) -> list[str]:
@@ -162,8 +160,16 @@ GROWS_TO_FULL = {"linear", "convex", "concave", "exponential", "step", "adaptive
 ROUND_SCHEDULES = {"linear", "convex", "concave", "exponential", "step"}
 
 
-def drive(policy: str, totals: np.ndarray, anchors: np.ndarray, rounds: int, epr: int,
-          accs: list[float], jumps: int, fill_last: bool = False) -> list[int]:
+def drive(
+    policy: str,
+    totals: np.ndarray,
+    anchors: np.ndarray,
+    rounds: int,
+    epr: int,
+    accs: list[float],
+    jumps: int,
+    fill_last: bool = False,
+) -> list[int]:
     """The loop's protocol on counts alone: ask before every epoch, grow by a proportional
     allocation; returns the subset size trained on at each epoch."""
     options = {"jumps": jumps} if policy == "step" else {}
@@ -177,8 +183,16 @@ def drive(policy: str, totals: np.ndarray, anchors: np.ndarray, rounds: int, epr
     sizes = []
     step = 0
     for epoch in range(rounds * epr):
-        state = PolicyState(epoch, step, rounds, epr, subset.copy(), remaining.copy(),
-                            int(anchors.sum()), tuple(history))
+        state = PolicyState(
+            epoch,
+            step,
+            rounds,
+            epr,
+            subset.copy(),
+            remaining.copy(),
+            int(anchors.sum()),
+            tuple(history),
+        )
         if schedule.should_query(state):
             budget = schedule.budget(state)
             assert isinstance(budget, int) and 0 <= budget <= int(remaining.sum()), budget
@@ -286,7 +300,10 @@ def test_allocations_split_the_budget_without_overdrawing(
 
 def test_every_builtin_allocation_is_covered() -> None:
     assert set(builtins(ALLOCATIONS, list_allocations())) == {
-        "proportional", "balanced", "difficulty", "remaining-difficulty"
+        "proportional",
+        "balanced",
+        "difficulty",
+        "remaining-difficulty",
     }
 
 
@@ -302,8 +319,11 @@ def _model(dim: int, classes: int, seed: int) -> nn.Module:
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     name=st.sampled_from(
-        [*sorted(builtins(ESTIMATORS, list_estimators())), "mcdropout+density",
-         "entropy+prototype-cosine"]
+        [
+            *sorted(builtins(ESTIMATORS, list_estimators())),
+            "mcdropout+density",
+            "entropy+prototype-cosine",
+        ]
     ),
     n=st.integers(4, 40),
     classes=st.integers(2, 5),
@@ -323,8 +343,15 @@ def test_every_estimator_gives_finite_scores_of_the_candidates_shape(
     in_subset[rng.integers(n)] = False  # and at least one candidate
     subset = np.flatnonzero(in_subset)
     candidates = rng.permutation(np.flatnonzero(~in_subset))
-    ctx = ScoringContext(_model(6, classes, seed), tensor_inputs(x), labels, seed=seed, step=1,
-                         batch_size=7, subset_indices=subset)
+    ctx = ScoringContext(
+        _model(6, classes, seed),
+        tensor_inputs(x),
+        labels,
+        seed=seed,
+        step=1,
+        batch_size=7,
+        subset_indices=subset,
+    )
     given = {"mc_samples": 3, "mc_mode": mc_mode, "knn": knn}
     # each option goes to the parts that declare it; one no part declares is refused
     takes = set().union(*(ESTIMATORS.options(p).model_fields for p in name.split("+")))
@@ -335,5 +362,13 @@ def test_every_estimator_gives_finite_scores_of_the_candidates_shape(
 
 
 def test_every_builtin_estimator_is_covered() -> None:
-    assert {"random", "entropy", "margin", "least-confidence", "mcdropout", "density",
-            "info-density", "prototype-cosine"} <= set(builtins(ESTIMATORS, list_estimators()))
+    assert {
+        "random",
+        "entropy",
+        "margin",
+        "least-confidence",
+        "mcdropout",
+        "density",
+        "info-density",
+        "prototype-cosine",
+    } <= set(builtins(ESTIMATORS, list_estimators()))

@@ -25,7 +25,9 @@ def test_register_get_create_and_names():
     assert reg.names() == ["spinner"]
     assert reg.get("spinner") is Spinner and Spinner.name == "spinner"
     assert reg.create("spinner", speed=3).speed == 3
-    with pytest.raises(OptionError, match="widget 'spinner' has no option 'unrelated'; its options: speed"):
+    with pytest.raises(
+        OptionError, match="widget 'spinner' has no option 'unrelated'; its options: speed"
+    ):
         reg.create("spinner", speed=3, unrelated=True)
     assert reg.describe() == [("spinner", "Spins. Second line is not shown.", __name__)]
     with pytest.raises(UnknownNameError, match="unknown widget 'wheel'; available: spinner"):
@@ -50,7 +52,9 @@ def test_options_come_from_the_signature_typed_and_checked():
     assert list(reg.options("gear").model_fields) == ["teeth", "ratio"]  # no runtime, *, **
     gear = reg.build("gear", {"teeth": "7"}, counts=[1, 2])
     assert (gear.teeth, gear.ratio, gear.counts) == (7, 1.5, [1, 2])
-    with pytest.raises(OptionError, match=r"invalid widget 'gear' option 'teeth' = 'x'.*an integer"):
+    with pytest.raises(
+        OptionError, match=r"invalid widget 'gear' option 'teeth' = 'x'.*an integer"
+    ):
         reg.build("gear", {"teeth": "x"}, counts=[])
     with pytest.raises(OptionError, match=r"no option 'teth' \(did you mean 'teeth'\?\)"):
         reg.build("gear", {"teth": 3}, counts=[])

@@ -55,8 +55,9 @@ def test_same_command_with_resume_appended_continues(cli, unfinished, tiny_run):
 
 
 def test_the_runs_own_config_file_with_resume_continues(cli, unfinished, tiny_run):
-    res = cli("run", "--config", unfinished / "config.json", "--out", unfinished, "--resume",
-              "--quiet")
+    res = cli(
+        "run", "--config", unfinished / "config.json", "--out", unfinished, "--resume", "--quiet"
+    )
     assert res.exit_code == 0, res.output
     _same_outputs(tiny_run, unfinished)
 

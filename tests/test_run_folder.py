@@ -176,8 +176,17 @@ def test_every_output_file_honours_the_umask(cli, tmp_path, mask, mode):
         os.umask(old)
     assert res.exit_code == 0, res.output
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir() if p.is_file()}
-    for name in ("config.json", "results.json", "selection.npz", "scores.npz", "rounds.jsonl",
-                 "curves.png", "checkpoint.pt", "checkpoint.prev.pt", "best.pt"):
+    for name in (
+        "config.json",
+        "results.json",
+        "selection.npz",
+        "scores.npz",
+        "rounds.jsonl",
+        "curves.png",
+        "checkpoint.pt",
+        "checkpoint.prev.pt",
+        "best.pt",
+    ):
         assert modes[name] == mode, (name, oct(modes[name]))
 
 

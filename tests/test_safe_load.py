@@ -47,10 +47,13 @@ class _RunsCode:
 
 
 @needs_splits
-@pytest.mark.parametrize("sub, n, key_sample", [
-    ("8-class", 25331, "ISIC_0000000.jpg"),
-    ("14-class", 25020, "ISIC_0062513.jpg"),
-])
+@pytest.mark.parametrize(
+    "sub, n, key_sample",
+    [
+        ("8-class", 25331, "ISIC_0000000.jpg"),
+        ("14-class", 25020, "ISIC_0062513.jpg"),
+    ],
+)
 def test_real_label_files_load(sub: str, n: int, key_sample: str) -> None:
     labels = load_label_dict(SPLITS / sub / "dic.npy")
     assert len(labels) == n
@@ -76,17 +79,24 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("module, name", [
-    ("builtins", "eval"),
-    ("builtins", "exec"),
-    ("os", "system"),
-    ("subprocess", "Popen"),
-    ("numpy", "load"),
-    ("numpy.testing._private.utils", "runstring"),
-])
+@pytest.mark.parametrize(
+    "module, name",
+    [
+        ("builtins", "eval"),
+        ("builtins", "exec"),
+        ("os", "system"),
+        ("subprocess", "Popen"),
+        ("numpy", "load"),
+        ("numpy.testing._private.utils", "runstring"),
+    ],
+)
 def test_any_other_global_is_refused(tmp_path: Path, module: str, name: str) -> None:
     payload = (
-        b"\x80\x03c" + module.encode() + b"\n" + name.encode() + b"\n"
+        b"\x80\x03c"
+        + module.encode()
+        + b"\n"
+        + name.encode()
+        + b"\n"
         + b"X\x0b\x00\x00\x00print('hi')\x85R."
     )
     path = _npy_with_payload(tmp_path / "dic.npy", payload)

@@ -228,8 +228,14 @@ def score_case(
 
     def context() -> ScoringContext:
         return ScoringContext(
-            model, tensor_inputs(x), labels, seed=5, step=2, batch_size=BATCH,
-            subset_indices=sub, ranks=ranks,
+            model,
+            tensor_inputs(x),
+            labels,
+            seed=5,
+            step=2,
+            batch_size=BATCH,
+            subset_indices=sub,
+            ranks=ranks,
             snapshots=snapshot_states(model) if source == "snapshots" else None,
         )
 
@@ -362,9 +368,11 @@ def test_sharded_scores_equal_single_process(results: dict[str, Any], case: str)
         np.testing.assert_array_equal(got["topk"], ref["topk"])
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[1] in ("badge", "batchbald",
-                                                                  "coreset", "typiclust")],
-                         ids=lambda c: c[0])
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if c[1] in ("badge", "batchbald", "coreset", "typiclust")],
+    ids=lambda c: c[0],
+)
 def test_sharded_selector_picks_equal_single_process(
     results: dict[str, Any], case: tuple[str, str, dict[str, Any], str]
 ) -> None:

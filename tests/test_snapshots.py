@@ -122,8 +122,7 @@ def test_fewer_than_two_members_or_bad_options_are_refused():
         make_loop(mc_source="ensemble")
     broken = {k: v for k, v in cpu_state(model).items() if "running_var" not in k}
     with pytest.raises(FlexsampleError, match="snapshot 1 has no weights for .*running_var"):
-        list(context(model, torch.zeros(4, 4), [cpu_state(model), broken]).iter_mc(
-            np.arange(4), 2))
+        list(context(model, torch.zeros(4, 4), [cpu_state(model), broken]).iter_mc(np.arange(4), 2))
 
 
 # -- which weights are kept -------------------------------------------------------------------
@@ -225,9 +224,19 @@ def make_loop(snapshots=2, checkpoint_dir=None, mc_source="snapshots"):
     learner = DriftingLearner(ACCS)
     spy = Spy()
     loop = Curriculum(
-        Pool(labels, 3), get_policy("linear"), get_allocation("proportional"), spy, learner,
-        tensor_inputs(X), rounds=5, epochs_per_round=2, seed=0, score_batch_size=16,
-        checkpoint_dir=checkpoint_dir, mc_source=mc_source, snapshots=snapshots,
+        Pool(labels, 3),
+        get_policy("linear"),
+        get_allocation("proportional"),
+        spy,
+        learner,
+        tensor_inputs(X),
+        rounds=5,
+        epochs_per_round=2,
+        seed=0,
+        score_batch_size=16,
+        checkpoint_dir=checkpoint_dir,
+        mc_source=mc_source,
+        snapshots=snapshots,
     )
     loop.start(np.concatenate([np.flatnonzero(labels == c)[:6] for c in range(3)]))
     return loop, learner, spy
@@ -298,8 +307,20 @@ def test_a_checkpoint_of_another_source_is_refused(tmp_path):
 def test_cli_run_with_snapshots_completes(cli, tmp_path):
     out = tmp_path / "snap"
     res = cli(
-        "run", "--rounds", "3", "--epochs-per-round", "1", "--mc-source", "snapshots",
-        "--snapshots", "2", "--quiet", "--device", "cpu", "--out", out,
+        "run",
+        "--rounds",
+        "3",
+        "--epochs-per-round",
+        "1",
+        "--mc-source",
+        "snapshots",
+        "--snapshots",
+        "2",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--out",
+        out,
     )
     assert res.exit_code == 0, res.output
     cfg = json.loads((out / "config.json").read_text())["config"]
@@ -315,8 +336,18 @@ def test_cli_run_with_snapshots_completes(cli, tmp_path):
 
 def test_cli_one_snapshot_is_one_line_and_exit_2(cli, tmp_path):
     line = one_error_line(
-        cli("run", "--mc-source", "snapshots", "--snapshots", "1", "--quiet", "--device",
-            "cpu", "--out", tmp_path / "x")
+        cli(
+            "run",
+            "--mc-source",
+            "snapshots",
+            "--snapshots",
+            "1",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--out",
+            tmp_path / "x",
+        )
     )
     assert "--snapshots" in line and "2" in line, line
     assert not (tmp_path / "x").exists()

@@ -63,8 +63,18 @@ def test_csv_without_the_columns_says_which_are_expected(tmp_path: Path) -> None
 
 def test_existing_output_needs_overwrite(small_csv: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
-    args = ["--ground-truth", small_csv, "--out", out, "--head-count", "10",
-            "--val-per-class", "5", "--test-per-class", "5"]
+    args = [
+        "--ground-truth",
+        small_csv,
+        "--out",
+        out,
+        "--head-count",
+        "10",
+        "--val-per-class",
+        "5",
+        "--test-per-class",
+        "5",
+    ]
     assert invoke(*args).exit_code == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     line = one_error_line(invoke(*args, "--data-seed", "4"))
@@ -76,12 +86,28 @@ def test_existing_output_needs_overwrite(small_csv: Path, tmp_path: Path) -> Non
 
 def test_custom_counts_for_a_small_set(small_csv: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
-    res = invoke("--ground-truth", small_csv, "--out", out, "--imbalance-ratio", "10",
-                 "--val-per-class", "3", "--test-per-class", "4", "--head-count", "20")
+    res = invoke(
+        "--ground-truth",
+        small_csv,
+        "--out",
+        out,
+        "--imbalance-ratio",
+        "10",
+        "--val-per-class",
+        "3",
+        "--test-per-class",
+        "4",
+        "--head-count",
+        "20",
+    )
     assert res.exit_code == 0, res.output
     labels = load_label_dict(out / "dic.npy")
-    got = {s: np.bincount([labels[n] for n in load_name_array(out / f"{s}_10.npy")],
-                          minlength=8).tolist() for s in ("train", "val", "test")}
+    got = {
+        s: np.bincount(
+            [labels[n] for n in load_name_array(out / f"{s}_10.npy")], minlength=8
+        ).tolist()
+        for s in ("train", "val", "test")
+    }
     assert got["val"] == [3] * 8 and got["test"] == [4] * 8
     assert got["train"] == [round(20 * 10 ** (-i / 7)) for i in range(8)] == train_counts(10, 20)
     assert "train" in res.stdout and "   20" in res.stdout
@@ -117,8 +143,16 @@ def test_bad_numbers_are_one_line(
 def test_out_under_a_file_is_one_line(small_csv: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    args = ["--ground-truth", small_csv, "--head-count", "10", "--val-per-class", "2",
-            "--test-per-class", "2"]
+    args = [
+        "--ground-truth",
+        small_csv,
+        "--head-count",
+        "10",
+        "--val-per-class",
+        "2",
+        "--test-per-class",
+        "2",
+    ]
     assert "--out is not a folder" in one_error_line(invoke(*args, "--out", blocker))
     line = one_error_line(invoke(*args, "--out", blocker / "sub"))
     assert f"cannot write splits to {blocker / 'sub'}" in line

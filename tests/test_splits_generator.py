@@ -111,16 +111,38 @@ def test_cli_function_and_bad_csv(tmp_path: Path) -> None:
 
     enough = {f"ISIC_{i:07d}.jpg": i % 8 for i in range(8 * 170)}
     csv = write_csv(tmp_path / "gt2.csv", enough)
-    res = runner.invoke(app, ["splits", "--ground-truth", str(csv), "--imbalance-ratio", "1000",
-                              "--data-seed", "3", "--out", str(tmp_path / "o")])
+    res = runner.invoke(
+        app,
+        [
+            "splits",
+            "--ground-truth",
+            str(csv),
+            "--imbalance-ratio",
+            "1000",
+            "--data-seed",
+            "3",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     # at R=1000 the head needs 5000 images: still an error, nothing written
     assert res.exit_code == 2 and "--head-count" in res.stderr, res.output
     assert not (tmp_path / "o").exists()
 
     few = {f"ISIC_{i:07d}_downsampled.jpg": i % 8 for i in range(8 * 5200)}
     csv = write_csv(tmp_path / "gt3.csv", few)
-    res = runner.invoke(app, ["splits", "--ground-truth", str(csv), "--imbalance-ratio", "100",
-                              "--out", str(tmp_path / "ok")])
+    res = runner.invoke(
+        app,
+        [
+            "splits",
+            "--ground-truth",
+            str(csv),
+            "--imbalance-ratio",
+            "100",
+            "--out",
+            str(tmp_path / "ok"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "train" in res.output and "5000" in res.output
     res = runner.invoke(app, ["splits", "--ground-truth", str(csv), "--out", str(tmp_path / "ok")])

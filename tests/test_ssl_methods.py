@@ -48,14 +48,23 @@ def small_cnn():
 
 
 def backbone_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()
-            if k.startswith("features.") and v.is_floating_point()}
+    return {
+        k: v.clone()
+        for k, v in model.state_dict().items()
+        if k.startswith("features.") and v.is_floating_point()
+    }
 
 
 @pytest.mark.parametrize("method", SSL_METHODS)
 def test_each_method_trains_and_is_cached_under_its_name(tiny, tmp_path: Path, method) -> None:
-    options = dict(backbone="small-cnn", seed=0, ssl_epochs=2, cache_dir=tmp_path,
-                   ssl_method=method, ssl_batch_size=8)
+    options = dict(
+        backbone="small-cnn",
+        seed=0,
+        ssl_epochs=2,
+        cache_dir=tmp_path,
+        ssl_method=method,
+        ssl_batch_size=8,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         start = backbone_of(small_cnn())  # what the factory builds under the seed
@@ -64,8 +73,9 @@ def test_each_method_trains_and_is_cached_under_its_name(tiny, tmp_path: Path, m
     assert changed == list(start)  # every backbone tensor moved
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     assert not any(k.startswith("head.") for k in weights)
-    path = ssl_cache_path(tmp_path, tiny.name, tiny.split_hash(), 8, "small-cnn", 0, 2, None,
-                          method, 8)
+    path = ssl_cache_path(
+        tmp_path, tiny.name, tiny.split_hash(), 8, "small-cnn", 0, 2, None, method, 8
+    )
     assert path.is_file() and f"-{method}-b8-" in path.name
     stamp = path.stat().st_mtime_ns
     again = ssl_weights(tiny, small_cnn, **options)  # a cache hit: nothing retrained
@@ -76,15 +86,31 @@ def test_each_method_trains_and_is_cached_under_its_name(tiny, tmp_path: Path, m
 def test_methods_give_different_weights_and_files(tiny, tmp_path: Path) -> None:
     got = {}
     for method in SSL_METHODS:
-        got[method] = ssl_weights(tiny, small_cnn, backbone="small-cnn", seed=0, ssl_epochs=1,
-                                  cache_dir=tmp_path, ssl_method=method, ssl_batch_size=16)
+        got[method] = ssl_weights(
+            tiny,
+            small_cnn,
+            backbone="small-cnn",
+            seed=0,
+            ssl_epochs=1,
+            cache_dir=tmp_path,
+            ssl_method=method,
+            ssl_batch_size=16,
+        )
     assert len(list((tmp_path / "ssl").glob("*.pt"))) == 3
     key = "features.0.weight"
     assert not torch.equal(got["mocov2"][key], got["simclr"][key])
     assert not torch.equal(got["simclr"][key], got["byol"][key])
     # the batch size is part of the key too
-    ssl_weights(tiny, small_cnn, backbone="small-cnn", seed=0, ssl_epochs=1,
-                cache_dir=tmp_path, ssl_method="simclr", ssl_batch_size=8)
+    ssl_weights(
+        tiny,
+        small_cnn,
+        backbone="small-cnn",
+        seed=0,
+        ssl_epochs=1,
+        cache_dir=tmp_path,
+        ssl_method="simclr",
+        ssl_batch_size=8,
+    )
     assert len(list((tmp_path / "ssl").glob("*-simclr-*.pt"))) == 2
 
 
@@ -92,8 +118,16 @@ def test_methods_give_different_weights_and_files(tiny, tmp_path: Path) -> None:
 def test_loss_decreases(tiny, method) -> None:
     losses: list[float] = []
     torch.manual_seed(0)
-    train_ssl(small_cnn(), tiny.train, epochs=6, seed=0, device=CPU, method=method,
-              batch_size=16, losses=losses)
+    train_ssl(
+        small_cnn(),
+        tiny.train,
+        epochs=6,
+        seed=0,
+        device=CPU,
+        method=method,
+        batch_size=16,
+        losses=losses,
+    )
     assert len(losses) == 12 and all(math.isfinite(x) for x in losses)
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05, losses
 
@@ -138,15 +172,28 @@ def test_file_backed_views_for_mocov2(tmp_path: Path) -> None:
             Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
                 tmp_path / "data" / cls / f"{i}.png"
             )
-    ds = build_dataset("imagefolder", data_dir=str(tmp_path / "data"), image_size=12,
-                       imbalance_ratio=2, val_per_class=1, test_per_class=1)
+    ds = build_dataset(
+        "imagefolder",
+        data_dir=str(tmp_path / "data"),
+        image_size=12,
+        imbalance_ratio=2,
+        val_per_class=1,
+        test_per_class=1,
+    )
     assert ds.train.in_memory is None  # the v2 augmentation path, not tensor ops
 
     def factory():
         return create_model("small-cnn", ds.num_classes, 3)
 
-    weights = ssl_weights(ds, factory, backbone="small-cnn", seed=1, ssl_epochs=1,
-                          ssl_method="mocov2", ssl_batch_size=4)
+    weights = ssl_weights(
+        ds,
+        factory,
+        backbone="small-cnn",
+        seed=1,
+        ssl_epochs=1,
+        ssl_method="mocov2",
+        ssl_batch_size=4,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         start = factory().state_dict()["features.0.weight"]

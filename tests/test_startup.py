@@ -40,8 +40,7 @@ def probe(*args: str) -> tuple[list[str], str]:
 
 def test_importing_the_app_does_not_import_torch():
     code = (
-        "import sys, flexsample.cli.app\n"
-        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+        f"import sys, flexsample.cli.app\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

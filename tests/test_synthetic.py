@@ -14,12 +14,15 @@ from flexsample.datasets.profiles import ISIC14_TRAIN, ISIC2019_OFFICIAL_TRAIN
 from flexsample.engine.errors import FlexsampleError
 
 
-@pytest.mark.parametrize("profile, counts", [
-    ("isic2019-r100", ISIC2019_OFFICIAL_TRAIN[100]),
-    ("isic2019-r200", ISIC2019_OFFICIAL_TRAIN[200]),
-    ("isic2019-r500", ISIC2019_OFFICIAL_TRAIN[500]),
-    ("isic14", ISIC14_TRAIN),
-])
+@pytest.mark.parametrize(
+    "profile, counts",
+    [
+        ("isic2019-r100", ISIC2019_OFFICIAL_TRAIN[100]),
+        ("isic2019-r200", ISIC2019_OFFICIAL_TRAIN[200]),
+        ("isic2019-r500", ISIC2019_OFFICIAL_TRAIN[500]),
+        ("isic14", ISIC14_TRAIN),
+    ],
+)
 def test_named_profiles(profile: str, counts: list[int]) -> None:
     ds = build_dataset("synthetic-lt", profile=profile, imbalance_ratio=7, data_seed=0)
     assert ds.train_counts().tolist() == counts
@@ -38,8 +41,9 @@ def test_ratio_driven_profiles() -> None:
     assert ds.train_counts().tolist() == ISIC2019_OFFICIAL_TRAIN[200]
     ds = build_dataset("synthetic-lt", imbalance_ratio=10, num_classes=5)  # default: exponential
     assert ds.train_counts().tolist() == [500, 281, 158, 88, 50]
-    assert build_dataset("synthetic-lt", profile="exponential-r10",
-                         num_classes=5).train_counts().tolist() == [500, 281, 158, 88, 50]
+    assert build_dataset(
+        "synthetic-lt", profile="exponential-r10", num_classes=5
+    ).train_counts().tolist() == [500, 281, 158, 88, 50]
     with pytest.raises(FlexsampleError, match="unknown --profile 'isic2020'"):
         build_dataset("synthetic-lt", profile="isic2020")
     with pytest.raises(FlexsampleError, match="option 'imbalance_ratio' = 0.5.*1 <= x"):

@@ -20,7 +20,12 @@ FAST = ["--rounds", "2", "--epochs-per-round", "1", "--device", "cpu"]
 
 def torchrun(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
         *args,
     ]
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("FLEXSAMPLE_FAULT")}
@@ -38,7 +43,8 @@ def rank_exit_codes(stderr: str) -> list[int]:
 def our_lines(stderr: str) -> list[str]:
     """flexsample's own lines on stderr (not torchrun's log lines and failure report)."""
     return [
-        line for line in stderr.splitlines()
+        line
+        for line in stderr.splitlines()
         if line.startswith(("error:", "interrupted", "terminated", "internal error:"))
     ]
 
@@ -65,8 +71,10 @@ def test_bad_flag_exits_2_on_every_rank_with_one_line(tmp_path: Path) -> None:
 
 def test_failure_on_one_rank_ends_every_rank_with_its_line(tmp_path: Path) -> None:
     proc = torchrun(
-        ["-m", "flexsample", "run", *FAST, "--out", "r"], tmp_path,
-        FLEXSAMPLE_FAULT="train-epoch:disk-full@1", FLEXSAMPLE_FAULT_RANK="1",
+        ["-m", "flexsample", "run", *FAST, "--out", "r"],
+        tmp_path,
+        FLEXSAMPLE_FAULT="train-epoch:disk-full@1",
+        FLEXSAMPLE_FAULT_RANK="1",
     )
     lines = our_lines(proc.stderr)
     assert len(lines) == 2 and lines[0] == lines[1], proc.stderr[-3000:]
@@ -77,7 +85,8 @@ def test_failure_on_one_rank_ends_every_rank_with_its_line(tmp_path: Path) -> No
 
 def test_interrupted_run_resumes_on_one_process(tmp_path: Path) -> None:
     proc = torchrun(
-        ["-m", "flexsample", "run", *FAST, "--out", "r"], tmp_path,
+        ["-m", "flexsample", "run", *FAST, "--out", "r"],
+        tmp_path,
         FLEXSAMPLE_FAULT="train-epoch:interrupt@2",
     )
     lines = our_lines(proc.stderr)
@@ -87,7 +96,11 @@ def test_interrupted_run_resumes_on_one_process(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXSAMPLE_FAULT")}
     again = subprocess.run(
         [sys.executable, "-m", "flexsample", "run", "--resume", "--out", "r", "--quiet"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming a run started on 2 process(es) with 1" in again.stderr
@@ -98,8 +111,15 @@ def test_interrupted_run_resumes_on_one_process(tmp_path: Path) -> None:
 @pytest.mark.parametrize("estimator", ["mcdropout"])
 def test_own_ddp_loop_example_keeps_one_pool(tmp_path: Path, estimator: str) -> None:
     proc = torchrun(
-        [str(REPO / "examples" / "torchrun_loop.py"), "--rounds", "2", "--epochs", "1",
-         "--estimator", estimator],
+        [
+            str(REPO / "examples" / "torchrun_loop.py"),
+            "--rounds",
+            "2",
+            "--epochs",
+            "1",
+            "--estimator",
+            estimator,
+        ],
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

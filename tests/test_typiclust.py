@@ -49,8 +49,9 @@ def brute_typicality(x: np.ndarray, k: int, squared: bool = False) -> np.ndarray
     return 1.0 / (np.sort(d, axis=1)[:, :k].mean(axis=1) + 1e-8)
 
 
-def brute_picks(x: np.ndarray, labelled: np.ndarray, k: int, assign: np.ndarray,
-                knn: int) -> list[int]:
+def brute_picks(
+    x: np.ndarray, labelled: np.ndarray, k: int, assign: np.ndarray, knn: int
+) -> list[int]:
     """The greedy rule written out loop by loop, on given cluster ids."""
     free = ~labelled.copy()
     picks = []
@@ -72,8 +73,10 @@ def blobs(seed: int = 0, per: int = 40) -> tuple[np.ndarray, np.ndarray]:
     i.e. by angle): a dense core plus a loose halo each. Returns (points, centres)."""
     rng = np.random.default_rng(seed)
     centres = 10.0 * np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
-    pts = [np.concatenate([c + 0.15 * rng.normal(size=(per, 2)),
-                           c + 1.5 * rng.normal(size=(per, 2))]) for c in centres]
+    pts = [
+        np.concatenate([c + 0.15 * rng.normal(size=(per, 2)), c + 1.5 * rng.normal(size=(per, 2))])
+        for c in centres
+    ]
     return np.concatenate(pts), centres
 
 
@@ -113,8 +116,7 @@ def test_picks_follow_the_greedy_rule_of_a_brute_force_reference() -> None:
     for n_lab, k in [(0, 3), (4, 5), (10, 12)]:  # the last one revisits clusters
         labelled = np.zeros(len(x), bool)
         labelled[rng.choice(len(x), n_lab, replace=False)] = True
-        got = typiclust_picks(x, labelled, k, knn=4, random_state=7, max_clusters=14,
-                              **PAPER_TEXT)
+        got = typiclust_picks(x, labelled, k, knn=4, random_state=7, max_clusters=14, **PAPER_TEXT)
         assign = kmeans_labels(l2_normalize(x), min(n_lab + k, 14), 7)
         assert got.tolist() == brute_picks(x, labelled, k, assign, 4)
 
@@ -151,8 +153,9 @@ def test_a_covered_blob_is_not_picked_again_while_others_are_uncovered() -> None
     assert sorted(nearest.tolist()) == [2, 3]
 
 
-def authors_select(features: np.ndarray, labelled: np.ndarray, budget: int,
-                   clusters: np.ndarray) -> list[int]:
+def authors_select(
+    features: np.ndarray, labelled: np.ndarray, budget: int, clusters: np.ndarray
+) -> list[int]:
     """avihu111/TypiClust `TypiClust.select_samples` on given cluster ids, written out:
     relevant = lSet then uSet; clusters of <= MIN_CLUSTER_SIZE = 5 points dropped; the rest
     sorted once by (existing count, -size) (a stable sort: ties keep cluster-id order); pick i
@@ -215,8 +218,9 @@ def test_picks_follow_the_authors_code_on_given_clusters(monkeypatch, seed: int)
 def test_picks_follow_the_authors_code_after_k_means() -> None:
     """Unpatched: |L| + B k-means clusters (capped), then the authors' rule on them."""
     rng = np.random.default_rng(11)
-    x = np.concatenate([rng.normal(size=(n, 5)) + 3 * rng.normal(size=5)
-                        for n in (40, 25, 12, 6, 3, 2)])
+    x = np.concatenate(
+        [rng.normal(size=(n, 5)) + 3 * rng.normal(size=5) for n in (40, 25, 12, 6, 3, 2)]
+    )
     for n_lab, k, cap in [(0, 4, 500), (5, 6, 500), (3, 12, 8)]:
         labelled = np.zeros(len(x), bool)
         labelled[rng.choice(len(x), n_lab, replace=False)] = True
@@ -274,8 +278,15 @@ def setup():
     subset = np.arange(0, n, 5)
 
     def ctx(step: int = 1, seed: int = 0) -> ScoringContext:
-        return ScoringContext(model, tensor_inputs(x), labels, seed=seed, step=step,
-                              batch_size=32, subset_indices=subset)
+        return ScoringContext(
+            model,
+            tensor_inputs(x),
+            labels,
+            seed=seed,
+            step=step,
+            batch_size=32,
+            subset_indices=subset,
+        )
 
     with torch.inference_mode():
         feats = model.embed(x).numpy().astype(np.float64)
@@ -290,8 +301,9 @@ def test_select_clusters_the_class_candidates_with_its_subset_members(setup) -> 
     # the same rule on the class's rows (candidates + its subset members), ascending
     rows = np.sort(np.concatenate([cand, subset[labels[subset] == 1]]))
     seed = int(np.random.SeedSequence([0, 1, 0x7C1]).generate_state(1)[0])
-    want = rows[typiclust_picks(setup["feats"][rows], np.isin(rows, subset), 4, knn=5,
-                                random_state=seed)]
+    want = rows[
+        typiclust_picks(setup["feats"][rows], np.isin(rows, subset), 4, knn=5, random_state=seed)
+    ]
     np.testing.assert_array_equal(got, want)
     assert len(set(got.tolist())) == 4 and np.isin(got, cand).all()
 
@@ -308,8 +320,7 @@ def test_select_is_deterministic_for_a_seed_and_step(setup) -> None:
 def test_score_is_typicality_within_each_class_of_candidates(setup) -> None:
     labels, subset, feats = setup["labels"], setup["subset"], setup["feats"]
     cand = np.random.default_rng(0).permutation(np.setdiff1d(np.arange(setup["n"]), subset))
-    got = score_candidates(build_estimator("typiclust", knn=6, **PAPER_TEXT), setup["ctx"](),
-                           cand)
+    got = score_candidates(build_estimator("typiclust", knn=6, **PAPER_TEXT), setup["ctx"](), cand)
     authors = score_candidates(build_estimator("typiclust", knn=40), setup["ctx"](), cand)
     want, want_authors = np.zeros(len(cand)), np.zeros(len(cand))
     for c in range(3):
@@ -328,12 +339,24 @@ def test_typiclust_options() -> None:
     # the authors' code: MIN_CLUSTER_SIZE = 5, K = min(K_NN, m // 2), one static ranking,
     # faiss IndexFlatL2 (squared) distances
     assert (est.min_cluster_size, est.knn_rule, est.order, est.distance) == (
-        5, "half", "static", "squared")
+        5,
+        "half",
+        "static",
+        "squared",
+    )
     paper = build_estimator("typiclust", **PAPER_TEXT)
     assert (paper.min_cluster_size, paper.knn_rule, paper.order, paper.distance) == (
-        0, "all", "greedy", "euclidean")
-    for bad in ({"min_cluster_size": -1}, {"knn_rule": "third"}, {"order": "random"},
-                {"distance": "cosine"}):
+        0,
+        "all",
+        "greedy",
+        "euclidean",
+    )
+    for bad in (
+        {"min_cluster_size": -1},
+        {"knn_rule": "third"},
+        {"order": "random"},
+        {"distance": "cosine"},
+    ):
         with pytest.raises(FlexsampleError, match=next(iter(bad))):
             build_estimator("typiclust", **bad)
         with pytest.raises(FlexsampleError, match=next(iter(bad))):
@@ -357,8 +380,9 @@ def test_the_old_name_builds_the_same_estimator_and_warns_once(setup) -> None:
         warnings.simplefilter("error")  # the new name does not warn
         new = build_estimator("prototype-cosine")
     cand = np.setdiff1d(np.arange(setup["n"]), setup["subset"])
-    np.testing.assert_array_equal(score_candidates(old, setup["ctx"](), cand),
-                                  score_candidates(new, setup["ctx"](), cand))
+    np.testing.assert_array_equal(
+        score_candidates(old, setup["ctx"](), cand), score_candidates(new, setup["ctx"](), cand)
+    )
 
 
 def test_the_old_name_works_in_a_combination() -> None:
@@ -384,8 +408,11 @@ def test_listings_show_the_new_name_only() -> None:
 @pytest.mark.parametrize(
     "taken, match",
     [
-        ("typicality", "registers estimator 'typicality', which is a built-in name "
-                       r"\(the deprecated alias of 'prototype-cosine'\); choose another name"),
+        (
+            "typicality",
+            "registers estimator 'typicality', which is a built-in name "
+            r"\(the deprecated alias of 'prototype-cosine'\); choose another name",
+        ),
         ("prototype-cosine", "registers estimator 'prototype-cosine', which is a built-in name"),
         ("typiclust", "registers estimator 'typiclust', which is a built-in name"),
     ],
@@ -411,8 +438,11 @@ def test_registry_aliases_in_general() -> None:
         assert isinstance(reg.create("old"), new)
     assert reg.names() == ["new"] and [r[0] for r in reg.describe()] == ["new"]
     assert reg.origin("old") == reg.origin("new") == "module pkg_a"
-    with pytest.raises(RegistrationError, match="which is the deprecated alias of 'new' "
-                       r"\(module pkg_a\); choose another name"):
+    with pytest.raises(
+        RegistrationError,
+        match="which is the deprecated alias of 'new' "
+        r"\(module pkg_a\); choose another name",
+    ):
         reg.register("old")(type("Other", (), {"__module__": "pkg_b"}))
     with pytest.raises(RegistrationError, match="'new', already registered by module pkg_a"):
         reg.alias("new", "new")

@@ -89,9 +89,28 @@ def test_image_file_augmentation_does_not_depend_on_workers(tmp_path: Path) -> N
 
 def _run(cli, out: Path, workers: int) -> None:
     res = cli(
-        "run", "--dataset", "synthetic-lt", "--num-classes", "3", "--image-size", "8",
-        "--rounds", "3", "--epochs-per-round", "1", "--mc-samples", "4", "--batch-size", "128",
-        "--quiet", "--device", "cpu", "--workers", workers, "--out", out,
+        "run",
+        "--dataset",
+        "synthetic-lt",
+        "--num-classes",
+        "3",
+        "--image-size",
+        "8",
+        "--rounds",
+        "3",
+        "--epochs-per-round",
+        "1",
+        "--mc-samples",
+        "4",
+        "--batch-size",
+        "128",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--workers",
+        workers,
+        "--out",
+        out,
     )
     assert res.exit_code == 0, res.output
 

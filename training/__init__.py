@@ -14,6 +14,17 @@ from .samplers import SAMPLERS
 from .trainer import TrainConfig, Trainer
 
 __all__ = [
-    "LOSSES", "SAMPLERS", "SMALL_CNN", "ContractClassifier", "Loss", "SmallCNN", "TimmClassifier",
-    "TrainConfig", "Trainer", "adapt_model", "build_loss", "classification_metrics", "create_model",
+    "LOSSES",
+    "SAMPLERS",
+    "SMALL_CNN",
+    "ContractClassifier",
+    "Loss",
+    "SmallCNN",
+    "TimmClassifier",
+    "TrainConfig",
+    "Trainer",
+    "adapt_model",
+    "build_loss",
+    "classification_metrics",
+    "create_model",
 ]

@@ -157,24 +157,35 @@ def anchor_features(
     kind = resolve_feature_source(source, size, pretrained)
     device = torch.device(device)
     if kind == "pixels":
-        return pixel_features(dataset.train, num_workers=num_workers, progress=progress,
-                              ranks=ranks)
+        return pixel_features(
+            dataset.train, num_workers=num_workers, progress=progress, ranks=ranks
+        )
     if kind == "pretrained":
         if not pretrained:
             raise FlexsampleError(
-                "--anchor-features pretrained needs --pretrained (imagenet or a local weights "
-                "file)"
+                "--anchor-features pretrained needs --pretrained (imagenet or a local weights file)"
             )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = model_factory()
-        return embed_features(model, dataset.train, device, batch_size, num_workers, progress,
-                              ranks)
+        return embed_features(
+            model, dataset.train, device, batch_size, num_workers, progress, ranks
+        )
     weights = ssl_weights(
-        dataset, model_factory, backbone=backbone, seed=seed, ssl_epochs=ssl_epochs,
-        device=device, cache_dir=cache_dir, image_size=size, pretrained=pretrained,
-        ssl_method=ssl_method, ssl_batch_size=ssl_batch_size, num_workers=num_workers,
-        progress=progress, ranks=ranks,
+        dataset,
+        model_factory,
+        backbone=backbone,
+        seed=seed,
+        ssl_epochs=ssl_epochs,
+        device=device,
+        cache_dir=cache_dir,
+        image_size=size,
+        pretrained=pretrained,
+        ssl_method=ssl_method,
+        ssl_batch_size=ssl_batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        ranks=ranks,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -228,15 +228,22 @@ def train_crt(
     device = torch.device(device)
     head = init_head(np.shape(features)[1], num_classes, seed).to(device)
     losses = _fit(
-        list(head.parameters()), head, features, labels, epochs, batch_size, lr, weight_decay,
-        seed, device, progress,
+        list(head.parameters()),
+        head,
+        features,
+        labels,
+        epochs,
+        batch_size,
+        lr,
+        weight_decay,
+        seed,
+        device,
+        progress,
     )
     return StageResult(linear_copy(head.weight, head.bias), "crt", losses=losses)
 
 
-def lws_logits(
-    features: torch.Tensor, head: nn.Linear, scales: torch.Tensor
-) -> torch.Tensor:
+def lws_logits(features: torch.Tensor, head: nn.Linear, scales: torch.Tensor) -> torch.Tensor:
     """f_c * (w_c x + b_c): the stage-1 logits, scaled per class."""
     return _logits(features, head.weight, head.bias) * scales
 
@@ -258,9 +265,7 @@ def class_balanced_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return 1.0 / (present * counts[labels])
 
 
-def class_balanced_loss(
-    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
-) -> float:
+def class_balanced_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> float:
     """The expected cross-entropy of class-balanced sampling: sum_i w_i CE(logits_i, y_i)."""
     per = nn.functional.cross_entropy(logits, labels, reduction="none")
     return float((per * weights).sum())

@@ -170,8 +170,9 @@ def wrap_ddp(
     options: dict[str, object] = {"process_group": ranks.group}
     if not broadcast_buffers:  # newer PyTorch names it forward_sync_buffers
         params = inspect.signature(DDP.__init__).parameters
-        options["forward_sync_buffers" if "forward_sync_buffers" in params
-                else "broadcast_buffers"] = False
+        options[
+            "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+        ] = False
     if device.type == "cuda":
         return DDP(model, device_ids=[device.index], output_device=device.index, **options)
     return DDP(model, device_ids=None, **options)

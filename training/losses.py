@@ -158,7 +158,7 @@ class LDAMLoss(Loss):
             raise FlexsampleError("ldam_max_margin must be >= 0 and ldam_scale > 0")
         if not 0.0 <= drw_start <= 1.0:
             raise FlexsampleError(f"drw_start must be in [0, 1], got {drw_start}")
-        margins = self.safe_counts ** -0.25
+        margins = self.safe_counts**-0.25
         margins = margins * (ldam_max_margin / margins.max())
         self.scale = float(ldam_scale)
         self.drw_start = float(drw_start)

@@ -50,8 +50,12 @@ def classification_metrics(
     )
     recall = per_class_recall(cm)
     present = ~np.isnan(recall)
-    f1 = None if empty else float(
-        f1_score(y_true, y_pred, labels=labels[present], average="macro", zero_division=0)
+    f1 = (
+        None
+        if empty
+        else float(
+            f1_score(y_true, y_pred, labels=labels[present], average="macro", zero_division=0)
+        )
     )
     aucs = per_class_auc(y_true, probs)
     sensitivity, specificity = sensitivity_specificity(cm)
@@ -209,9 +213,7 @@ def metric_notes(m: dict[str, Any], class_names: list[str] | None = None) -> lis
         )
     excluded = m["auc_excluded_classes"]
     if excluded and m["macro_auc"] is not None:
-        names = ", ".join(
-            class_names[c] if class_names else f"label {c}" for c in excluded
-        )
+        names = ", ".join(class_names[c] if class_names else f"label {c}" for c in excluded)
         notes.append(
             f"one-vs-rest AUC is undefined for {names} (absent from the split, or its only "
             f"class); macro_auc averages the other {len(support) - len(excluded)} classes"

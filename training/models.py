@@ -210,15 +210,15 @@ def imagenet_weights_file(backbone: str) -> Path:
             "file) instead"
         )
     repo, _, revision = hub_id.partition("@")
-    names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else [
-        "model.safetensors", "pytorch_model.bin"
-    ]
+    names = (
+        [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    )
     cache = hub_cache_dir()
     found = _cached_hub_file(repo, revision or None, names, cache)
     if found is not None:
         return found
     fill = (
-        f"fill the cache on a machine with network (python -c \"import timm; "
+        f'fill the cache on a machine with network (python -c "import timm; '
         f"timm.create_model('{repo.split('/')[-1]}', pretrained=True)\") and copy "
         f"{cache} here (or point HF_HUB_CACHE / HF_HOME at a copy), or pass --pretrained PATH "
         "(a local weights file)"
@@ -231,9 +231,7 @@ def imagenet_weights_file(backbone: str) -> Path:
     return _download_hub_file(repo, revision or None, names, cache, backbone, fill)
 
 
-def _cached_hub_file(
-    repo: str, revision: str | None, names: list[str], cache: Path
-) -> Path | None:
+def _cached_hub_file(repo: str, revision: str | None, names: list[str], cache: Path) -> Path | None:
     """The first of `names` already in the hub cache for `repo` (no network), else None."""
     from huggingface_hub import try_to_load_from_cache
 

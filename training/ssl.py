@@ -162,8 +162,11 @@ def _view_pairs(
             start += len(x1)
             yield x1.to(device, non_blocking=True), x2.to(device, non_blocking=True), batch
         return
-    batches = [b for b in rank_batches(len(order), batch_size, rank, world, skip_small=False)
-               if b.size >= 2 * world]
+    batches = [
+        b
+        for b in rank_batches(len(order), batch_size, rank, world, skip_small=False)
+        if b.size >= 2 * world
+    ]
     positions = local_positions(batches)
     mine = order[positions]
     lo, hi = shard_bounds(batch_size, rank, world)
@@ -203,8 +206,9 @@ class _Objective(nn.Module):
     `trainable()` lists the method's own parameters that the optimiser updates with the
     backbone; `after_step` runs after each optimiser step (momentum encoders)."""
 
-    def __init__(self, model: nn.Module, dim: int, lightly: ModuleType, batch_size: int,
-                 n_images: int) -> None:
+    def __init__(
+        self, model: nn.Module, dim: int, lightly: ModuleType, batch_size: int, n_images: int
+    ) -> None:
         super().__init__()
         self.model = model
         self.lightly = lightly
@@ -394,8 +398,9 @@ def train_ssl(
             for epoch in range(epochs):
                 objective.train()
                 order = torch.randperm(n, generator=gen).numpy()
-                pairs = _view_pairs(split, order, bs, device, gen, num_workers, (seed, epoch),
-                                    ranks)
+                pairs = _view_pairs(
+                    split, order, bs, device, gen, num_workers, (seed, epoch), ranks
+                )
                 for v1, v2, batch in pairs:
                     if batch.size < 2 * world:
                         continue  # one image has no negatives and breaks batch norm
@@ -514,8 +519,16 @@ def ssl_weights(
     main = ranks is None or ranks.is_main
     if cache_dir is not None:
         path = ssl_cache_path(
-            cache_dir, dataset.name, dataset.split_hash(), size, backbone, seed, ssl_epochs,
-            pretrained, method, bs,
+            cache_dir,
+            dataset.name,
+            dataset.split_hash(),
+            size,
+            backbone,
+            seed,
+            ssl_epochs,
+            pretrained,
+            method,
+            bs,
         )
         cached = _read_cache(path) if main else None
         if ranks is not None:
@@ -533,8 +546,16 @@ def ssl_weights(
         torch.manual_seed(seed)
         model = model_factory()
         train_ssl(
-            model, dataset.train, epochs=ssl_epochs, seed=seed, device=device, method=method,
-            batch_size=bs, num_workers=num_workers, progress=progress, ranks=ranks,
+            model,
+            dataset.train,
+            epochs=ssl_epochs,
+            seed=seed,
+            device=device,
+            method=method,
+            batch_size=bs,
+            num_workers=num_workers,
+            progress=progress,
+            ranks=ranks,
         )
     skip = head_keys(model)
     weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in skip}
@@ -574,7 +595,8 @@ def load_ssl_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.M
     own = model.state_dict()
     skip = head_keys(model)
     usable = {
-        k: v for k, v in weights.items()
+        k: v
+        for k, v in weights.items()
         if k in own and k not in skip and tuple(v.shape) == tuple(own[k].shape)
     }
     expected = [k for k in own if k not in skip]

@@ -111,9 +111,7 @@ class TrainConfig:
         if not 0.0 <= self.momentum < 1.0:
             raise FlexsampleError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.cosine not in COSINES:
-            raise FlexsampleError(
-                f"unknown cosine '{self.cosine}'; accepted: {', '.join(COSINES)}"
-            )
+            raise FlexsampleError(f"unknown cosine '{self.cosine}'; accepted: {', '.join(COSINES)}")
         if self.cosine == "steps" and self.restart != "none":
             raise FlexsampleError(
                 f"cosine 'steps' (one cosine over the budget's steps) needs restart 'none', "
@@ -227,8 +225,11 @@ class Trainer:
     def _new_optimizer(self, lr: float) -> torch.optim.Optimizer:
         if self.cfg.optimizer == "sgd":
             return torch.optim.SGD(
-                self.model.parameters(), lr=lr, momentum=self.cfg.momentum,
-                weight_decay=self.cfg.weight_decay, nesterov=False,
+                self.model.parameters(),
+                lr=lr,
+                momentum=self.cfg.momentum,
+                weight_decay=self.cfg.weight_decay,
+                nesterov=False,
             )
         return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=self.cfg.weight_decay)
 
@@ -289,14 +290,16 @@ class Trainer:
         loss_fn.set_progress(epoch, self.cfg.epoch_budget)
         # the global order: a pure function of (seed, epoch), the same on every rank
         rng = np.random.default_rng([self.cfg.seed, epoch, ORDER_SALT])
-        order = epoch_order(indices, labels, self.sampler, rng, self.cfg.samples_per_epoch,
-                            self.cfg.seed, epoch)
+        order = epoch_order(
+            indices, labels, self.sampler, rng, self.cfg.samples_per_epoch, self.cfg.seed, epoch
+        )
         rank, world = (self.ranks.rank, self.ranks.world) if self.ranks else (0, 1)
         # this rank's share of each global batch; a lone trailing sample (under DDP: fewer
         # than 2 per rank) is skipped: it breaks batch norm and adds nothing
         key = (self.cfg.seed, epoch)
-        share = epoch_share(order, self.cfg.batch_size, rank, world,
-                            key if self.ranks is not None else None)
+        share = epoch_share(
+            order, self.cfg.batch_size, rank, world, key if self.ranks is not None else None
+        )
         self.model.train()
         total, seen = 0.0, 0
         loaded = self.train_batches(share.indices, share.step_size, key, share.seeds)
@@ -353,8 +356,7 @@ class Trainer:
             lam = float(rng.beta(self.cfg.mixup, self.cfg.mixup))
             perm_np = rng.permutation(batch.size)
             if self.ranks is not None:
-                perm_np = local_permutation(perm_np, batch.lo - batch.start,
-                                            batch.hi - batch.start)
+                perm_np = local_permutation(perm_np, batch.lo - batch.start, batch.hi - batch.start)
             perm = torch.as_tensor(perm_np, device=x.device)
             x = lam * x + (1 - lam) * x[perm]
             with autocast_for(self.device):

@@ -71,6 +71,7 @@ CELL_FILE = "cell.json"  # written last: a cell is finished once it says so
 CELL_FORMAT = 1
 HASH_CHARS = 10  # of the config hash in a cell's folder name
 
+
 def config_hash(config: RunConfig | dict[str, Any], version: str = __version__) -> str:
     """A cell's key: sha256 of its resolved configuration (sorted JSON) and flexsample version."""
     values = config.model_dump(mode="json") if isinstance(config, RunConfig) else config
@@ -161,8 +162,13 @@ def plan_cells(
                         plan_seed(add, base, group, common, estimators, policies, baselines)
                     for name, rbase in (recipe_bases or {}).items():
                         cfg = build_config(
-                            [(f"the bench's base config with --recipe {name}",
-                              rbase.model_dump()), carried(rbase, common)]
+                            [
+                                (
+                                    f"the bench's base config with --recipe {name}",
+                                    rbase.model_dump(),
+                                ),
+                                carried(rbase, common),
+                            ]
                         )
                         add(f"recipe:{name}", False, cfg, group / f"recipe-{name}")
     return cells
@@ -556,7 +562,8 @@ def run_grid(
                     continue
                 if outcome.ok:  # ran, but its folder does not hold the finished cell
                     outcome = Outcome(
-                        False, error=f"cell finished but {cell.out / CELL_FILE} is missing",
+                        False,
+                        error=f"cell finished but {cell.out / CELL_FILE} is missing",
                         where=outcome.where,
                     )
                 write_failure(cell, outcome, attempt)
@@ -638,7 +645,15 @@ def run_bench(
         raise FlexsampleError(f"--retries {retries} is out of range; accepted: 0 <= x <= 100")
     out = Path(out)
     cells = plan_cells(
-        base, out, estimators, policies, datasets, imbalance_ratios, seeds, baselines, budgets,
+        base,
+        out,
+        estimators,
+        policies,
+        datasets,
+        imbalance_ratios,
+        seeds,
+        baselines,
+        budgets,
         recipe_bases,
     )
     load_plugins(base.plugin)
@@ -646,8 +661,13 @@ def run_bench(
         build_components(cell.config)
     if isinstance(launcher, str):
         launcher = make_launcher(
-            launcher, launcher_options, out, base.device,
-            jobs=jobs, cells_per_gpu=cells_per_gpu, cpus_per_cell=cpus_per_cell,
+            launcher,
+            launcher_options,
+            out,
+            base.device,
+            jobs=jobs,
+            cells_per_gpu=cells_per_gpu,
+            cpus_per_cell=cpus_per_cell,
         )
     out.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells if finished(c) is None]
@@ -698,5 +718,3 @@ def make_launcher(
     if cpus_per_cell is not None:
         given["cpus_per_cell"] = cpus_per_cell
     return build_launcher(name, given, out=out, device=device)
-
-

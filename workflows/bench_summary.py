@@ -456,7 +456,8 @@ def write_summary_md(
         stats = group_statistics(entries)
         star = stats.reference if stats.reference_is_baseline else -1
         lines += [
-            f"## {ds}" + ("" if ratio is None else f", r = {ratio:g}")
+            f"## {ds}"
+            + ("" if ratio is None else f", r = {ratio:g}")
             + (f", budget = {budget}" if budgets else ""),
             "",
             "Ranked by mean test balanced accuracy (best-validation checkpoint); "
@@ -574,8 +575,10 @@ def plot_summary(path: Path, summary: list[dict[str, Any]]) -> None:
     fig, axes = plt.subplots(len(groups), 3, figsize=(21, 4.8 * max(1, len(groups))), squeeze=False)
     for row, (ds, ratio, budget) in enumerate(groups):
         entries = [e for e in summary if group_key(e) == (ds, ratio, budget)]
-        where = f"{ds}" + ("" if ratio is None else f", r={ratio:g}") + (
-            f", budget={budget}" if budgets else ""
+        where = (
+            f"{ds}"
+            + ("" if ratio is None else f", r={ratio:g}")
+            + (f", budget={budget}" if budgets else "")
         )
         ax = axes[row, 0]
         names = [label(e) + ("" if e["in_grid"] else " †") for e in entries]
@@ -677,8 +680,14 @@ def pareto_panel(ax: Any, entries: list[dict[str, Any]]) -> None:
     if ax.collections:
         ax.legend(fontsize=7)
     else:
-        ax.text(0.5, 0.5, "no compute recorded (older cells)", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no compute recorded (older cells)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
 
 
 def _curve(run_dir: Path) -> list[tuple[int, float]]:

@@ -134,9 +134,9 @@ def resolve_components(cfg: RunConfig) -> None:
     if cfg.recipe is not None:
         from .recipes import RECIPES
 
-        cfg.__dict__["recipe_options"] = (
-            RECIPES.resolve_options(cfg.recipe, cfg.recipe_options).model_dump()
-        )
+        cfg.__dict__["recipe_options"] = RECIPES.resolve_options(
+            cfg.recipe, cfg.recipe_options
+        ).model_dump()
     elif cfg.recipe_options:
         raise OptionError(
             "recipe options were given without --recipe; add --recipe NAME or drop them",
@@ -307,8 +307,7 @@ def place_shortcuts(values: dict[str, Any], given: Mapping[str, Any], *, strict:
         whom = ", ".join(f"'{n}'" for n in who) if who else "no registered component"
         raise OptionError(
             f"{flag(key)} is an option of {kind} {whom}; the chosen {kind} '{name}' does not "
-            f"take it: drop {flag(key)}"
-            + (f" or choose --{kind} {who[0]}" if who else ""),
+            f"take it: drop {flag(key)}" + (f" or choose --{kind} {who[0]}" if who else ""),
             kind=kind,
             component=name,
             option=key,

@@ -89,11 +89,15 @@ class RunConfig(BaseModel):
     allocation: str = _f("difficulty", "how a step's budget splits across classes", CURRICULUM)
     anchors: str = _f("prototype", "anchor strategy: the starting subset", CURRICULUM)
     ssl_epochs: int = _f(
-        20, "epochs of self-supervised pre-training (ssl features)", CURRICULUM, ge=1,
+        20,
+        "epochs of self-supervised pre-training (ssl features)",
+        CURRICULUM,
+        ge=1,
         le=EPOCHS_MAX,
     )
     ssl_method: Literal["mocov2", "simclr", "byol"] = _f(
-        "mocov2", "self-supervised method (ssl features, --init ssl): mocov2, simclr or byol",
+        "mocov2",
+        "self-supervised method (ssl features, --init ssl): mocov2, simclr or byol",
         CURRICULUM,
     )
     ssl_batch_size: int | None = _f(
@@ -106,7 +110,10 @@ class RunConfig(BaseModel):
         le=BATCH_MAX,
     )
     rounds: int = _f(
-        5, "rounds; the epoch budget is rounds x epochs-per-round", CURRICULUM, ge=1,
+        5,
+        "rounds; the epoch budget is rounds x epochs-per-round",
+        CURRICULUM,
+        ge=1,
         le=EPOCHS_MAX,
     )
     epochs_per_round: int = _f(20, "epochs per round", CURRICULUM, ge=1, le=EPOCHS_MAX)
@@ -121,9 +128,7 @@ class RunConfig(BaseModel):
     estimator: str = _f(
         "mcdropout", "scoring estimator; combine two with '+', e.g. mcdropout+density", SCORING
     )
-    score_batch_size: int = _f(
-        256, "batch size of scoring passes", SCORING, ge=1, le=BATCH_MAX
-    )
+    score_batch_size: int = _f(256, "batch size of scoring passes", SCORING, ge=1, le=BATCH_MAX)
     acquisition: Literal["topk", "power", "softmax", "softrank"] = _f(
         "topk",
         "how a class's quota is drawn from its scores: topk (the best), or stochastic batch "
@@ -159,9 +164,7 @@ class RunConfig(BaseModel):
     )
     dropout: float = _f(0.5, "dropout before the classifier", MODEL, ge=0, lt=1)
     batch_size: int = _f(64, "training batch size", MODEL, ge=2, le=BATCH_MAX)
-    lr: float = _f(
-        3e-3, "peak learning rate (AdamW, cosine; see --restart)", MODEL, gt=0, le=10
-    )
+    lr: float = _f(3e-3, "peak learning rate (AdamW, cosine; see --restart)", MODEL, gt=0, le=10)
     checkpoint_on: Literal["val", "smoothed", "last"] = _f(
         "val",
         "which weights the test reports: val (the epoch with the best validation balanced "
@@ -228,18 +231,24 @@ class RunConfig(BaseModel):
         LOSSES,
     )
     tau: float | None = _f(
-        None, "tau-norm: normalisation power (default: chosen on validation)", LOSSES, ge=0,
+        None,
+        "tau-norm: normalisation power (default: chosen on validation)",
+        LOSSES,
+        ge=0,
         le=10,
     )
     decouple_epochs: int = _f(
-        10, "crt: epochs of the second stage (lws trains its scales for the authors' 5)", LOSSES,
+        10,
+        "crt: epochs of the second stage (lws trains its scales for the authors' 5)",
+        LOSSES,
         ge=1,
         le=EPOCHS_MAX,
     )
     # run
     seed: int = _f(0, "training seed", RUN, ge=0, le=SEED_MAX)
     device: str = _f(
-        "auto", "auto, cpu, cuda or cuda:N (under torchrun: each rank takes LOCAL_RANK's GPU)",
+        "auto",
+        "auto, cpu, cuda or cuda:N (under torchrun: each rank takes LOCAL_RANK's GPU)",
         RUN,
     )
     dist_timeout: float = _f(
@@ -325,6 +334,8 @@ def stable_hash(obj: Any) -> str:
     """sha256 of `obj` as sorted, compact JSON: the same config gives the same key anywhere."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 # field -> int or float, for the numeric fields (their optional forms included)
 NUMERIC_FIELDS: dict[str, type] = {
     name: kind
@@ -355,7 +366,7 @@ def flag_text(exc: FlexsampleError) -> str:
         flag = "--" + exc.option.replace("_", "-")
         own = f"invalid {exc.kind} '{exc.component}' option '{exc.option}' ="
         if text.startswith(own):
-            text = f"invalid {flag} ={text[len(own):]} ({exc.kind} '{exc.component}' option)"
+            text = f"invalid {flag} ={text[len(own) :]} ({exc.kind} '{exc.component}' option)"
     return text
 
 

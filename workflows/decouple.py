@@ -83,8 +83,11 @@ def restore_stage1(out: Path) -> bool:
 def head_prefixes(model: torch.nn.Module) -> list[str]:
     """State-dict prefixes under which `model.head` is stored (a timm head is registered
     twice: as `head.` and inside the backbone)."""
-    return [f"{n}." if n else "" for n, m in model.named_modules(remove_duplicate=False)
-            if m is model.head]
+    return [
+        f"{n}." if n else ""
+        for n, m in model.named_modules(remove_duplicate=False)
+        if m is model.head
+    ]
 
 
 def run_stage2(
@@ -179,15 +182,27 @@ def _fit(
     if cfg.decouple == "lws":  # the authors' epochs of SGD on the C scales
         with reporter.task("decoupling: lws epochs", dc.LWS_EPOCHS) as advance:
             stage = dc.train_lws(
-                train_x, labels, head, batch_size=cfg.batch_size, seed=cfg.seed, device=device,
+                train_x,
+                labels,
+                head,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                device=device,
                 progress=advance,
             )
         return stage, len(ds.train)
     with reporter.task("decoupling: crt epochs", cfg.decouple_epochs) as advance:
         stage = dc.train_crt(
-            train_x, labels, ds.num_classes, epochs=cfg.decouple_epochs,
-            batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
-            device=device, progress=advance,
+            train_x,
+            labels,
+            ds.num_classes,
+            epochs=cfg.decouple_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            seed=cfg.seed,
+            device=device,
+            progress=advance,
         )
     return stage, len(ds.train)
 

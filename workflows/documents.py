@@ -146,9 +146,9 @@ def compute_document(
     (or cached-weights read, plus the ssl anchor-feature pass), `eval_s` the test evaluation.
     """
     return {
-        "train_samples": int(sum(
-            r.train_samples or r.subset_size * r.epochs for r in result.records
-        )),
+        "train_samples": int(
+            sum(r.train_samples or r.subset_size * r.epochs for r in result.records)
+        ),
         "score_samples": int(sum(r.score_samples for r in result.records)),
         "pretrain_samples": pretrain_samples(cfg, setup),
         "train_s": float(timings["train_s"]),
@@ -192,6 +192,8 @@ def write_reports(
     )
     test = results["test"]
     plot_reliability(
-        out / out_files.CALIBRATION, test["calibration"], test["ece"],
+        out / out_files.CALIBRATION,
+        test["calibration"],
+        test["ece"],
         f"{title}\ntest split, best-validation checkpoint",
     )

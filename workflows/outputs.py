@@ -132,7 +132,9 @@ class RunRecorder(Callback):
     def write_selection(self, folder: Path | None = None) -> None:
         index, step = self.pool.history()
         save_npz(
-            (folder or self.out) / SELECTION, index=index, step=step,
+            (folder or self.out) / SELECTION,
+            index=index,
+            step=step,
             train_ids=self.train_ids[index],
         )
 

@@ -108,16 +108,32 @@ def plot_reliability(
     )
     ax1.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     ax1.bar(
-        edges[:-1][full], acc[full], width=width, align="edge", color="tab:blue",
-        edgecolor="black", alpha=0.8, label="accuracy in bin",
+        edges[:-1][full],
+        acc[full],
+        width=width,
+        align="edge",
+        color="tab:blue",
+        edgecolor="black",
+        alpha=0.8,
+        label="accuracy in bin",
     )
     centres = edges[:-1] + width / 2
     ax1.vlines(  # each bin's gap between accuracy and mean confidence
-        centres[full], acc[full], conf[full], color="tab:red", linewidth=2,
+        centres[full],
+        acc[full],
+        conf[full],
+        color="tab:red",
+        linewidth=2,
         label="gap (accuracy - confidence)",
     )
-    ax1.plot(centres[full], conf[full], "D", color="tab:red", markersize=4,
-             label="mean confidence in bin")
+    ax1.plot(
+        centres[full],
+        conf[full],
+        "D",
+        color="tab:red",
+        markersize=4,
+        label="mean confidence in bin",
+    )
     ax1.set_xlim(0, 1)
     ax1.set_ylim(0, 1.02)
     ax1.set_ylabel("accuracy")

@@ -66,8 +66,11 @@ def training_values(given: Mapping[str, Any], pretrained: bool) -> dict[str, Any
     }
     if given.get("dataset") in ISIC:
         out.update(  # the dataset named with its options, which go with it
-            {"dataset": given["dataset"], "backbone": "resnet50",
-             "dataset_options": {"image_size": 224}}
+            {
+                "dataset": given["dataset"],
+                "backbone": "resnet50",
+                "dataset_options": {"image_size": 224},
+            }
         )
         if pretrained:
             out["pretrained"] = "imagenet"
@@ -125,7 +128,11 @@ class PaperControlRecipe(PaperRecipe):
     def values(self, given: Mapping[str, Any]) -> dict[str, Any]:
         out = training_values(given, self.pretrained)
         out.update(
-            {"policy": "full", "anchors": "random", "estimator": "random",
-             "allocation": "proportional"}
+            {
+                "policy": "full",
+                "anchors": "random",
+                "estimator": "random",
+                "allocation": "proportional",
+            }
         )
         return out

@@ -116,7 +116,9 @@ def reevaluate(run_dir: Path, device_name: str | None) -> dict[str, Any]:
     # drive) still gets its metrics, without the picture: res then has no "calibration_png"
     with contextlib.suppress(OSError):
         plot_reliability(
-            run_dir / out_files.CALIBRATION, res["test"]["calibration"], res["test"]["ece"],
+            run_dir / out_files.CALIBRATION,
+            res["test"]["calibration"],
+            res["test"]["ece"],
             f"{ds.name}  test split, best-validation checkpoint (flexsample eval)",
         )
         res["calibration_png"] = str(run_dir / out_files.CALIBRATION)

@@ -308,9 +308,7 @@ def read_config_document(out: Path) -> dict[str, Any]:
 def differences(old: dict[str, Any], new: dict[str, Any], keys: Any = None) -> list[str]:
     """'key: old -> new' for each key whose value differs."""
     keys = sorted(set(old) | set(new)) if keys is None else keys
-    return [
-        f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)
-    ]
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
 def flag_differences(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:

@@ -231,9 +231,7 @@ def start_from_anchors(
     """Choose the anchor set and put it in the pool as step 0."""
     ds = setup.ds
     t0 = time.perf_counter()
-    features = _anchor_features(
-        cfg, ds, setup.comps.anchors, setup.device, reporter, setup.ranks
-    )
+    features = _anchor_features(cfg, ds, setup.comps.anchors, setup.device, reporter, setup.ranks)
     if _uses_ssl_anchors(cfg, setup):
         setup.pretrain_s += time.perf_counter() - t0
     comps = setup.comps

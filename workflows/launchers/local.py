@@ -103,9 +103,7 @@ def plan_slots(
             f"--cells-per-gpu {cells_per_gpu} = {len(gpus) * cells_per_gpu}; lower --jobs, "
             "raise --cells-per-gpu, or pass --device cpu"
         )
-    return [
-        Slot(i, gpus[i % len(gpus)] if place else None, threads) for i in range(jobs)
-    ]
+    return [Slot(i, gpus[i % len(gpus)] if place else None, threads) for i in range(jobs)]
 
 
 @LAUNCHERS.register("local")

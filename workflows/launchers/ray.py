@@ -197,9 +197,7 @@ class RayLauncher(Launcher):
         now = time.monotonic()
         return [
             RayJob(
-                self._remote.remote(
-                    replace(t, threads=self.cpus_per_cell, env={**t.env, **hide})
-                ),
+                self._remote.remote(replace(t, threads=self.cpus_per_cell, env={**t.env, **hide})),
                 t.label,
                 now,
             )
@@ -236,7 +234,7 @@ def _run_cell(task: CellTask) -> Outcome:
 
 def _connect(ray: Any, address: str, source: str) -> None:
     """ray.init(address=...), with one line (and no minutes of retries) when nothing answers."""
-    target = address[len("ray://"):] if address.startswith("ray://") else address
+    target = address[len("ray://") :] if address.startswith("ray://") else address
     if address != "auto":
         host, sep, port = target.rpartition(":")
         if not sep or not host or not port.isdigit():

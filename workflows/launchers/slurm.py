@@ -55,8 +55,19 @@ POLL_EVERY_S = {"slurm": 5.0, "local": 0.5}  # per job: spare a shared filesyste
 RESULT_GRACE_S = 60.0  # a COMPLETED job's result file may reach a network filesystem late
 # Slurm states of a job that may still run the cell (anything else ended it)
 ALIVE = frozenset(
-    {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
-     "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
+    {
+        "PENDING",
+        "RUNNING",
+        "REQUEUED",
+        "CONFIGURING",
+        "COMPLETING",
+        "RESIZING",
+        "SUSPENDED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "SIGNALING",
+        "STAGE_OUT",
+    }
 )
 TIME_FORMS = "HH:MM:SS or D-HH:MM:SS (e.g. 04:00:00, 1-12:00:00)"
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$")
@@ -139,9 +150,7 @@ def sbatch_parameters(**flags: Any) -> dict[str, Any]:
     `partition`, `cpus_per_task`, `gpus_per_node`, `array_parallelism`,
     `additional_parameters`): what the sbatch script is rendered from."""
     params = executor_parameters(**flags, cluster="slurm")
-    return {
-        _SLURM_NAMES.get(k, k.removeprefix("slurm_")): v for k, v in params.items()
-    }
+    return {_SLURM_NAMES.get(k, k.removeprefix("slurm_")): v for k, v in params.items()}
 
 
 def sbatch_script(folder: Path | str, cells: int, **flags: Any) -> str:
@@ -184,9 +193,7 @@ class SlurmLauncher(Launcher):
         extra: Annotated[
             Mapping[str, str] | None, opt("extra sbatch parameters, KEY -> VALUE")
         ] = None,
-        wait: Annotated[
-            bool, opt("wait for the array; False returns after submitting")
-        ] = True,
+        wait: Annotated[bool, opt("wait for the array; False returns after submitting")] = True,
         out: Path | str | None = None,
         cluster: Annotated[
             str | None, opt(f"slurm or local [default: {CLUSTER_ENV}, else slurm]")
@@ -204,7 +211,13 @@ class SlurmLauncher(Launcher):
             raise FlexsampleError("--launcher slurm needs --out (logs go under <out>/slurm)")
         self.cluster = cluster
         self.params = executor_parameters(
-            partition, gpus_per_cell, cpus_per_cell, time, array_parallelism, extra, name,
+            partition,
+            gpus_per_cell,
+            cpus_per_cell,
+            time,
+            array_parallelism,
+            extra,
+            name,
             cluster,
         )
         self.cpus_per_cell = self.params["cpus_per_task"]
