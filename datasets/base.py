@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.options import opt
+from flexsample.engine.registry import DATASETS as _DATASETS
 from flexsample.engine.registry import Registry
 
 
@@ -125,12 +126,7 @@ def exponential_profile(n_max: int, num_classes: int, ratio: float) -> np.ndarra
     return np.maximum(1, n).astype(np.int64)
 
 
-DATASETS: Registry[LTDataset] = Registry(
-    "dataset",
-    "flexsample.datasets",
-    builtins="flexsample.datasets.builtin",
-    runtime=("progress", "cache_dir"),
-)
+DATASETS: Registry[LTDataset] = _DATASETS  # declared in engine.registry, with every kind
 
 # option types the built-in datasets share: one declaration of each range and help text
 ImbalanceRatio = Annotated[

@@ -456,6 +456,25 @@ LAUNCHERS: Registry[Any] = Registry(
     runtime=("out", "device", "gpus", "cores"),
 )
 
+# What a run trains on and with: datasets (`flexsample.datasets.builtin`), losses and samplers
+# (`flexsample.training`). Declared here, with the others, so a configuration is checked
+# against every kind without importing torch (the built-ins are imported on first use).
+DATASETS: Registry[Any] = Registry(
+    "dataset",
+    "flexsample.datasets",
+    builtins="flexsample.datasets.builtin",
+    runtime=("progress", "cache_dir"),
+)
+LOSSES: Registry[Any] = Registry(
+    "loss", "flexsample.losses", builtins="flexsample.training.losses", runtime=("class_counts",)
+)
+SAMPLERS: Registry[Any] = Registry(
+    "sampler",
+    "flexsample.samplers",
+    builtins="flexsample.training.samplers",
+    runtime=("labels", "rng"),
+)
+
 # the four plugin kinds, by the `kind` word their messages use
 PLUGIN_REGISTRIES: dict[str, Registry[Any]] = {
     reg.kind: reg for reg in (ESTIMATORS, POLICIES, ALLOCATIONS, ANCHORS)

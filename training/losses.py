@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.options import opt
+from flexsample.engine.registry import LOSSES as _LOSSES
 from flexsample.engine.registry import Registry
 
 FocalGamma = Annotated[float, opt("focal losses: gamma", ge=0, le=100)]
@@ -51,9 +52,7 @@ class Loss(nn.Module):
         raise NotImplementedError
 
 
-LOSSES: Registry[Loss] = Registry(
-    "loss", "flexsample.losses", builtins="flexsample.training.losses", runtime=("class_counts",)
-)
+LOSSES: Registry[Loss] = _LOSSES  # declared in engine.registry, with every kind
 
 
 def class_balanced_weights(counts: np.ndarray, beta: float) -> np.ndarray:

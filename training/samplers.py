@@ -12,17 +12,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from flexsample.engine.registry import SAMPLERS as _SAMPLERS
 from flexsample.engine.registry import Registry
 
 # (labels of the subset, seeded generator) -> positions into the subset for one epoch
 Sampler = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
-SAMPLERS: Registry[np.ndarray] = Registry(
-    "sampler",
-    "flexsample.samplers",
-    builtins="flexsample.training.samplers",
-    runtime=("labels", "rng"),
-)
+SAMPLERS: Registry[np.ndarray] = _SAMPLERS  # declared in engine.registry, with every kind
 
 
 @SAMPLERS.register("instance")

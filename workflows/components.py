@@ -74,23 +74,15 @@ SHORTCUTS: dict[str, str] = {
 
 
 def registry(kind: str) -> Registry[Any]:
-    """The registry of a component kind (imported on first use: they import torch)."""
-    if kind in ("estimator", "policy", "allocation", "anchors"):
-        from flexsample.engine.registry import PLUGIN_REGISTRIES
+    """The registry of a component kind (its built-ins are imported on first lookup: they
+    import torch; a configuration is checked without them, from the registries' manifest)."""
+    from flexsample.engine.registry import DATASETS, LOSSES, PLUGIN_REGISTRIES, SAMPLERS
 
+    if kind in PLUGIN_REGISTRIES:
         return PLUGIN_REGISTRIES[kind]
-    if kind == "dataset":
-        from flexsample.datasets.base import DATASETS
-
-        return DATASETS
-    if kind == "loss":
-        from flexsample.training.losses import LOSSES
-
-        return LOSSES
-    if kind == "sampler":
-        from flexsample.training.samplers import SAMPLERS
-
-        return SAMPLERS
+    regs = {"dataset": DATASETS, "loss": LOSSES, "sampler": SAMPLERS}
+    if kind in regs:
+        return regs[kind]
     raise ValueError(f"unknown component kind {kind!r}")
 
 
@@ -98,7 +90,7 @@ def option_fields(kind: str, name: str) -> set[str]:
     """The options component `name` of `kind` declares (for an estimator spec with '+',
     those of any part and `combine`)."""
     if kind == "estimator" and "+" in name:
-        from flexsample.engine.combine import split_spec
+        from flexsample.engine.specs import split_spec
 
         parts = split_spec(name)
         return {"combine", *parts}.union(*(option_fields(kind, p) for p in parts))
@@ -117,7 +109,7 @@ def flag(option: str) -> str:
 
 def resolve_components(cfg: RunConfig) -> None:
     """Check every chosen component's options and fill in their defaults (in place)."""
-    from flexsample.engine.combine import estimator_options
+    from flexsample.engine.specs import estimator_options
 
     for kind in KINDS:
         name = getattr(cfg, kind)
