@@ -12,11 +12,18 @@ What makes the numbers trustworthy:
   `results.json`, so a cell killed or failed half-way is rerun, never reported;
 - bench.csv and the summary cover every finished cell under --out (this grid's and those earlier
   grids left there), with the flags that tell two configurations of one method apart as columns;
-- worker processes die with the bench process, and Ctrl-C stops the grid at once.
+- worker processes die with the bench process, and Ctrl-C stops the grid at once;
+- one bench at a time per --out: a bench holds the folder's lock (`BenchLock`) from before its
+  first write to its summary, so a second bench on the same folder is refused with one line
+  naming the running one (its pid and host) instead of computing every cell again and
+  overwriting the first one's finished cells.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import math
 import os
@@ -445,6 +452,131 @@ def unkeyed_runs(out: Path) -> list[Path]:
     return [p.parent for p in sorted(out.rglob(RESULTS)) if read_cell(p.parent) is None]
 
 
+# --- one bench per folder --------------------------------------------------------------------
+
+BENCH_LOCK = ".flexsample-bench.lock"  # held by the bench that drives the folder
+# flock not supported by the filesystem (some NFS or Lustre mounts): the holder record decides
+_NO_FLOCK = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
+
+
+class BenchLock:
+    """One bench at a time per bench folder.
+
+    Why a lock rather than sharing the cells between two benches: cells are whole runs, so two
+    drivers would each need a claim per cell, a way to tell a claim of a live driver from one of
+    a dead driver on another host, and agreement on retries and on who writes the summary; one
+    driver per folder keeps the grid's bookkeeping (retries, failure records, Slurm's jobs.json,
+    the summary) single-writer. The second bench is refused before it writes anything, with the
+    running bench's pid and host; it may run once the first ends (it then reuses the finished
+    cells).
+
+    The lock is an exclusive `flock` on `<out>/.flexsample-bench.lock`, which the kernel drops
+    when its holder dies (a killed bench never blocks the folder). The file also records the
+    holder (pid, host). Where the filesystem has no `flock`, that record is the lock: a record
+    of a process that is gone from this host is stale and taken over; one from another host is
+    honoured, and the message names the file to delete if that bench no longer runs.
+    """
+
+    def __init__(self, path: Path, fd: int | None) -> None:
+        self.path = path
+        self.fd = fd  # None: the record alone (no flock on this filesystem)
+
+    @staticmethod
+    def _me() -> dict[str, Any]:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+
+    @staticmethod
+    def _holder(text: str) -> dict[str, Any]:
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    @classmethod
+    def _refuse(cls, out: Path, holder: dict[str, Any], stale_hint: bool = False) -> None:
+        pid, host = holder.get("pid", "?"), holder.get("host", "?")
+        hint = (
+            f"; if it no longer runs, delete {out / BENCH_LOCK}"
+            if stale_hint
+            else "; wait for it to finish, stop it, or choose another --out"
+        )
+        raise FlexsampleError(
+            f"bench folder {out} is in use by another flexsample bench (pid {pid} on {host})" + hint
+        )
+
+    @classmethod
+    def acquire(cls, out: Path) -> BenchLock:
+        """The folder's lock, or one FlexsampleError line naming the bench that holds it."""
+        path = out / BENCH_LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise FlexsampleError(
+                f"cannot lock bench folder {out}: {exc.strerror or exc} ({path})"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = cls._holder(os.read(fd, 4096).decode(errors="replace"))
+            os.close(fd)
+            cls._refuse(out, holder)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in _NO_FLOCK:
+                raise FlexsampleError(
+                    f"cannot lock bench folder {out}: {exc.strerror or exc} ({path})"
+                ) from None
+            return cls._acquire_record(out, path)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(cls._me()).encode())
+        return cls(path, fd)
+
+    @classmethod
+    def _acquire_record(cls, out: Path, path: Path) -> BenchLock:
+        """Without flock: the holder record alone (stale when its pid is gone from this host)."""
+        try:
+            holder = cls._holder(path.read_text(encoding="utf-8"))
+        except OSError:
+            holder = {}
+        pid, host = holder.get("pid"), holder.get("host")
+        if isinstance(pid, int) and pid != os.getpid():
+            if host != socket.gethostname():
+                cls._refuse(out, holder, stale_hint=True)
+            if _pid_alive(pid):
+                cls._refuse(out, holder)
+        write_json(path, cls._me())
+        return cls(path, None)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+            return
+        with contextlib.suppress(OSError):  # the record alone: remove it if still ours
+            if self._holder(self.path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+                self.path.unlink()
+
+    def __enter__(self) -> BenchLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # --- the grid driver -------------------------------------------------------------------------
 
 SHARED_CHECK = ".flexsample-bench"  # a token the driver writes and every cell reads back
@@ -670,26 +802,28 @@ def run_bench(
             cpus_per_cell=cpus_per_cell,
         )
     out.mkdir(parents=True, exist_ok=True)
-    todo = [c for c in cells if finished(c) is None]
-    skipped = [c for c in cells if c not in todo]
-    on_plan(cells, todo, launcher)
-    extra: dict[str, Any] = {}
-    if log_to:
-        extra.update(
-            log_to=tuple(log_to),
-            log_dir=str(log_dir.resolve()) if log_dir else "",
-            group=out.resolve().name,
+    with BenchLock.acquire(out):  # before the first write: a second bench touches nothing
+        todo = [c for c in cells if finished(c) is None]
+        skipped = [c for c in cells if c not in todo]
+        on_plan(cells, todo, launcher)
+        extra: dict[str, Any] = {}
+        if log_to:
+            extra.update(
+                log_to=tuple(log_to),
+                log_dir=str(log_dir.resolve()) if log_dir else "",
+                group=out.resolve().name,
+            )
+        report = run_grid(
+            todo,
+            launcher,
+            retries,
+            on_progress,
+            shared_root=out if launcher.name != "local" else None,
+            task_options=extra,
         )
-    report = run_grid(
-        todo,
-        launcher,
-        retries,
-        on_progress,
-        shared_root=out if launcher.name != "local" else None,
-        task_options=extra,
-    )
-    result = BenchResult(out, cells, skipped, report)
-    result.summary = write_summary(out, cells, command or "flexsample.workflows.bench.run_bench")
+        result = BenchResult(out, cells, skipped, report)
+        command = command or "flexsample.workflows.bench.run_bench"
+        result.summary = write_summary(out, cells, command)
     return result
 
 
