@@ -77,7 +77,12 @@ def build_trackers(
     registry, `TRACKERS.build(name, options, **runtime)`, with the run-time arguments every
     tracker takes: `run_dir` (the run folder), `log_dir` (logs go to `log_dir/[group/]run_name`
     instead), `config`, `run_name` and `group` (a bench's name: MLflow experiment, W&B group).
-    `options`: tracker name -> its options (e.g. `{"mlflow": {"experiment": "ablations"}}`)."""
+    `options`: tracker name -> its options (e.g. `{"mlflow": {"experiment": "ablations"}}`).
+
+    Each tracker's destination (its logs folder, its server) is checked here, before the run
+    builds its dataset and model, through the tracker's own `check_destination()` where it has
+    one: a folder that cannot be written or a server that does not answer within a few seconds
+    is one line naming the tracker and the destination."""
     chosen = dict(options or {})
     unused = [n for n in chosen if n not in names]
     if unused:
@@ -92,4 +97,9 @@ def build_trackers(
         "run_name": run_name,
         "group": group,
     }
-    return [TRACKERS.build(name, chosen.get(name, {}), **runtime) for name in names]
+    built = [TRACKERS.build(name, chosen.get(name, {}), **runtime) for name in names]
+    for tracker in built:
+        check = getattr(tracker, "check_destination", None)
+        if callable(check):
+            check()
+    return built

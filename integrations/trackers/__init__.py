@@ -23,6 +23,11 @@ the entry-point group `flexsample.trackers`. A tracker subclasses `Tracker`, dec
 it needs (`requires`, checked before the run starts), takes its options as constructor keyword
 parameters (e.g. MLflow's `experiment`) and passes the run-time arguments (`run_dir`, `log_dir`,
 `config`, `run_name`, `group`: `TRACKERS.runtime`) on to `Tracker.__init__`.
+
+Where a tracker writes is checked before the run starts (`Tracker.check_destination`, called by
+`workflows.tracking.build_trackers`, before the dataset and the model are built): a logs folder
+must be creatable and writable, a tracking server must accept a connection within
+`REACH_TIMEOUT_S` seconds; a problem is one line naming the tracker and the destination.
 """
 
 from __future__ import annotations
@@ -31,10 +36,15 @@ import atexit
 import importlib
 import json
 import math
+import os
+import socket
+import tempfile
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -49,6 +59,7 @@ DEFAULT_PROJECT = "flexsample"  # MLflow experiment / W&B project unless the env
 RESULT_SECTIONS = ("test", "test_last")
 # tables kept in results.json (an artifact), not as one metric per cell
 SKIPPED_RESULT_KEYS = {"confusion_matrix", "calibration"}
+REACH_TIMEOUT_S = 3.0  # how long a tracker's server may take to accept a connection
 
 
 # -- parsing and construction ------------------------------------------------------------------
@@ -119,6 +130,82 @@ def _import_all(name: str, modules: Sequence[str], extra: str | None) -> list[Mo
                 f"with: pip install {top}"
             ) from None
     return found
+
+
+# -- destinations, checked before the run starts --------------------------------------------------
+def check_folder(tracker: str, folder: Path, fix: str) -> None:
+    """That `--log-to tracker` can create `folder` (or write into it, if it exists); one line
+    naming the tracker, the folder and the cause otherwise. Leaves nothing behind (a probe
+    file or folder is made and removed at once)."""
+    problem = _folder_problem(Path(folder))
+    if problem:
+        raise FlexsampleError(
+            f"--log-to {tracker}: cannot write its logs to {folder}: {problem}; {fix}"
+        )
+
+
+def _folder_problem(folder: Path) -> str | None:
+    target = folder.absolute()
+    p = target
+    while not p.exists() and p != p.parent:  # a file on the way makes its children not exist
+        p = p.parent
+    if not p.is_dir():
+        return f"{p} is a file, not a folder"
+    try:
+        if p == target:  # the folder exists: its files go in it
+            fd, probe = tempfile.mkstemp(prefix=".flexsample-probe-", dir=p)
+            os.close(fd)
+            os.unlink(probe)
+        else:  # the folder is made under its nearest existing parent
+            os.rmdir(tempfile.mkdtemp(prefix=".flexsample-probe-", dir=p))
+    except OSError as exc:
+        action = "write in" if p == target else "create a folder in"
+        return f"cannot {action} {p} ({exc.strerror or exc})"
+    return None
+
+
+def check_reachable(
+    tracker: str, url: str, fix: str, timeout: float = REACH_TIMEOUT_S, what: str = "server"
+) -> None:
+    """That the host of `url` (or the proxy the environment routes it through) accepts a TCP
+    connection within `timeout` seconds; one line naming the tracker and `url` otherwise,
+    instead of the tool's own minutes of retries."""
+    parts = urlsplit(url)
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:  # a port that is not a number
+        raise FlexsampleError(
+            f"--log-to {tracker}: {url} is not a valid URL ({exc}); {fix}"
+        ) from None
+    if not host:
+        raise FlexsampleError(f"--log-to {tracker}: {url} is not a valid URL (no host); {fix}")
+    proxy = _proxy_for(parts.scheme, host)
+    via = "" if proxy is None else f" through the proxy {proxy[0]}:{proxy[1]}"
+    try:
+        with socket.create_connection(proxy or (host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        cause = (
+            f"no answer within {timeout:g} s"
+            if isinstance(exc, TimeoutError)
+            else exc.strerror or str(exc) or type(exc).__name__
+        )
+        raise FlexsampleError(
+            f"--log-to {tracker}: cannot reach the {what} {url}{via} ({cause}); {fix}"
+        ) from None
+
+
+def _proxy_for(scheme: str, host: str) -> tuple[str, int] | None:
+    """The (host, port) of the proxy that HTTP(S)_PROXY / NO_PROXY route `host` through."""
+    proxy = urllib.request.getproxies().get(scheme)
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    return (parts.hostname, port) if parts.hostname else None
 
 
 # -- what every tracker logs ---------------------------------------------------------------------
@@ -214,6 +301,16 @@ class Tracker(Callback):
         """The modules of `requires`, imported (one line naming what to install if one is
         missing); `parse_log_to` calls it before the run starts."""
         return _import_all(cls.name, cls.requires, cls.extra)
+
+    def check_destination(self) -> None:
+        """Where this tracker writes, checked before the run starts (`build_trackers` calls
+        it): one FlexsampleError line naming the tracker and the destination. The default
+        checks nothing; trackers with a logs folder or a server check theirs."""
+
+    def _check_folder(self, folder: Path) -> None:
+        """`check_folder` for this tracker's own logs folder, with the flag that moves it."""
+        fix = "choose another --log-dir" if self.log_dir is not None else "choose another --out"
+        check_folder(self.name, folder, fix)
 
     @property
     def folder(self) -> Path:
@@ -369,6 +466,8 @@ __all__ = [
     "TensorBoardTracker",
     "Tracker",
     "WandbTracker",
+    "check_folder",
+    "check_reachable",
     "make_trackers",
     "mlflow_tracking_uri",
     "parse_log_to",

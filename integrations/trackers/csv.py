@@ -40,6 +40,9 @@ class CSVTracker(Tracker):
         self.rows: dict[str, int] = {}
         self._saved_rows: dict[str, int] | None = None
 
+    def check_destination(self) -> None:
+        self._check_folder(self.folder)
+
     def state_dict(self) -> dict[str, Any]:
         return {"rows": dict(self.rows)}
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import numpy as np
 
@@ -16,7 +19,7 @@ from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.options import opt
 from flexsample.engine.registry import TRACKERS
 
-from . import DEFAULT_PROJECT, Tracker, _histogram
+from . import DEFAULT_PROJECT, Tracker, _histogram, check_folder, check_reachable
 
 
 def mlflow_tracking_uri() -> str:
@@ -32,6 +35,41 @@ def mlflow_tracking_uri() -> str:
         return str(mlflow.get_tracking_uri())
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return (Path.cwd() / "mlruns").resolve().as_uri()
+
+
+FIX = "set MLFLOW_TRACKING_URI to a reachable server or to a folder, file:///path"
+
+
+def check_store(uri: str) -> None:
+    """The MLflow tracking store at `uri`, checked before the run: an http(s) server must
+    accept a connection within a few seconds (instead of MLflow's minutes of retries), a
+    file store's folder or a SQLite file's folder must be writable. Other stores (databricks,
+    a database server) are left to MLflow."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        check_reachable(
+            "mlflow", uri, f"start the tracking server or {FIX}", what="tracking server"
+        )
+    elif scheme == "file" or (not scheme and uri):
+        path = Path(url2pathname(parts.path)) if scheme else Path(uri)
+        check_folder("mlflow", path, FIX)
+    elif scheme == "sqlite" and parts.path not in ("", "/", "/:memory:"):
+        check_folder("mlflow", Path(parts.path[1:]).parent, FIX)  # sqlite:///rel, sqlite:////abs
+
+
+@contextlib.contextmanager
+def _few_retries() -> Iterator[None]:
+    """MLflow's first requests (the experiment lookup) without its minutes of retries, unless
+    the user set their own retry and timeout settings."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    added = [k for k in quick if k not in os.environ]
+    os.environ.update({k: quick[k] for k in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
@@ -66,32 +104,42 @@ class MLflowTracker(Tracker):
     ) -> None:
         super().__init__(**runtime)
         self.check_installed()
-        from mlflow.tracking import MlflowClient
-
         experiment = (
             experiment or self.group or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_PROJECT
         )
         self.tracking_uri = mlflow_tracking_uri()
         self.experiment = experiment
+        self.experiment_id: str | None = None
         self.run_id: str | None = None
         self._resume_id: str | None = None
-        try:  # the store is reachable and the experiment exists before the run starts
-            self.client = MlflowClient(tracking_uri=self.tracking_uri)
-            found = self.client.get_experiment_by_name(experiment)
-            if found is not None and found.lifecycle_stage != "active":
-                raise FlexsampleError(
-                    f"MLflow experiment '{experiment}' is deleted; restore it or set "
-                    "MLFLOW_EXPERIMENT_NAME to another name"
+        self.check_destination()  # the store is reachable and the experiment exists
+
+    def check_destination(self) -> None:
+        """The tracking store answers (a server within a few seconds, a folder or SQLite file
+        that can be written) and the experiment exists (made if new); once per tracker."""
+        if self.experiment_id is not None:
+            return
+        check_store(self.tracking_uri)
+        from mlflow.tracking import MlflowClient
+
+        try:
+            with _few_retries():
+                self.client = MlflowClient(tracking_uri=self.tracking_uri)
+                found = self.client.get_experiment_by_name(self.experiment)
+                if found is not None and found.lifecycle_stage != "active":
+                    raise FlexsampleError(
+                        f"MLflow experiment '{self.experiment}' is deleted; restore it or set "
+                        "MLFLOW_EXPERIMENT_NAME to another name"
+                    )
+                self.experiment_id = (
+                    found.experiment_id if found else self.client.create_experiment(self.experiment)
                 )
-            self.experiment_id = (
-                found.experiment_id if found else self.client.create_experiment(experiment)
-            )
         except FlexsampleError:
             raise
         except Exception as exc:
             raise FlexsampleError(
-                f"--log-to mlflow: cannot use the tracking store {self.tracking_uri} (set "
-                f"MLFLOW_TRACKING_URI to change it): {_one_line(exc)}"
+                f"--log-to mlflow: cannot use the tracking store {self.tracking_uri} ({FIX}): "
+                f"{_one_line(exc)}"
             ) from None
 
     def state_dict(self) -> dict[str, Any]:
@@ -145,4 +193,5 @@ class MLflowTracker(Tracker):
             self.client.log_artifact(self.run_id, str(path), "run")
 
     def _finish(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, status=status)
+        if self.run_id is not None:  # None: its start failed (that error is the one shown)
+            self.client.set_terminated(self.run_id, status=status)

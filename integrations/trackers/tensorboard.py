@@ -34,6 +34,9 @@ class TensorBoardTracker(Tracker):
         self._purge_step: int | None = None
         self.writer: Any = None
 
+    def check_destination(self) -> None:
+        self._check_folder(self.folder)
+
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epochs_done}
 
@@ -73,7 +76,9 @@ class TensorBoardTracker(Tracker):
         self.writer.add_text("run_folder", str(run_dir.resolve()), self.epochs_done)
 
     def _flush(self) -> None:
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()
 
     def _finish(self, status: str) -> None:
-        self.writer.close()
+        if self.writer is not None:  # None: its start failed (that error is the one shown)
+            self.writer.close()

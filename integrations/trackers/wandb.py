@@ -12,7 +12,7 @@ import numpy as np
 from flexsample.engine.options import opt
 from flexsample.engine.registry import TRACKERS
 
-from . import DEFAULT_PROJECT, Tracker
+from . import DEFAULT_PROJECT, Tracker, check_folder, check_reachable
 
 
 def wandb_mode() -> str | None:
@@ -77,6 +77,24 @@ class WandbTracker(Tracker):
         self.mode = wandb_mode()
         self.run: Any = None
 
+    def check_destination(self) -> None:
+        """Its folder (WANDB_DIR, or this run's) is writable; with WANDB_MODE=online, W&B's
+        server (WANDB_BASE_URL) answers. An offline run needs no network, and W&B's own choice
+        (a logged-in user without WANDB_MODE) is left to W&B."""
+        if self.wandb_dir is not None:
+            self._check_folder(self.wandb_dir)
+        else:
+            check_folder(
+                self.name, Path(os.environ["WANDB_DIR"]), "set WANDB_DIR to another folder"
+            )
+        if os.environ.get("WANDB_MODE", "").strip().lower() == "online":
+            check_reachable(
+                self.name,
+                os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai",
+                "check the network, or log offline with WANDB_MODE=offline (`wandb sync` later)",
+                what="W&B server",
+            )
+
     def _start(self) -> None:
         options: dict[str, Any] = {}
         if "WANDB_CONSOLE" not in os.environ:
@@ -115,4 +133,5 @@ class WandbTracker(Tracker):
         self.run.log_artifact(artifact)
 
     def _finish(self, status: str) -> None:
-        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
+        if self.run is not None:  # None: its start failed (that error is the one shown)
+            self.run.finish(exit_code=0 if status == "FINISHED" else 1)

@@ -1,0 +1,130 @@
+"""Edges of a run (issue 23): tracker destinations checked before the run starts, `--resume` of
+a run killed before its first checkpoint, torchrun's trailing short batch, `--pretrained`
+without network. No test touches the network beyond localhost.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from flexsample.engine import faults
+from flexsample.engine.errors import FlexsampleError
+
+from .conftest import one_error_line
+
+SHORT = ["--rounds", "2", "--epochs-per-round", "1", "--quiet", "--device", "cpu"]
+
+
+def closed_port() -> int:
+    """A localhost port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def no_tracker_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No network, nothing in $HOME: W&B offline, MLflow's default store in tmp_path."""
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_DIR", faults.ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setattr(faults, "_hits", {})
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# -- 1. tracker destinations, checked before the run starts ----------------------------------------
+@pytest.mark.needs("tensorboard")
+def test_tensorboard_log_dir_that_is_a_file(cli, no_tracker_env: Path) -> None:
+    afile = no_tracker_env / "afile"
+    afile.write_text("keep me\n")
+    res = cli("run", *SHORT, "--out", "run", "--log-to", "tensorboard", "--log-dir", afile)
+    line = one_error_line(res)
+    assert line.startswith("error: --log-to tensorboard: cannot write its logs to"), line
+    assert f"{afile} is a file, not a folder" in line and "--log-dir" in line
+    assert afile.read_text() == "keep me\n"  # nothing lost or overwritten
+    assert not (no_tracker_env / "run").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_csv_log_dir_that_cannot_be_made_names_the_tracker(cli, no_tracker_env: Path) -> None:
+    res = cli("run", *SHORT, "--out", "run", "--log-to", "csv", "--log-dir", "/proc/xx")
+    line = one_error_line(res)
+    assert line.startswith("error: --log-to csv: cannot write its logs to /proc/xx/run"), line
+    assert "run folder" not in line  # the tracker's folder is the problem, not --out
+    assert not (no_tracker_env / "run").exists()
+
+
+def test_folder_check_leaves_nothing_behind(tmp_path: Path) -> None:
+    from flexsample.integrations.trackers import check_folder
+
+    check_folder("csv", tmp_path / "a" / "b", "fix it")  # creatable: fine, and not created
+    check_folder("csv", tmp_path, "fix it")  # exists and writable
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FlexsampleError, match=r"^--log-to csv: .*f is a file, not a folder; fix"):
+        check_folder("csv", tmp_path / "f" / "logs", "fix it")
+
+
+@pytest.mark.needs("mlflow")
+def test_unreachable_mlflow_server_is_one_line_in_seconds(
+    cli, no_tracker_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    line = one_error_line(cli("run", *SHORT, "--out", "run", "--log-to", "mlflow"))
+    assert time.monotonic() - started < 60  # MLflow's own retries took minutes
+    assert line.startswith(f"error: --log-to mlflow: cannot reach the tracking server {uri} ")
+    assert "MLFLOW_TRACKING_URI" in line
+    assert not (no_tracker_env / "run").exists()
+
+
+def test_a_server_that_does_not_answer_waits_three_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unroutable address: the connection attempt gives up after REACH_TIMEOUT_S."""
+    from flexsample.integrations import trackers as tr
+
+    waited: list[float] = []
+
+    def silent(address, timeout):
+        waited.append(timeout)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(tr.socket, "create_connection", silent)
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(FlexsampleError) as err:
+        tr.check_reachable("mlflow", "http://10.255.255.1:5000", "fix it", what="tracking server")
+    assert waited == [3.0] == [tr.REACH_TIMEOUT_S]
+    assert str(err.value) == (
+        "--log-to mlflow: cannot reach the tracking server http://10.255.255.1:5000 "
+        "(no answer within 3 s); fix it"
+    )
+
+
+@pytest.mark.needs("mlflow")
+def test_mlflow_file_store_under_a_file(no_tracker_env: Path, monkeypatch) -> None:
+    from flexsample.integrations.trackers.mlflow import check_store
+
+    (no_tracker_env / "f").write_text("x")
+    with pytest.raises(FlexsampleError, match=r"^--log-to mlflow: .* is a file, not a folder"):
+        check_store((no_tracker_env / "f" / "mlruns").as_uri())
+    check_store((no_tracker_env / "mlruns").as_uri())  # creatable: fine
+
+
+@pytest.mark.needs("wandb")
+def test_wandb_online_without_its_server_is_one_line(no_tracker_env: Path, monkeypatch) -> None:
+    from flexsample.integrations.trackers import make_trackers
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    with pytest.raises(FlexsampleError, match=r"^--log-to wandb: cannot reach the W&B server"):
+        make_trackers("wandb", run_dir=no_tracker_env / "r", config={}, run_name="r")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # offline needs no network
+    (made,) = make_trackers("wandb", run_dir=no_tracker_env / "r", config={}, run_name="r")
+    made.close()
