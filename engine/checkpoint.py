@@ -30,8 +30,9 @@ import pathlib
 import tempfile
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -69,46 +70,16 @@ def encode_state(obj: Any, where: str = "state") -> Any:
     """
     if obj is None or type(obj) in (str, bytes, bool, int, float):  # not subclasses: np.float64
         return obj
-    if isinstance(obj, np.generic):
-        return {TAG: "numpy-scalar", "array": _encode_array(np.asarray(obj), where)}
     if isinstance(obj, torch.Tensor | torch.device | torch.dtype | torch.Size):
         return obj
-    if isinstance(obj, np.ndarray):
-        return _encode_array(obj, where)
-    if isinstance(obj, np.random.Generator):
-        return {TAG: "numpy-generator", "bit_generator": _encode_bitgen(obj.bit_generator, where)}
-    if isinstance(obj, np.random.BitGenerator):
-        return _encode_bitgen(obj, where)
-    if isinstance(obj, np.random.RandomState):
-        return {TAG: "numpy-randomstate", "state": encode_state(obj.get_state(), where)}
+    if isinstance(obj, _NUMPY_TYPES):
+        return _encode_numpy(obj, where)
     if isinstance(obj, pathlib.PurePath):
         return {TAG: "path", "value": str(obj)}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        cls = type(obj)
-        return {
-            TAG: "dataclass",
-            "class": f"{cls.__module__}:{cls.__qualname__}",
-            "fields": {
-                f.name: encode_state(getattr(obj, f.name), f"{where}.{f.name}")
-                for f in dataclasses.fields(obj)
-            },
-        }
+        return _encode_dataclass(obj, where)
     if isinstance(obj, dict):
-        if type(obj) not in (dict, OrderedDict):
-            obj = dict(obj)
-        if all(isinstance(k, _PLAIN_KEYS) for k in obj) and TAG not in obj:
-            out = type(obj)((k, encode_state(v, f"{where}[{k!r}]")) for k, v in obj.items())
-            meta = getattr(obj, "_metadata", None)  # nn.Module.state_dict() version info
-            if meta is not None:
-                out._metadata = meta
-            return out
-        return {
-            TAG: "dict",
-            "items": [
-                [encode_state(k, f"{where} key"), encode_state(v, f"{where}[{k!r}]")]
-                for k, v in obj.items()
-            ],
-        }
+        return _encode_dict(obj, where)
     if isinstance(obj, list):
         return [encode_state(v, f"{where}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, tuple):
@@ -123,6 +94,65 @@ def encode_state(obj: Any, where: str = "state") -> Any:
         "checkpoint; state_dict() may return tensors, NumPy arrays and scalars, numbers, "
         "strings, bytes, None, lists, tuples, sets, dicts and dataclasses of those"
     )
+
+
+_NUMPY_TYPES = (
+    np.generic,
+    np.ndarray,
+    np.random.Generator,
+    np.random.BitGenerator,
+    np.random.RandomState,
+)
+
+
+def _encode_numpy(obj: Any, where: str) -> dict[str, Any]:
+    """A NumPy scalar, array, generator, bit generator or RandomState (`_NUMPY_TYPES`)."""
+    if isinstance(obj, np.generic):
+        return {TAG: "numpy-scalar", "array": _encode_array(np.asarray(obj), where)}
+    if isinstance(obj, np.ndarray):
+        return _encode_array(obj, where)
+    if isinstance(obj, np.random.Generator):
+        return {TAG: "numpy-generator", "bit_generator": _encode_bitgen(obj.bit_generator, where)}
+    if isinstance(obj, np.random.BitGenerator):
+        return _encode_bitgen(obj, where)
+    return {TAG: "numpy-randomstate", "state": encode_state(obj.get_state(), where)}
+
+
+def _encode_dataclass(obj: Any, where: str) -> dict[str, Any]:
+    cls = type(obj)
+    return {
+        TAG: "dataclass",
+        "class": f"{cls.__module__}:{cls.__qualname__}",
+        "fields": {
+            f.name: encode_state(getattr(obj, f.name), f"{where}.{f.name}")
+            for f in dataclasses.fields(obj)
+        },
+    }
+
+
+def _encode_dict(obj: dict[Any, Any], where: str) -> dict[Any, Any]:
+    """A dict or OrderedDict with plain keys stays one (`_metadata` kept); others are tagged."""
+    if type(obj) not in (dict, OrderedDict):
+        obj = dict(obj)
+    if all(isinstance(k, _PLAIN_KEYS) for k in obj) and TAG not in obj:
+        out = type(obj)((k, encode_state(v, f"{where}[{k!r}]")) for k, v in obj.items())
+        return _keep_metadata(out, obj)
+    return {
+        TAG: "dict",
+        "items": [
+            [encode_state(k, f"{where} key"), encode_state(v, f"{where}[{k!r}]")]
+            for k, v in obj.items()
+        ],
+    }
+
+
+def _keep_metadata(out: dict[Any, Any], source: object) -> dict[Any, Any]:
+    """`out`, with the `_metadata` attribute of `source` (nn.Module.state_dict() version info)."""
+    meta = getattr(source, "_metadata", None)
+    if meta is not None:
+        # torch sets this attribute on the OrderedDict it returns; no type declares it
+        cast(Any, out)._metadata = meta
+    return out
 
 
 def _encode_array(arr: np.ndarray, where: str) -> dict[str, Any]:
@@ -155,10 +185,7 @@ def decode_state(obj: Any) -> Any:
         kind = obj.get(TAG)
         if kind is None:
             out = type(obj)((k, decode_state(v)) for k, v in obj.items())
-            meta = getattr(obj, "_metadata", None)
-            if meta is not None:
-                out._metadata = meta
-            return out
+            return _keep_metadata(out, obj)
         return _decode_tagged(kind, obj)
     if isinstance(obj, list):
         return [decode_state(v) for v in obj]
@@ -168,47 +195,70 @@ def decode_state(obj: Any) -> Any:
 
 
 def _decode_tagged(kind: str, obj: dict[str, Any]) -> Any:
-    if kind == "ndarray":
-        dtype = np.dtype(obj["dtype"])
-        if dtype.hasobject:
-            raise ValueError("object arrays are not accepted")
-        data, shape = obj["data"], [int(n) for n in obj["shape"]]
-        if not isinstance(data, torch.Tensor):
-            raise ValueError("array data is not a tensor")
-        if dtype.name in _NATIVE and dtype.isnative:
-            return data.numpy().astype(dtype, copy=False).reshape(shape)
-        return np.frombuffer(data.numpy().tobytes(), dtype=dtype).reshape(shape).copy()
-    if kind == "numpy-scalar":
-        return decode_state(obj["array"])[()]
-    if kind == "numpy-bitgen":
-        if obj["name"] not in _BIT_GENERATORS:
-            raise ValueError(f"unknown bit generator {obj['name']!r}")
-        bg = getattr(np.random, obj["name"])()
-        bg.state = decode_state(obj["state"])
-        return bg
-    if kind == "numpy-generator":
-        return np.random.Generator(decode_state(obj["bit_generator"]))
-    if kind == "numpy-randomstate":
-        rs = np.random.RandomState()
-        rs.set_state(decode_state(obj["state"]))
-        return rs
-    if kind == "path":
-        return Path(obj["value"])
-    if kind == "dataclass":
-        cls = _dataclass_type(obj["class"])
-        values = {k: decode_state(v) for k, v in obj["fields"].items()}
-        init = {f.name for f in dataclasses.fields(cls) if f.init}
-        inst = cls(**{k: v for k, v in values.items() if k in init})
-        for k, v in values.items():
-            if k not in init:
-                object.__setattr__(inst, k, v)
-        return inst
-    if kind == "dict":
-        return {_hashable(decode_state(k)): decode_state(v) for k, v in obj["items"]}
-    if kind in ("set", "frozenset"):
-        items = (_hashable(decode_state(v)) for v in obj["items"])
-        return frozenset(items) if kind == "frozenset" else set(items)
-    raise ValueError(f"unknown encoded kind {kind!r}")
+    decode = _DECODERS.get(kind) if isinstance(kind, str) else None
+    if decode is None:
+        raise ValueError(f"unknown encoded kind {kind!r}")
+    return decode(obj)
+
+
+def _decode_ndarray(obj: dict[str, Any]) -> np.ndarray:
+    dtype = np.dtype(obj["dtype"])
+    if dtype.hasobject:
+        raise ValueError("object arrays are not accepted")
+    data, shape = obj["data"], [int(n) for n in obj["shape"]]
+    if not isinstance(data, torch.Tensor):
+        raise ValueError("array data is not a tensor")
+    if dtype.name in _NATIVE and dtype.isnative:
+        return data.numpy().astype(dtype, copy=False).reshape(shape)
+    return np.frombuffer(data.numpy().tobytes(), dtype=dtype).reshape(shape).copy()
+
+
+def _decode_bitgen(obj: dict[str, Any]) -> np.random.BitGenerator:
+    if obj["name"] not in _BIT_GENERATORS:
+        raise ValueError(f"unknown bit generator {obj['name']!r}")
+    bg = getattr(np.random, obj["name"])()
+    bg.state = decode_state(obj["state"])
+    return bg
+
+
+def _decode_randomstate(obj: dict[str, Any]) -> np.random.RandomState:
+    rs = np.random.RandomState()
+    rs.set_state(decode_state(obj["state"]))
+    return rs
+
+
+def _decode_dataclass(obj: dict[str, Any]) -> Any:
+    cls = _dataclass_type(obj["class"])
+    values = {k: decode_state(v) for k, v in obj["fields"].items()}
+    init = {f.name for f in dataclasses.fields(cls) if f.init}
+    inst = cls(**{k: v for k, v in values.items() if k in init})
+    for k, v in values.items():
+        if k not in init:
+            object.__setattr__(inst, k, v)
+    return inst
+
+
+def _decode_dict(obj: dict[str, Any]) -> dict[Any, Any]:
+    return {_hashable(decode_state(k)): decode_state(v) for k, v in obj["items"]}
+
+
+def _decode_items(obj: dict[str, Any]) -> list[Any]:
+    return [_hashable(decode_state(v)) for v in obj["items"]]
+
+
+# kind (the value under TAG) -> its decoder; the kinds are the checkpoint format: never rename one
+_DECODERS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "ndarray": _decode_ndarray,
+    "numpy-scalar": lambda obj: decode_state(obj["array"])[()],
+    "numpy-bitgen": _decode_bitgen,
+    "numpy-generator": lambda obj: np.random.Generator(decode_state(obj["bit_generator"])),
+    "numpy-randomstate": _decode_randomstate,
+    "path": lambda obj: Path(obj["value"]),
+    "dataclass": _decode_dataclass,
+    "dict": _decode_dict,
+    "set": lambda obj: set(_decode_items(obj)),
+    "frozenset": lambda obj: frozenset(_decode_items(obj)),
+}
 
 
 def _hashable(value: Any) -> Any:
@@ -251,10 +301,7 @@ class _FaultWriter:
 def _wrap(obj: Any) -> dict[str, Any]:
     encoded = encode_state(obj)
     if isinstance(encoded, dict) and TAG not in encoded and "format_version" not in encoded:
-        out = type(encoded)(encoded)
-        meta = getattr(encoded, "_metadata", None)
-        if meta is not None:
-            out._metadata = meta
+        out = _keep_metadata(type(encoded)(encoded), encoded)
         out["format_version"] = FORMAT_VERSION
         return out
     return {_ROOT: encoded, "format_version": FORMAT_VERSION}
