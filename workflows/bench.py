@@ -638,83 +638,133 @@ def run_grid(
     """
     extra = dict(task_options or {})
     if shared_root is not None:
-        check = shared_root / SHARED_CHECK
-        try:  # kept across drivers: cells an earlier driver submitted still carry it
-            token = check.read_text(encoding="utf-8").strip()
-        except OSError:
-            token = ""
-        if len(token) != 32:
-            token = uuid.uuid4().hex
-            check.write_text(token + "\n", encoding="utf-8")
-        extra.update(check_file=str(check.resolve()), check_token=token)
-    progress = GridProgress(total=len(todo))
-    report = GridReport()
-    pending: deque[tuple[Cell, int]] = deque((c, 1) for c in todo)
-    running: dict[int, tuple[Any, Cell, int]] = {}  # id -> (job, cell, attempt)
-
-    def emit(event: str, cell: Cell | None, error: str = "") -> None:
-        progress.event, progress.cell, progress.error = event, cell, error
-        progress.running = len(running)
-        on_progress(progress)
-
+        extra.update(shared_check(shared_root))
+    grid = _Grid(launcher, retries, on_progress, extra, len(todo))
     try:
         launcher.start([make_task(c, **extra) for c in todo])
-        alive = launcher.attach([make_task(c, **extra) for c in todo])
-        reattached = {id(c) for c, job in zip(todo, alive, strict=True) if job is not None}
-        if reattached:
-            pending = deque((c, a) for c, a in pending if id(c) not in reattached)
-            for cell, job in zip(todo, alive, strict=True):
-                if job is not None:
-                    running[id(cell)] = (job, cell, 1)
-                    emit("start", cell)
-        while pending or running:
-            free = len(pending) if launcher.slots is None else launcher.slots - len(running)
-            batch = [pending.popleft() for _ in range(min(free, len(pending)))]
-            if batch:
-                jobs = launcher.submit([make_task(c, a, **extra) for c, a in batch])
-                for job, (cell, attempt) in zip(jobs, batch, strict=True):
-                    running[id(cell)] = (job, cell, attempt)
-                    emit("start", cell)
+        grid.reattach(todo)
+        while grid.pending or grid.running:
+            submitted = grid.submit_free()
             if not launcher.waits:
-                report.pending = [cell for _, cell, _ in running.values()]
-                running.clear()
-                emit("submitted", None)
+                grid.leave_running()
                 break
-            changed = False
-            for key, (job, cell, attempt) in list(running.items()):
-                outcome = launcher.poll(job)
-                if outcome is None:
-                    continue
-                changed = True
-                del running[key]
-                if outcome.ok and finished(cell) is not None:
-                    progress.done += 1
-                    report.finished.append(cell)
-                    emit("done", cell)
-                    continue
-                if outcome.ok:  # ran, but its folder does not hold the finished cell
-                    outcome = Outcome(
-                        False,
-                        error=f"cell finished but {cell.out / CELL_FILE} is missing",
-                        where=outcome.where,
-                    )
-                write_failure(cell, outcome, attempt)
-                if attempt <= retries:
-                    progress.retries += 1
-                    pending.append((cell, attempt + 1))
-                    emit("retry", cell, outcome.error)
-                else:
-                    progress.failed += 1
-                    report.failed.append((cell, outcome))
-                    emit("failed", cell, outcome.error)
-            if not changed and not batch:
+            if not grid.poll_running() and not submitted:
                 time.sleep(poll_interval)
     except BaseException:
-        launcher.cancel([job for job, _, _ in running.values()])
+        launcher.cancel([job for job, _, _ in grid.running.values()])
         raise
     finally:
         launcher.close()
-    return report
+    return grid.report
+
+
+def shared_check(root: Path) -> dict[str, str]:
+    """The token file under `root` every cell must read back (`_check_shared`), kept across
+    drivers (cells an earlier driver submitted still carry it): the task options naming it."""
+    check = root / SHARED_CHECK
+    try:
+        token = check.read_text(encoding="utf-8").strip()
+    except OSError:
+        token = ""
+    if len(token) != 32:
+        token = uuid.uuid4().hex
+        check.write_text(token + "\n", encoding="utf-8")
+    return {"check_file": str(check.resolve()), "check_token": token}
+
+
+class _Grid:
+    """The driver's state while a grid runs: cells waiting (with their next attempt), cells
+    running (job, cell, attempt), the progress and the report."""
+
+    def __init__(
+        self,
+        launcher: Launcher,
+        retries: int,
+        on_progress: Callable[[GridProgress], None],
+        extra: dict[str, Any],
+        total: int,
+    ) -> None:
+        self.launcher = launcher
+        self.retries = retries
+        self.on_progress = on_progress
+        self.extra = extra
+        self.progress = GridProgress(total=total)
+        self.report = GridReport()
+        self.pending: deque[tuple[Cell, int]] = deque()
+        self.running: dict[int, tuple[Any, Cell, int]] = {}  # id -> (job, cell, attempt)
+
+    def emit(self, event: str, cell: Cell | None, error: str = "") -> None:
+        progress = self.progress
+        progress.event, progress.cell, progress.error = event, cell, error
+        progress.running = len(self.running)
+        self.on_progress(progress)
+
+    def reattach(self, todo: Sequence[Cell]) -> None:
+        """Queue `todo`, less the cells whose jobs an earlier driver left running (those are
+        waited for as if this driver had submitted them)."""
+        alive = self.launcher.attach([make_task(c, **self.extra) for c in todo])
+        for cell, job in zip(todo, alive, strict=True):
+            if job is None:
+                self.pending.append((cell, 1))
+        for cell, job in zip(todo, alive, strict=True):
+            if job is not None:
+                self.running[id(cell)] = (job, cell, 1)
+                self.emit("start", cell)
+
+    def submit_free(self) -> bool:
+        """Submit as many waiting cells as the launcher has free slots; whether any went."""
+        slots = self.launcher.slots
+        free = len(self.pending) if slots is None else slots - len(self.running)
+        batch = [self.pending.popleft() for _ in range(min(free, len(self.pending)))]
+        if not batch:
+            return False
+        jobs = self.launcher.submit([make_task(c, a, **self.extra) for c, a in batch])
+        for job, (cell, attempt) in zip(jobs, batch, strict=True):
+            self.running[id(cell)] = (job, cell, attempt)
+            self.emit("start", cell)
+        return True
+
+    def leave_running(self) -> None:
+        """The driver returns without waiting (Slurm --no-wait): the running cells are pending
+        in the report."""
+        self.report.pending = [cell for _, cell, _ in self.running.values()]
+        self.running.clear()
+        self.emit("submitted", None)
+
+    def poll_running(self) -> bool:
+        """Ask the launcher about every running cell; whether any of them ended."""
+        changed = False
+        for key, (job, cell, attempt) in list(self.running.items()):
+            outcome = self.launcher.poll(job)
+            if outcome is None:
+                continue
+            changed = True
+            del self.running[key]
+            self.settle(cell, attempt, outcome)
+        return changed
+
+    def settle(self, cell: Cell, attempt: int, outcome: Outcome) -> None:
+        """A cell's attempt ended: finished (its folder says so), retried, or failed."""
+        if outcome.ok and finished(cell) is not None:
+            self.progress.done += 1
+            self.report.finished.append(cell)
+            self.emit("done", cell)
+            return
+        if outcome.ok:  # ran, but its folder does not hold the finished cell
+            outcome = Outcome(
+                False,
+                error=f"cell finished but {cell.out / CELL_FILE} is missing",
+                where=outcome.where,
+            )
+        write_failure(cell, outcome, attempt)
+        if attempt <= self.retries:
+            self.progress.retries += 1
+            self.pending.append((cell, attempt + 1))
+            self.emit("retry", cell, outcome.error)
+        else:
+            self.progress.failed += 1
+            self.report.failed.append((cell, outcome))
+            self.emit("failed", cell, outcome.error)
 
 
 @dataclass
