@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,89 @@ def test_run_grid_retries_reattaches_and_returns_without_waiting(tmp_path):
     launcher = ScriptedLauncher({}, wait=False)
     report = run_grid(cells, launcher, retries=1)
     assert [c.method for c in report.pending] == ["a"] and not report.failed
+
+
+# --- 3. the Slurm path never unpickles ----------------------------------------------------------
+
+
+class Planted:
+    """A pickle that writes a marker file when loaded: proof that something unpickled it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('unpickled')",))
+
+
+@pytest.mark.needs("submitit")
+def test_slurm_reads_outcomes_from_json_and_never_unpickles_a_planted_file(tmp_path):
+    import pickle
+
+    from flexsample.workflows.launchers import CellTask
+    from flexsample.workflows.launchers import slurm as slurm_mod
+
+    out, marker = tmp_path / "b", tmp_path / "marker"
+    launcher = slurm_mod.SlurmLauncher(out=out, cluster="local", cpus_per_cell=1)
+    bad = {"rounds": -1}  # refused by the cell's own validation: a quick job
+    task = CellTask(bad, str(out / "cell"), "random/linear", False, "k" * 64, "random seed 0")
+    launcher.start([task])
+    [job] = launcher.submit([task])
+    deadline = time.monotonic() + 300
+    while job.get_info()["jobState"] == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    # someone who can write under --out replaces the job's result pickle
+    job.paths.result_pickle.write_bytes(pickle.dumps(Planted(marker)))
+    outcome = None
+    while outcome is None and time.monotonic() < deadline:
+        outcome = launcher.poll(job)
+        time.sleep(0.2)
+    launcher.close()
+    assert not marker.exists(), "the driver unpickled a file from the bench folder"
+    assert outcome is not None and not outcome.ok and outcome.user_error
+    assert "--rounds -1" in outcome.error or "rounds" in outcome.error
+    assert outcome.where.endswith(f"(local job {job.job_id})")
+    # an earlier driver's job (reattached after --no-wait) is read the same way
+    orphan = slurm_mod._LocalOrphan(launcher.folder / "%j", str(job.job_id))
+    launcher._next_check.clear()
+    again = launcher.poll(orphan)
+    assert again is not None and again.error == outcome.error and not marker.exists()
+
+
+def test_a_planted_result_without_an_outcome_record_is_not_a_result(tmp_path, monkeypatch):
+    """A job whose folder has a result file but no outcome record is waited for while its
+    state says it runs, and never read."""
+    import pickle
+
+    from flexsample.workflows.launchers import slurm as slurm_mod
+
+    class Job:
+        job_id = "7301_0"
+        state = "RUNNING"
+
+        def __init__(self, folder):
+            from submitit.core.utils import JobPaths
+
+            self.paths = JobPaths(folder, job_id=self.job_id, task_id=0)
+
+        def done(self):
+            return self.paths.result_pickle.exists()
+
+    pytest.importorskip("submitit")
+    monkeypatch.setattr(slurm_mod.shutil, "which", lambda name: f"/bin/{name}")
+    launcher = slurm_mod.SlurmLauncher(out=tmp_path / "b", cluster="slurm", time="1:00:00")
+    job = Job(launcher.folder / "%j")
+    job.paths.folder.mkdir(parents=True)
+    marker = tmp_path / "marker"
+    job.paths.result_pickle.write_bytes(pickle.dumps(Planted(marker)))
+    assert launcher.poll(job) is None and not marker.exists()
+    job.state = "FAILED"
+    job.paths.stderr.write_text("Traceback (most recent call last):\nMemoryError: out of it\n")
+    launcher._next_check.clear()
+    outcome = launcher.poll(job)
+    assert not marker.exists()
+    assert outcome is not None and outcome.error == (
+        "the slurm job 7301_0 ended (FAILED) before the cell finished (a time limit, memory, a "
+        "node failure or a cancel): MemoryError: out of it; its log: "
+        f"{job.paths.stderr}"
+    )

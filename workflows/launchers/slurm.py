@@ -6,6 +6,16 @@ places them, `--slurm-array-parallelism` caps how many run at once. Logs and sub
 pickles go under `<out>/slurm/<job id>/`. The driver waits for the array (Ctrl-C cancels it),
 or returns right after submitting (`--no-wait`).
 
+The driver never unpickles anything: on a shared filesystem anyone who can write under --out
+could plant a pickle there. Each array task writes its cell's outcome as flexsample's own
+JSON record (`<job id>_<task>_outcome.json` beside submitit's files: ok, the one-line error,
+where it ran); the driver reads that record, the cell's own cell.json / results.json, the
+job's state (sacct, or the local process) and the text of its log, never submitit's result
+pickles. A result file without a record is ignored: the job is waited for until its state
+says it ended. (The array tasks themselves load the job pickle submitit wrote under
+`<out>/slurm/`, which is how submitit starts a Python function on a node: keep --out writable
+by you alone.)
+
 The job ids are recorded in `<out>/slurm/jobs.json` (cell folder -> job id) as they are
 submitted, so a later bench on the same --out (after --no-wait, or after the driver was
 killed) waits for the cells whose jobs are still pending or running instead of submitting
@@ -52,7 +62,8 @@ JOBS_FILE = "jobs.json"
 JOB_NAME = "flexsample-bench"
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # the local executor's limit when --time is not given
 POLL_EVERY_S = {"slurm": 5.0, "local": 0.5}  # per job: spare a shared filesystem
-RESULT_GRACE_S = 60.0  # a COMPLETED job's result file may reach a network filesystem late
+RESULT_GRACE_S = 60.0  # a COMPLETED job's outcome record may reach a network filesystem late
+OUTCOME_FORMAT = 1
 # Slurm states of a job that may still run the cell (anything else ended it)
 ALIVE = frozenset(
     {
@@ -239,8 +250,9 @@ class SlurmLauncher(Launcher):
             else f"Slurm (local executor): cells as local processes, logs under {self.folder}"
         )
         self._executor: Any = None
-        self._ended: dict[str, float] = {}  # job id -> when seen ended without a result
+        self._ended: dict[str, float] = {}  # job id -> when seen ended without a record
         self._next_check: dict[str, float] = {}  # job id -> when to look at it again
+        self._tasks: dict[str, CellTask] = {}  # job id -> the task it runs
 
     @property
     def waits(self) -> bool:
@@ -254,12 +266,12 @@ class SlurmLauncher(Launcher):
 
     # -- submitting, and finding what an earlier driver submitted --
     def submit(self, tasks: Sequence[CellTask]) -> list[Any]:
-        from flexsample.workflows.bench import cell_entry
-
         placed = [replace(t, threads=self.cpus_per_cell) for t in tasks]
         with self._executor.batch():
-            jobs = [self._executor.submit(cell_entry, t) for t in placed]
+            jobs = [self._executor.submit(array_task, t) for t in placed]
         self._record(placed, jobs)
+        for task, job in zip(placed, jobs, strict=True):
+            self._tasks[str(job.job_id)] = task
         return jobs
 
     def _record(self, tasks: Sequence[CellTask], jobs: Sequence[Any]) -> None:
@@ -291,6 +303,13 @@ class SlurmLauncher(Launcher):
         """The jobs of an earlier driver that are still pending or running on Slurm, per task
         (one sacct call for all); None where there is none (never submitted, ended, another
         configuration, or the local executor)."""
+        found = self._find_jobs(tasks)
+        for task, job in zip(tasks, found, strict=True):
+            if job is not None:
+                self._tasks[str(job.job_id)] = task
+        return found
+
+    def _find_jobs(self, tasks: Sequence[CellTask]) -> list[Any | None]:
         doc = self._read_jobs()
         if doc.get("cluster") != self.cluster:
             return [None] * len(tasks)
@@ -327,37 +346,34 @@ class SlurmLauncher(Launcher):
 
     # -- waiting --
     def poll(self, job: Any) -> Outcome | None:
+        """The job's outcome from its JSON record once it wrote one; else, once its state says
+        it ended, one line saying so (after a grace period for a COMPLETED job whose record
+        may reach a network filesystem late). Never reads submitit's result pickle."""
         now = time.monotonic()
-        if now < self._next_check.get(job.job_id, 0.0):
+        job_id = str(job.job_id)
+        if now < self._next_check.get(job_id, 0.0):
             return None
-        self._next_check[job.job_id] = now + POLL_EVERY_S[self.cluster]
+        self._next_check[job_id] = now + POLL_EVERY_S[self.cluster]
+        where = f"slurm job {job_id}" if self.cluster == "slurm" else f"local job {job_id}"
+        task = self._tasks.get(job_id)
+        record = read_outcome(outcome_path(job.paths), task)
+        if record is not None:
+            return replace(record, where=f"{record.where} ({where})".strip())
         if not job.done():
             return None
-        where = f"slurm job {job.job_id}" if self.cluster == "slurm" else f"local job {job.job_id}"
-        if not job.paths.result_pickle.exists():
-            state = str(job.state)
-            first = self._ended.setdefault(job.job_id, time.monotonic())
-            if state.upper().startswith("COMPLETED") and time.monotonic() - first < RESULT_GRACE_S:
-                return None  # its result file is on its way through the filesystem
-            return Outcome(
-                False,
-                error=f"the {where} ended ({state}) before the cell finished (a time limit, "
-                f"memory, a node failure or a cancel); its log: {job.paths.stderr}",
-                where=where,
-            )
-        try:
-            outcome = job.result()
-        except Exception as exc:  # noqa: BLE001 - a job that raised: the cell did not finish
-            text = str(exc)
-            return Outcome(
-                False,
-                error=f"the {where} failed: {_last_line(text)}",
-                where=where,
-                detail=text[-20_000:],
-            )
-        if not isinstance(outcome, Outcome):
-            return Outcome(False, error=f"the {where} returned {type(outcome).__name__}")
-        return replace(outcome, where=f"{outcome.where} ({where})".strip())
+        state = str(job.state)
+        if (state.split() or ["?"])[0].upper() in ALIVE:
+            return None  # a result file but a job still running (a planted file): wait for it
+        first = self._ended.setdefault(job_id, now)
+        if state.upper().startswith("COMPLETED") and now - first < RESULT_GRACE_S:
+            return None  # its record is on its way through the filesystem
+        return Outcome(
+            False,
+            error=f"the {where} ended ({state}) before the cell finished (a time limit, "
+            f"memory, a node failure or a cancel){_log_reason(job.paths.stderr)}; its log: "
+            f"{job.paths.stderr}",
+            where=where,
+        )
 
     def cancel(self, jobs: Sequence[Any]) -> None:
         if self.cluster == "slurm":
@@ -371,18 +387,95 @@ class SlurmLauncher(Launcher):
                 job.cancel(check=False)
 
 
+# --- the outcome record: what an array task says about its cell, as JSON ----------------------
+
+
+def outcome_path(paths: Any) -> Path:
+    """Where the array task of `paths` (submitit's JobPaths) records its cell's outcome."""
+    return Path(paths.folder) / f"{paths.job_id}_{paths.task_id}_outcome.json"
+
+
+def array_task(task: CellTask) -> None:
+    """What each array task runs: `cell_entry`, then its outcome written as JSON beside the
+    job's files (returns None: submitit's result pickle holds nothing the driver needs)."""
+    import submitit
+
+    from flexsample.workflows.bench import cell_entry
+    from flexsample.workflows.outputs import write_json
+
+    outcome = cell_entry(task)
+    write_json(
+        outcome_path(submitit.JobEnvironment().paths),
+        {
+            "format": OUTCOME_FORMAT,
+            "key": task.key,
+            "out": task.out,
+            "attempt": task.attempt,
+            "ok": outcome.ok,
+            "error": outcome.error,
+            "user_error": outcome.user_error,
+            "where": outcome.where,
+            "detail": outcome.detail,
+        },
+    )
+
+
+def read_outcome(path: Path, task: CellTask | None = None) -> Outcome | None:
+    """The Outcome recorded at `path` (JSON), or None: no record, unreadable, or the record of
+    another cell than `task`. A finished cell's results come from its own results.json."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != OUTCOME_FORMAT:
+        return None
+    if task is not None and doc.get("key") != task.key:
+        return None
+    ok = doc.get("ok") is True
+    results = None
+    if ok:
+        from flexsample.workflows.bench import read_cell
+
+        record = read_cell(Path(task.out if task is not None else str(doc.get("out", ""))))
+        results = record.results if record is not None else None
+    return Outcome(
+        ok,
+        results=results,
+        error=" ".join(str(doc.get("error") or "").split())[:500],
+        user_error=doc.get("user_error") is True,
+        where=str(doc.get("where") or "")[:200],
+        detail=str(doc.get("detail") or "")[-20_000:],
+    )
+
+
+def _log_reason(stderr: Path) -> str:
+    """': <the last exception line>' of a job's stderr log (text), or '' without one."""
+    try:
+        with open(stderr, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 20_000))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    line = _last_line(text)
+    return "" if line == "no message" or not _EXC_LINE.match(line) else f": {line}"
+
+
+_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
+
+
 def _last_line(text: str) -> str:
     """The exception line of a traceback-bearing message, shortened to one line."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not set(ln) <= {"-"}]
     for line in reversed(lines):
-        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", line):
+        if _EXC_LINE.match(line):
             return line[:300]
     return (lines[0] if lines else "no message")[:300]
 
 
 class _LocalOrphan:
     """A local-executor job whose process an earlier driver started: alive while its
-    submitit controller process runs; its result is read from the job's result file."""
+    submitit controller process runs; its outcome is read from its JSON record."""
 
     def __init__(self, folder: Path, job_id: str) -> None:
         from submitit.core.utils import JobPaths
@@ -409,14 +502,6 @@ class _LocalOrphan:
     @property
     def state(self) -> str:
         return "RUNNING" if self._alive() else "FINISHED"
-
-    def result(self) -> Any:
-        from submitit.core.utils import FailedJobError, pickle_load
-
-        kind, value = pickle_load(self.paths.result_pickle)
-        if kind != "success":
-            raise FailedJobError(str(value))
-        return value
 
     def cancel(self, check: bool = True) -> None:  # noqa: ARG002 - submitit's signature
         if self._alive():
