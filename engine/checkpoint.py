@@ -32,7 +32,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
@@ -322,7 +322,8 @@ def save_atomic(path: str | os.PathLike, obj: Any, rotate: bool = False) -> None
         raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, _FaultWriter(fh))
+            # torch.save writes to any object with write(); its annotation says IO[bytes]
+            torch.save(payload, cast(IO[bytes], _FaultWriter(fh)))
             fh.flush()
             os.fsync(fh.fileno())
         fault_point("checkpoint-rename")
@@ -354,10 +355,11 @@ def temp_beside(path: Path, suffix: str = "") -> tuple[int, str]:
 def _os_error(exc: BaseException) -> OSError | None:
     """The OSError behind `exc` (torch may wrap a failed write in a RuntimeError)."""
     seen = 0
-    while exc is not None and seen < 5:
-        if isinstance(exc, OSError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
+    current: BaseException | None = exc
+    while current is not None and seen < 5:
+        if isinstance(current, OSError):
+            return current
+        current = current.__cause__ or current.__context__
         seen += 1
     return None
 
@@ -429,7 +431,7 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
 
 def _unusable(path: Path, reason: str) -> FlexsampleError:
     exc = FlexsampleError(f"{path} is not a flexsample checkpoint or is damaged ({reason})")
-    exc.reason = reason  # type: ignore[attr-defined]  (recover_checkpoint words it shorter)
+    cast(Any, exc).reason = reason  # read by _reason: recover_checkpoint words it shorter
     return exc
 
 

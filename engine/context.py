@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -45,6 +46,9 @@ from .faults import fault_point
 from .interfaces import NEEDS
 from .masks import MaskSampler, hashed_dropouts
 from .snapshots import device_members, ensemble_probs
+
+if TYPE_CHECKING:
+    from .interfaces import ContractModule
 
 # (indices, batch_size) -> model-ready input batches covering `indices` in order
 InputFn = Callable[[np.ndarray, int], Iterable[torch.Tensor]]
@@ -108,7 +112,7 @@ class ScoringContext:
                 "the model must expose embed(x), head (nn.Linear) and dropout_p "
                 "(wrap it with flexsample.training.models.adapt_model)"
             )
-        self.model = model
+        self.model = cast("ContractModule", model)  # the contract is the check just above
         self.inputs = inputs
         self._labels = np.asarray(labels, dtype=np.int64)
         self.seed = int(seed)
@@ -142,6 +146,7 @@ class ScoringContext:
         self._snapshot_weights: list[dict[str, torch.Tensor]] | None = None  # on the device
         self.ranks = Ranks.local() if ranks is None else ranks
         self._batches = [0]  # shared by reference with every view: the fault point fires once
+        self._parent: ScoringContext | None = None  # a view's root context (for_estimator)
 
     def _advance(self, n: int) -> None:
         """Progress of the whole group: this rank's items times the number of ranks."""
@@ -177,7 +182,7 @@ class ScoringContext:
         return view
 
     def _root(self) -> ScoringContext:
-        return getattr(self, "_parent", self)
+        return self if self._parent is None else self._parent
 
     @property
     def labels(self) -> np.ndarray:
@@ -314,7 +319,7 @@ class ScoringContext:
         self, indices: np.ndarray, samples: int, mode: str
     ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         if self.snapshots is not None:
-            yield from self._iter_mc_snapshots(indices)
+            yield from self._iter_mc_snapshots(indices, self.snapshots)
         elif mode == "full":
             yield from self._iter_mc_full(indices, samples)
         else:
@@ -400,6 +405,7 @@ class ScoringContext:
             if self._have_features[indices].all() or not len(indices):
                 for start in range(0, len(indices), self.batch_size):
                     chunk = indices[start : start + self.batch_size]
+                    assert self._features is not None  # every index of `indices` has features
                     f = torch.from_numpy(self._features[chunk]).to(self.device)
                     yield from draws(chunk, f)
             elif not self._have_features[indices].any() and len(np.unique(indices)) == len(indices):
@@ -446,14 +452,16 @@ class ScoringContext:
                 f"the input source yielded {start} items for {len(indices)} indices"
             )
 
-    def _iter_mc_snapshots(self, indices: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    def _iter_mc_snapshots(
+        self, indices: np.ndarray, snapshots: Sequence[Mapping[str, torch.Tensor]]
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """The members' softmax outputs stacked as (T, chunk, C): per input batch, one
         backbone pass per member under the context's autocast; members' weights moved to the
         device once per context (once per query)."""
         model = self.model
         model.eval()
         if self._snapshot_weights is None:
-            self._snapshot_weights = device_members(model, self.snapshots, self.device)
+            self._snapshot_weights = device_members(model, snapshots, self.device)
         weights = self._snapshot_weights
         members = len(weights)
         # per (member, sample): the softmax output, its stack, the reducer's float64 copies

@@ -32,6 +32,14 @@ class ModelLike(Protocol):
     def embed(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
+if TYPE_CHECKING:
+
+    class ContractModule(nn.Module, ModelLike):
+        """For annotations only (there is no such class at run time): an nn.Module that fits
+        ModelLike, the model as the engine holds it once `ScoringContext` checked the contract
+        (nn.Module's `__getattr__` would otherwise type `model.head` as `Tensor | Module`)."""
+
+
 class Stateful:
     """Default (empty) state for components that keep none."""
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, TypeVar
 
 import numpy as np
 
@@ -99,6 +99,19 @@ class Callback:
     def on_epoch_end(self, epoch: int, loss: float, val: ValRecord, improved: bool) -> None: ...
     def on_step_end(self, record: StepRecord) -> None: ...
     def on_checkpoint(self, epoch: int) -> None: ...
+
+
+class StatefulCallback(Protocol):
+    """A callback whose state goes into checkpoints (`Callback`'s docstring); restoring it
+    needs `load_state_dict(state)` too, looked up when a checkpoint is loaded."""
+
+    state_key: str
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+
+def _is_stateful(cb: object) -> TypeGuard[StatefulCallback]:
+    return getattr(cb, "state_key", None) is not None and callable(getattr(cb, "state_dict", None))
 
 
 class Curriculum:
@@ -407,7 +420,7 @@ class Curriculum:
             budget = ask_budget(self.schedule, state)
             if budget > 0:
                 if self.current.epochs > 0:
-                    self._close_record()
+                    self._close_record(self.current)
                 result = self.query(budget, state)
                 queried = True
                 if self.current is None or self.current.epochs > 0 or self.epoch > 0:
@@ -427,7 +440,7 @@ class Curriculum:
     def finish(self) -> LoopResult:
         """Close the last step's record (once the epoch budget is spent) and sum up."""
         if self.current is not None and self.current.epochs > 0:
-            self._close_record()
+            self._close_record(self.current)
         return LoopResult(self.best_val, self.best_epoch, self.subset_size_at_best, self.records)
 
     def end_epoch(self, res: EpochResult, bal: float, recall: Sequence[float]) -> None:
@@ -436,6 +449,8 @@ class Curriculum:
         val = ValRecord(self.epoch, float(bal), tuple(float(r) for r in recall))
         self.history.append(val)
         rec = self.current
+        if rec is None:
+            raise FlexsampleError("call start(anchors) (or load a checkpoint) before end_epoch()")
         rec.epochs += 1
         rec.train_s += float(res.seconds)
         rec.train_samples += int(res.extra.get("samples", rec.subset_size))
@@ -481,9 +496,9 @@ class Curriculum:
             return float(np.mean([v.balanced_accuracy for v in recent]))
         return val.balanced_accuracy
 
-    def _close_record(self) -> None:
-        self.records.append(self.current)
-        self._emit("on_step_end", self.current)
+    def _close_record(self, rec: StepRecord) -> None:
+        self.records.append(rec)
+        self._emit("on_step_end", rec)
 
     def _save_best(self, val: ValRecord) -> None:
         weights = {k: v.detach().cpu().clone() for k, v in self.learner.model.state_dict().items()}
@@ -544,12 +559,12 @@ class Curriculum:
             ),
         }
 
-    def _stateful_callbacks(self) -> dict[str, Callback]:
-        found: dict[str, Callback] = {}
+    def _stateful_callbacks(self) -> dict[str, StatefulCallback]:
+        found: dict[str, StatefulCallback] = {}
         for cb in self.callbacks:
-            key = getattr(cb, "state_key", None)
-            if key is None or not callable(getattr(cb, "state_dict", None)):
+            if not _is_stateful(cb):
                 continue
+            key = cb.state_key
             if key in found:
                 raise FlexsampleError(
                     f"two loop callbacks use state_key '{key}' ({type(found[key]).__name__}, "
@@ -592,8 +607,9 @@ class Curriculum:
         self.best_score = float(state.get("best_score", self.best_val))
         saved = state.get("callbacks") or {}
         for key, cb in self._stateful_callbacks().items():
-            if key in saved and callable(getattr(cb, "load_state_dict", None)):
-                cb.load_state_dict(saved[key])
+            load = getattr(cb, "load_state_dict", None)  # optional: StatefulCallback
+            if key in saved and callable(load):
+                load(saved[key])
         self.loaded_meta = state.get("meta")
 
 

@@ -228,13 +228,19 @@ class HashedDropout:
         self.draw = int(draw)
         self._calls.clear()
 
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sample indices, their hashes) of the current batch."""
+        if self.samples is None or self._sample_hash is None:
+            raise RuntimeError("HashedDropout: set_samples() comes before a pass")
+        return self.samples, self._sample_hash
+
     def keep(self, layer: int, units: int, p: float) -> torch.Tensor:
         """(batch, units) boolean keep-mask of the next call of `layer` in this draw."""
         call = self._calls.get(layer, 0)
         self._calls[layer] = call + 1
         key = _key(self.seed, self.step, layer, call)
         row = draw_row_hash(key, self.draw, units, self.device)
-        h = torch.bitwise_xor(row[None, :], self._sample_hash[:, None])
+        h = torch.bitwise_xor(row[None, :], self._batch()[1][:, None])
         return finalize_(h) < keep_threshold(p)
 
     def dropout(self, x: torch.Tensor, p: float, layer: int = _HEAD_LAYER) -> torch.Tensor:
@@ -246,7 +252,7 @@ class HashedDropout:
     ) -> torch.Tensor:
         if p == 0.0:
             return x
-        n = len(self.samples)
+        n = len(self._batch()[0])
         if x.dim() < 2 or x.shape[0] != n:
             from .errors import FlexsampleError
 
@@ -269,7 +275,7 @@ class HashedDropout:
         return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
 
     def module_forward(
-        self, module: torch.nn.Module, layer: int
+        self, module: torch.nn.modules.dropout._DropoutNd, layer: int
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         """A forward for `module` (a torch dropout layer) drawing its mask from the hash."""
         channelwise = isinstance(module, _CHANNEL_DROPOUTS)

@@ -130,7 +130,7 @@ def _model_from_signature(factory: Callable[..., Any], runtime: set[str]) -> typ
         default = ... if p.default is p.empty else p.default
         fields[p.name] = (ann, default)
     name = getattr(factory, "__name__", "Component") + "Options"
-    return create_model(name, __base__=Options, **fields)  # type: ignore[call-overload,no-any-return]
+    return create_model(name, __base__=Options, **fields)
 
 
 def option_names(model: type[BaseModel]) -> list[str]:
@@ -153,8 +153,13 @@ def describe_option(info: FieldInfo) -> str:
         return "one of: " + ", ".join(str(a) for a in typing.get_args(ann))
     args = [a for a in typing.get_args(ann) if a is not type(None)] if origin else [ann]
     base = args[0] if len(args) == 1 else ann
-    noun = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}
-    text = noun.get(base, "")  # type: ignore[call-overload]
+    noun: dict[object, str] = {
+        int: "an integer",
+        float: "a finite number",
+        bool: "true or false",
+        str: "a string",
+    }
+    text = noun.get(base, "")
     limits = range_text(field_limits(info))
     return ", ".join(t for t in (text, limits) if t)
 
@@ -178,25 +183,25 @@ def resolve_options(
         return model.model_validate(dict(values))
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = str(err["loc"][0]) if err["loc"] else None
-        if key is None or key not in fields:
+        bad = str(err["loc"][0]) if err["loc"] else None
+        if bad is None or bad not in fields:
             raise OptionError(
                 f"{kind} '{name}' options: {err['msg']}", kind=kind, component=name
             ) from None
         if err["type"] == "missing":
             raise OptionError(
-                f"{kind} '{name}' needs option '{key}' ({describe_option(fields[key])})",
+                f"{kind} '{name}' needs option '{bad}' ({describe_option(fields[bad])})",
                 kind=kind,
                 component=name,
-                option=key,
+                option=bad,
             ) from None
-        accepted = describe_option(fields[key])
+        accepted = describe_option(fields[bad])
         tail = f"; accepted: {accepted}" if accepted else ""
         raise OptionError(
-            f"invalid {kind} '{name}' option '{key}' = {err.get('input')!r}: {err['msg']}{tail}",
+            f"invalid {kind} '{name}' option '{bad}' = {err.get('input')!r}: {err['msg']}{tail}",
             kind=kind,
             component=name,
-            option=key,
+            option=bad,
         ) from None
 
 

@@ -33,13 +33,16 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from .errors import FlexsampleError
+
+if TYPE_CHECKING:
+    from .interfaces import ContractModule
 
 MC_SOURCES = ("dropout", "snapshots")
 
@@ -134,7 +137,7 @@ class _Probs(nn.Module):
     softmax in float32.
     """
 
-    def __init__(self, inner: nn.Module) -> None:
+    def __init__(self, inner: ContractModule) -> None:
         super().__init__()
         self.inner = inner
 
@@ -168,7 +171,7 @@ def device_members(
 
 
 def ensemble_probs(
-    model: nn.Module, weights: Sequence[Mapping[str, torch.Tensor]], x: torch.Tensor
+    model: ContractModule, weights: Sequence[Mapping[str, torch.Tensor]], x: torch.Tensor
 ) -> Iterator[torch.Tensor]:
     """Softmax outputs (B, C) float32 of each member on the batch `x`: one backbone pass per
     member, the model's own tensors untouched. The caller holds inference and eval mode."""

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import ClassVar
-
 import numpy as np
 import torch
 
@@ -45,7 +42,10 @@ class ProbEstimator(Estimator):
     """A single deterministic pass: `measure` maps (N, C) probabilities to (N,) scores."""
 
     needs = frozenset({"probs"})
-    measure: ClassVar[Callable[[torch.Tensor], torch.Tensor]]
+
+    @staticmethod
+    def measure(probs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def score(self, ctx: ScoringContext, candidates: np.ndarray) -> np.ndarray:
         return type(self).measure(torch.from_numpy(ctx.probs(candidates))).numpy()

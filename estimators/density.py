@@ -29,7 +29,7 @@ from .basic import check_mc_options
 from .params import IVFThreshold, Knn, MCMode, MCSamples, MCScore
 
 DEFAULT_IVF_THRESHOLD = 200_000
-_GPU_RESOURCES: dict[int, object] = {}
+_GPU_RESOURCES: dict[int, faiss.StandardGpuResources] = {}
 
 
 def faiss_gpu_count() -> int:
@@ -74,7 +74,7 @@ def search_plan(
     return kind, "gpus" if kind == "ivf" and gpus > 1 and not _several_ranks() else "gpu"
 
 
-def _gpu_resources(gpu: int) -> object:
+def _gpu_resources(gpu: int) -> faiss.StandardGpuResources:
     res = _GPU_RESOURCES.get(gpu)
     if res is None:
         res = _GPU_RESOURCES[gpu] = faiss.StandardGpuResources()
@@ -107,7 +107,8 @@ def build_index(
             index.clustering_index = assign
         rng = np.random.default_rng(0)
         index.train(database[np.sort(rng.choice(n, min(n, nlist * 64), replace=False))])
-        index.clustering_index = None
+        # faiss's stub types it Index, not Index | None (a null pointer); older faiss: no stub
+        index.clustering_index = None  # type: ignore[assignment, unused-ignore]
     if shard:
         options = faiss.GpuMultipleClonerOptions()
         options.shard = True
