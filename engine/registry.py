@@ -33,11 +33,13 @@ from .interfaces import Allocation, Anchors, Estimator, Policy
 from .options import Options, closest, options_model, resolve_options
 
 T = TypeVar("T")
+# what a register decorator is given and returns unchanged: a component class or factory
+C = TypeVar("C", bound=Callable[..., Any])
 
 
 def is_builtin_module(module: str | None) -> bool:
     """True for code that ships with flexsample (a bug there is an internal error)."""
-    return bool(module) and (module == "flexsample" or module.startswith("flexsample."))
+    return module is not None and (module == "flexsample" or module.startswith("flexsample."))
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def _who(module: str, source: Source | None) -> str:
     return source.describe(module) if source is not None else f"module {module}"
 
 
-def _one_line(text: str, limit: int = 300) -> str:
+def _one_line(text: object, limit: int = 300) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
@@ -150,7 +152,7 @@ class Registry(Generic[T]):
         self._builtins_loaded = False
         self._loaded = False
 
-    def register(self, name: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(self, name: str | None = None) -> Callable[[C], C]:
         """Decorator: `@ESTIMATORS.register("bald")`; the name defaults to the class's `name`.
 
         A plugin may not take a built-in name or one another plugin registered: that is a
@@ -158,7 +160,7 @@ class Registry(Generic[T]):
         plugin's registration whatever the import order.
         """
 
-        def deco(obj: Callable[..., T]) -> Callable[..., T]:
+        def deco(obj: C) -> C:
             key = name or getattr(obj, "name", None)
             module = getattr(obj, "__module__", None) or "?"
             source = _current_source()
@@ -184,7 +186,7 @@ class Registry(Generic[T]):
                 if same != (module, getattr(obj, "__qualname__", None)):
                     self._refuse(key, module, source, builtin)
             if name is not None and isinstance(obj, type):
-                obj.name = key  # type: ignore[attr-defined]
+                obj.name = key  # type: ignore[attr-defined]  # a component's ClassVar `name`
             self._items[key] = obj
             self._origin[key] = module
             self._source[key] = source
@@ -481,7 +483,7 @@ PLUGIN_REGISTRIES: dict[str, Registry[Any]] = {
 }
 
 
-def register_estimator(name: str | None = None) -> Callable[[type], type]:
+def register_estimator(name: str | None = None) -> Callable[[C], C]:
     return ESTIMATORS.register(name)
 
 
@@ -498,7 +500,7 @@ def list_estimators() -> list[str]:
     return ESTIMATORS.names()
 
 
-def register_policy(name: str | None = None) -> Callable[[type], type]:
+def register_policy(name: str | None = None) -> Callable[[C], C]:
     return POLICIES.register(name)
 
 
@@ -510,7 +512,7 @@ def list_policies() -> list[str]:
     return POLICIES.names()
 
 
-def register_allocation(name: str | None = None) -> Callable[[type], type]:
+def register_allocation(name: str | None = None) -> Callable[[C], C]:
     return ALLOCATIONS.register(name)
 
 
@@ -522,7 +524,7 @@ def list_allocations() -> list[str]:
     return ALLOCATIONS.names()
 
 
-def register_anchors(name: str | None = None) -> Callable[[type], type]:
+def register_anchors(name: str | None = None) -> Callable[[C], C]:
     return ANCHORS.register(name)
 
 
