@@ -315,3 +315,65 @@ def test_a_planted_result_without_an_outcome_record_is_not_a_result(tmp_path, mo
         "node failure or a cancel): MemoryError: out of it; its log: "
         f"{job.paths.stderr}"
     )
+
+
+# --- 2. copied cell folders and edited results -------------------------------------------------
+
+
+def bench_csv(out: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(out / "bench.csv", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_copied_cells_and_edited_results_are_named_and_not_counted(cli, tmp_path):
+    import shutil
+
+    from flexsample.workflows.bench_summary import write_summary
+
+    out = tmp_path / "b"
+    grid = ["bench", "--out", out, "--estimators", "random", "--seeds", "1", *TINY_CELL]
+    res = cli(*grid)
+    assert res.exit_code == 0, res.output
+    [cell] = [p.parent for p in out.rglob("cell.json")]
+    doc = json.loads((cell / "cell.json").read_text())
+    assert doc["format"] == 2 and len(doc["results_sha256"]) == 64
+
+    # a copy of the cell folder is no second seed
+    copy = cell.with_name(cell.name + "-copy")
+    shutil.copytree(cell, copy)
+    res = cli(*grid)
+    assert res.exit_code == 0, res.output
+    assert [r["cell"] for r in bench_csv(out)] == [str(cell.relative_to(out))]
+    line = (
+        f"{copy.relative_to(out)}: not counted: a copied or renamed cell folder (its cell.json "
+        f"is the cell of folder {cell.name})"
+    )
+    md = (out / "summary.md").read_text()
+    assert f"- {line}\n" in md
+    assert "| 1 | random/linear | 1 |" in md  # one seed, not two
+    shutil.rmtree(copy)
+
+    # results.json reformatted (same content): still counted
+    results = json.loads((cell / "results.json").read_text())
+    (cell / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
+    info = write_summary(out, [], "test")
+    assert info.not_counted == [] and len(bench_csv(out)) == 1
+
+    # a value edited by hand: named, and left out of every table
+    results["test"]["balanced_accuracy"] = 0.99
+    (cell / "results.json").write_text(json.dumps(results, indent=2))
+    info = write_summary(out, [], "test")
+    line = (
+        f"{cell.relative_to(out)}: not counted: results.json was changed after the cell "
+        "finished (it does not match the sha256 digest in cell.json)"
+    )
+    assert info.not_counted == [line]
+    assert bench_csv(out) == [] and f"- {line}\n" in (out / "summary.md").read_text()
+    assert "0.99" not in (out / "bench.csv").read_text()
+    # the same bench reruns the cell whose record no longer holds
+    res = cli(*grid)
+    assert res.exit_code == 0, res.output
+    assert "1 cells, 0 already finished, 1 to run" in res.stdout
+    assert [r["status"] for r in bench_csv(out)] == ["finished"]

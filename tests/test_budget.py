@@ -320,7 +320,8 @@ def _cell(out: Path, method: str, budget: str | None, seed: int, acc: float) -> 
     if budget is not None:  # None: a cell from before --budget
         config["budget"] = budget
     key = config_hash(config, "0.1.0")
-    path = out / f"d-r100-{budget}" / method.replace(":", "-").replace("/", "-") / f"seed{seed}"
+    name = f"seed{seed}-{key[:10]}"  # the folder its cell.json names
+    path = out / f"d-r100-{budget}" / method.replace(":", "-").replace("/", "-") / name
     path.mkdir(parents=True)
     (path / RESULTS).write_text(json.dumps({"test": {"balanced_accuracy": acc}}))
     doc = {

@@ -129,7 +129,8 @@ def _cell(out: Path, method: str, seed: int, acc: float, compute: dict | None) -
         "policy": "full" if method.startswith("baseline:") else "linear",
     }
     key = config_hash(config, "0.1.0")
-    path = out / "d-r100" / method.replace(":", "-").replace("/", "-") / f"seed{seed}"
+    name = f"seed{seed}-{key[:10]}"  # the folder its cell.json names
+    path = out / "d-r100" / method.replace(":", "-").replace("/", "-") / name
     path.mkdir(parents=True)
     results: dict = {"test": {"balanced_accuracy": acc}}
     if compute is not None:

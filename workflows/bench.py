@@ -10,6 +10,10 @@ What makes the numbers trustworthy:
   configuration: it runs into a folder of its own;
 - a cell is finished only once its `cell.json` says so, with that hash; it is written last, after
   `results.json`, so a cell killed or failed half-way is rerun, never reported;
+- a cell is recognised by its own record: its folder must be the one its cell.json names
+  (`seed<N>-<hash>`), so a copied or renamed cell folder is no extra seed; and cell.json keeps a
+  sha256 digest of results.json's content, so a results.json edited after the cell finished is
+  not taken for a result. Both are reported (one line naming the folder) and left out;
 - bench.csv and the summary cover every finished cell under --out (this grid's and those earlier
   grids left there), with the flags that tell two configurations of one method apart as columns;
 - worker processes die with the bench process, and Ctrl-C stops the grid at once;
@@ -24,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -75,7 +80,8 @@ BASELINE_BASE = {
 }
 
 CELL_FILE = "cell.json"  # written last: a cell is finished once it says so
-CELL_FORMAT = 1
+CELL_FORMAT = 2  # 2: cell.json carries `results_sha256`, the digest of results.json
+DIGEST_KEY = "results_sha256"
 HASH_CHARS = 10  # of the config hash in a cell's folder name
 
 
@@ -115,6 +121,7 @@ class CellRecord:
     version: str
     results: dict[str, Any]
     out: Path
+    verified: bool = True  # False: recorded before results digests (CELL_FORMAT 1)
 
     def flags(self) -> dict[str, Any]:
         return {**self.config, "flexsample_version": self.version}
@@ -261,6 +268,8 @@ def run_cell(
     fault_point("bench-cell")
     wall = time.perf_counter() - t0
     ran = {"pid": os.getpid(), "threads": torch.get_num_threads(), **(info or {})}
+    saved = json.loads((path / RESULTS).read_text(encoding="utf-8"))  # as written, to the byte
+    doc[DIGEST_KEY] = results_digest(saved)
     write_json(path / CELL_FILE, {**doc, "wall_s": wall, **ran})
     return {**results, "wall_s": wall}
 
@@ -347,23 +356,82 @@ def _cell_trackers(task: CellTask) -> Callable[[RunConfig, Path], Sequence[Any]]
     return make
 
 
-def read_cell(path: Path) -> CellRecord | None:
-    """The finished cell stored in `path`, or None (not a cell, unfinished, edited, damaged)."""
+def results_digest(results: dict[str, Any]) -> str:
+    """sha256 of results.json's canonical content (sorted keys, compact): a cell's record of
+    what its run wrote; reformatting the file keeps it, changing a value does not."""
+    text = json.dumps(results, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def cell_folder_name(config: dict[str, Any], key: str) -> str:
+    """The folder a cell of this configuration and key runs in (`plan_cells`)."""
+    return f"seed{config.get('seed', 0)}-{key[:HASH_CHARS]}"
+
+
+@dataclass
+class RejectedCell:
+    """A folder holding a finished cell.json that is not counted, and why (one line)."""
+
+    out: Path
+    reason: str
+
+    def line(self, root: Path | None = None) -> str:
+        where = self.out
+        if root is not None:
+            with contextlib.suppress(ValueError):
+                where = self.out.relative_to(root)
+        return f"{where}: not counted: {self.reason}"
+
+
+def inspect_cell(path: Path) -> CellRecord | RejectedCell | None:
+    """The finished cell stored in `path`; a RejectedCell when its folder holds a finished
+    cell.json that cannot be trusted (edited, copied or renamed, results changed); None when it
+    holds no finished cell (no or an unfinished cell.json, a failure record, unreadable)."""
     try:
         doc = json.loads((path / CELL_FILE).read_text(encoding="utf-8"))
         if doc.get("status") != "finished":
             return None
         config, version, key = doc["config"], doc["flexsample_version"], doc["config_hash"]
-        if key != config_hash(config, version):
-            return None  # edited after the run: it no longer says what ran
+        fmt = int(doc.get("format", 1))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    try:
+        own = key == config_hash(config, version)
+    except (TypeError, ValueError):
+        own = False
+    if not own:
+        return RejectedCell(
+            path, "cell.json was edited (its configuration no longer matches its config hash)"
+        )
+    name = cell_folder_name(config, key)
+    if path.name != name:
+        return RejectedCell(
+            path, f"a copied or renamed cell folder (its cell.json is the cell of folder {name})"
+        )
+    try:
         results = json.loads((path / RESULTS).read_text(encoding="utf-8"))
         results["test"]["balanced_accuracy"]  # noqa: B018 - a results.json that has a result
         wall = float(doc.get("wall_s", math.nan))
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return RejectedCell(path, f"its {RESULTS} is missing or damaged")
+    if fmt >= 2 and doc.get(DIGEST_KEY) != results_digest(results):
+        return RejectedCell(
+            path,
+            f"{RESULTS} was changed after the cell finished (it does not match the sha256 "
+            f"digest in {CELL_FILE})",
+        )
     results["wall_s"] = wall
     method = str(doc.get("method") or f"{config.get('estimator')}/{config.get('policy')}")
-    return CellRecord(method, bool(doc.get("baseline")), config, key, version, results, path)
+    record = CellRecord(method, bool(doc.get("baseline")), config, key, version, results, path)
+    record.verified = fmt >= 2
+    return record
+
+
+def read_cell(path: Path) -> CellRecord | None:
+    """The finished cell stored in `path`, or None (not a cell, unfinished, edited, copied,
+    damaged: `inspect_cell` says which)."""
+    found = inspect_cell(path)
+    return found if isinstance(found, CellRecord) else None
 
 
 @dataclass
@@ -442,14 +510,28 @@ def finished(cell: Cell) -> dict[str, Any] | None:
 
 def collect_finished(out: Path) -> list[CellRecord]:
     """Every finished cell under `out`, whichever grid made it."""
-    records = (read_cell(p.parent) for p in sorted(out.rglob(CELL_FILE)))
-    return [r for r in records if r is not None]
+    return collect_cells(out)[0]
+
+
+def collect_cells(out: Path) -> tuple[list[CellRecord], list[RejectedCell]]:
+    """Every finished cell under `out`, and the folders whose finished cell.json is not
+    counted (`inspect_cell`)."""
+    records: list[CellRecord] = []
+    rejected: list[RejectedCell] = []
+    for p in sorted(out.rglob(CELL_FILE)):
+        found = inspect_cell(p.parent)
+        if isinstance(found, CellRecord):
+            records.append(found)
+        elif isinstance(found, RejectedCell):
+            rejected.append(found)
+    return records, rejected
 
 
 def unkeyed_runs(out: Path) -> list[Path]:
     """Run folders under `out` with a results.json but no finished cell.json: never reported
-    (an older flexsample's cells, or a cell that died before it was marked finished)."""
-    return [p.parent for p in sorted(out.rglob(RESULTS)) if read_cell(p.parent) is None]
+    (an older flexsample's cells, or a cell that died before it was marked finished). Folders
+    whose cell.json is not counted (`inspect_cell`) are reported by the summary instead."""
+    return [p.parent for p in sorted(out.rglob(RESULTS)) if inspect_cell(p.parent) is None]
 
 
 # --- one bench per folder --------------------------------------------------------------------

@@ -9,14 +9,14 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import bench_stats
-from .bench import Cell, CellRecord, FailedRecord, collect_failed, collect_finished
+from .bench import Cell, CellRecord, FailedRecord, collect_cells, collect_failed
 from .components import flat_view, is_old_layout, migrate
 from .config import RunConfig
 from .outputs import ROUNDS
@@ -415,9 +415,12 @@ def write_summary_md(
     command: str,
     flags: list[str] | tuple[str, ...] = (),
     failed: Sequence[dict[str, Any]] = (),
+    not_counted: Sequence[str] = (),
+    unverified: Sequence[str] = (),
 ) -> None:
     """summary.md: per (dataset, ratio, budget) group the ranking and the paired statistics,
-    then the failed cells (`failed`: their bench.csv rows)."""
+    then the failed cells (`failed`: their bench.csv rows) and the cell folders not counted
+    (`not_counted`: one line each, `RejectedCell.line`)."""
     others = sum(not e["in_grid"] for e in summary)
     lines = ["# flexsample bench summary", "", f"Command: `{command}`", ""]
     lines += [
@@ -488,7 +491,33 @@ def write_summary_md(
         lines += stats_lines(entries, stats)
     if failed:
         lines += failed_lines(failed)
+    if not_counted:
+        lines += not_counted_lines(not_counted)
+    if unverified:
+        n = len(unverified)
+        lines += [
+            f"{n} finished cell{'s were' if n > 1 else ' was'} recorded before cells kept a "
+            f"digest of results.json (e.g. `{unverified[0]}`): counted, but an edit of "
+            f"{'their' if n > 1 else 'its'} results.json cannot be detected; rerun "
+            f"{'them' if n > 1 else 'it'} in a new --out to check.",
+            "",
+        ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def not_counted_lines(not_counted: Sequence[str]) -> list[str]:
+    """The closing list of cell folders whose finished cell.json is not trusted."""
+    n = len(not_counted)
+    return [
+        "## Cell folders not counted",
+        "",
+        f"{n} folder{'s' if n > 1 else ''} under this bench hold{'' if n > 1 else 's'} a "
+        "finished cell.json that is not counted anywhere above (a cell is recognised by its own "
+        "record: its folder name and the digest of its results.json):",
+        "",
+        *(f"- {line}" for line in not_counted),
+        "",
+    ]
 
 
 def failed_lines(failed: Sequence[dict[str, Any]]) -> list[str]:
@@ -707,6 +736,7 @@ class SummaryInfo:
     other_cells: int
     flags: list[str]
     failed_cells: int = 0
+    not_counted: list[str] = field(default_factory=list)  # one line per folder left out
 
 
 def write_summary(
@@ -718,7 +748,9 @@ def write_summary(
     """bench.csv, summary.md and summary.png over every cell under `out`: finished cells with
     their metrics, failed ones (`failed`, by default every failure recorded under `out`) with
     status = failed and their error. Only finished cells enter the means and statistics."""
-    records = collect_finished(out)
+    records, rejected = collect_cells(out)
+    not_counted = [r.line(out) for r in rejected]
+    unverified = [_relative(r.out, out) for r in records if not r.verified]
     failures = collect_failed(out) if failed is None else failed
     wanted = {(c.out.resolve(), c.key) for c in cells}
     flags = varying_flags(records)  # of the summary: what tells finished configurations apart
@@ -730,7 +762,9 @@ def write_summary(
     table = sorted([*rows, *failed_rows], key=lambda r: Path(r["_dir"]))
     write_csv(out / "bench.csv", table, csv_columns(csv_flags))
     summary = summarise(rows, flags)
-    write_summary_md(out / "summary.md", summary, command, flags, failed_rows)
+    write_summary_md(
+        out / "summary.md", summary, command, flags, failed_rows, not_counted, unverified
+    )
     plot_summary(out / "summary.png", summary)
     grid = sum(r["in_grid"] == "yes" for r in rows)
-    return SummaryInfo(grid, len(rows) - grid, flags, len(failed_rows))
+    return SummaryInfo(grid, len(rows) - grid, flags, len(failed_rows), not_counted)
