@@ -128,3 +128,100 @@ def test_wandb_online_without_its_server_is_one_line(no_tracker_env: Path, monke
     monkeypatch.setenv("WANDB_MODE", "offline")  # offline needs no network
     (made,) = make_trackers("wandb", run_dir=no_tracker_env / "r", config={}, run_name="r")
     made.close()
+
+
+# -- 2. --resume of a run killed before its first checkpoint ---------------------------------------
+RUN = ["--rounds", "3", "--epochs-per-round", "2", "--quiet", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def killed_early(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A run SIGKILLed in its first epoch (before any checkpoint), and what an uninterrupted
+    run of the same config gives."""
+    from .test_fault_injection import flexsample, outputs
+
+    root = tmp_path_factory.mktemp("killed")
+    res = flexsample("run", *RUN, "--out", "run", fault_spec="train-epoch@1", cwd=root)
+    assert res.returncode == -9, res.stderr
+    res = flexsample("run", *RUN, "--out", "ref", cwd=root)
+    assert res.returncode == 0, res.stderr
+    return root / "run", outputs(root / "ref")
+
+
+def copy_of(folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(folder, tmp_path / "run"))
+
+
+# what each kill leaves: no checkpoint; the second also best.pt and a half-written checkpoint
+LEFT = {
+    "train-epoch@1": ["config.json", "rounds.jsonl", "scores.npz", "selection.npz"],
+    "checkpoint-write@2": ["best.pt", "config.json", "rounds.jsonl", "scores.npz", "selection.npz"],
+}
+
+
+@pytest.mark.parametrize("kill", sorted(LEFT))
+def test_killed_before_first_checkpoint_resumes_from_the_beginning(
+    killed_early: tuple[Path, dict], tmp_path: Path, kill: str
+) -> None:
+    from .test_fault_injection import flexsample, outputs
+
+    folder, reference = killed_early
+    if kill == "train-epoch@1":
+        run = copy_of(folder, tmp_path)
+    else:
+        res = flexsample("run", *RUN, "--out", "run", fault_spec=kill, cwd=tmp_path)
+        assert res.returncode == -9, res.stderr
+        run = tmp_path / "run"
+    names = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
+    assert names == LEFT[kill]  # what the run leaves at that moment: no checkpoint
+    res = flexsample("run", "--out", "run", "--resume", "--quiet", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    said = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert said == [
+        "run stopped before its first checkpoint (nothing to resume): starting the run again "
+        "from the beginning with its saved config"
+    ], said
+    assert outputs(run) == reference  # the same run as one never interrupted
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_restart_still_refuses_other_folders(
+    cli, killed_early: tuple[Path, dict], tmp_path: Path
+) -> None:
+    from flexsample.workflows import rundir
+
+    folder, _ = killed_early
+    run = copy_of(folder, tmp_path)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != rundir.LOCK}
+
+    line = one_error_line(cli("run", "--out", run, "--resume", "--rounds", "4"))
+    assert "--rounds: 3 -> 4" in line  # a config that differs
+
+    with rundir.RunLock.acquire(run):  # another process still running it
+        line = one_error_line(cli("run", "--out", run, "--resume"))
+    assert "in use by another flexsample process" in line
+
+    (run / "notes.txt").write_text("mine\n")
+    line = one_error_line(cli("run", "--out", run, "--resume"))
+    assert line == (
+        f"error: {run} has no checkpoint to resume from and holds files flexsample did not "
+        "write (notes.txt); move them away to start the run again with --resume, or choose "
+        "another --out"
+    )
+    (run / "notes.txt").unlink()
+
+    (run / "results.json").write_text("{}")  # its checkpoints deleted, not killed early
+    line = one_error_line(cli("run", "--out", run, "--resume"))
+    assert line == (
+        f"error: {run} has no checkpoint to resume from, but holds files of a run that went "
+        "on (results.json); start it again with --overwrite, or choose another --out"
+    )
+    (run / "results.json").unlink()
+
+    (run / ".flexsample-run").unlink()  # not made by flexsample
+    line = one_error_line(cli("run", "--out", run, "--resume"))
+    assert "flexsample did not make it (no .flexsample-run marker)" in line
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.name != rundir.LOCK}
+    assert after == {k: v for k, v in before.items() if k != rundir.MARKER}  # all kept

@@ -374,28 +374,32 @@ def _resume(
         state = ranks.broadcast_object(None)
         if state is None:  # rank 0 found the run finished or failed: it says so
             return RunOutcome({}, [], [], out, already_finished=True)
+        if state == _RESTART:
+            return execute(cfg, out, overwrite=True, callbacks=callbacks, dist=dist)
         return _resume_from(cfg, out, state, callbacks, reporter, dist, None, t_start)
     try:
         doc = rundir.read_config_document(out)
-        if not _has_checkpoint(out, temps=True):
-            raise FlexsampleError(
-                f"{out} has no checkpoint to resume from (the run stopped before its first "
-                "epoch ended); start it again with --overwrite"
-            )
-        lock = rundir.RunLock.acquire(out)
+        lock = rundir.RunLock.acquire(out)  # refused while another process runs it
     except BaseException:
         ranks.broadcast_object(None)
         raise
     with lock:
         try:
-            with rundir.os_errors(out, "read the run folder"):
-                state, sentence = recover_checkpoint(out / out_files.CHECKPOINT)
-            rundir.check_checkpoint_meta(out, doc, state.get("meta"))
-            epoch = int(state.get("epoch", 0))
-            done = rundir.finished_results(out, epoch, cfg.rounds * cfg.epochs_per_round)
+            found = _recover(out)
+            if found is None:  # killed before its first checkpoint
+                _check_restartable(out)
+            else:
+                state, sentence = found
+                rundir.check_checkpoint_meta(out, doc, state.get("meta"))
+                epoch = int(state.get("epoch", 0))
+                done = rundir.finished_results(out, epoch, cfg.rounds * cfg.epochs_per_round)
         except BaseException:
             ranks.broadcast_object(None)
             raise
+        if found is None:
+            lock.release()  # the new run's folder replaces this one under its own lock
+            ranks.broadcast_object(_RESTART)
+            return _restart(cfg, out, callbacks, reporter, dist)
         if done is not None:
             ranks.broadcast_object(None)
             names = list(done.get("class_names", []))
@@ -413,6 +417,90 @@ def _resume(
             )
         doc_meta = _meta({**doc, "run_id": doc.get("run_id", "")}, ranks)
         return _resume_from(cfg, out, state, callbacks, reporter, dist, doc_meta, t_start)
+
+
+_RESTART = "restart"  # rank 0 to the others: the run starts again from the beginning
+# what a run killed before its first checkpoint may hold (besides its temporary files)
+_BEFORE_FIRST_CHECKPOINT = frozenset(
+    {
+        rundir.MARKER,
+        rundir.LOCK,
+        out_files.CONFIG,
+        out_files.ROUNDS,
+        out_files.SELECTION,
+        out_files.SCORES,
+        out_files.BEST,
+        out_files.TENSORBOARD_DIR,
+        out_files.CSV_LOG_DIR,
+        out_files.WANDB_DIR,
+    }
+)
+
+
+def _recover(out: Path) -> tuple[dict[str, Any], str] | None:
+    """The checkpoint to resume from and the sentence saying which (`recover_checkpoint`), or
+    None when the run never completed one: no checkpoint file, at most half-written temporary
+    files (a SIGKILL during the first save)."""
+    path = out / out_files.CHECKPOINT
+    with rundir.os_errors(out, "read the run folder"):
+        if _has_checkpoint(out):
+            return recover_checkpoint(path)
+        if not temp_paths(path):
+            return None
+        try:
+            return recover_checkpoint(path)  # a complete temporary file is a checkpoint
+        except FlexsampleError:
+            return None
+
+
+def _restart(
+    cfg: RunConfig,
+    out: Path,
+    callbacks: Sequence[Callback],
+    reporter: Reporter,
+    dist: DistributedRun | None,
+) -> RunOutcome:
+    """`--resume` of a run killed before its first checkpoint: nothing was kept, so the run
+    starts again from the beginning with its saved config, replacing the folder (as a new run
+    with --overwrite would: the old folder stays until the new one's set-up passed)."""
+    reporter.message(
+        f"{out} stopped before its first checkpoint (nothing to resume): starting the run "
+        "again from the beginning with its saved config"
+    )
+    return execute(cfg, out, overwrite=True, callbacks=callbacks, reporter=reporter, dist=dist)
+
+
+def _check_restartable(out: Path) -> None:
+    """A run folder without a checkpoint may start again only if flexsample made it and it
+    holds nothing but what a run killed before its first checkpoint leaves: config.json,
+    rounds.jsonl, selection.npz, scores.npz, perhaps best.pt, tracker logs, temporary files,
+    the marker and the lock."""
+    if not (out / rundir.MARKER).is_file():
+        raise FlexsampleError(
+            f"{out} has no checkpoint to resume from and flexsample did not make it (no "
+            f"{rundir.MARKER} marker); start a new run with another --out"
+        )
+    foreign = rundir._foreign_files(out)
+    if foreign:
+        raise FlexsampleError(
+            f"{out} has no checkpoint to resume from and holds files flexsample did not write "
+            f"({_shown(foreign)}); move them away to start the run again with --resume, or "
+            "choose another --out"
+        )
+    later = sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name not in _BEFORE_FIRST_CHECKPOINT and not p.name.startswith(".")
+    )
+    if later:  # its checkpoints were deleted: never replace what it produced silently
+        raise FlexsampleError(
+            f"{out} has no checkpoint to resume from, but holds files of a run that went on "
+            f"({_shown(later)}); start it again with --overwrite, or choose another --out"
+        )
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
 
 def _resume_from(
