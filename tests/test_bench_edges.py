@@ -377,3 +377,62 @@ def test_copied_cells_and_edited_results_are_named_and_not_counted(cli, tmp_path
     assert res.exit_code == 0, res.output
     assert "1 cells, 0 already finished, 1 to run" in res.stdout
     assert [r["status"] for r in bench_csv(out)] == ["finished"]
+
+
+# --- 4. ties, and an estimator that never ran ---------------------------------------------------
+
+
+def test_identical_configurations_share_a_rank_and_an_estimator_that_never_ran_is_said(
+    cli, tmp_path
+):
+    out = tmp_path / "b"
+    # --rounds 2 with linear: the anchors, then the full set; no query ever scores
+    grid = ["--estimators", "entropy,random", "--policies", "linear", "--seeds", "0"]
+    res = cli("bench", "--out", out, *grid, *TINY_CELL)
+    assert res.exit_code == 0, res.output
+    rows = bench_csv(out)
+    assert [r["scored_queries"] for r in rows] == ["0", "0"]
+    assert rows[0]["test_balanced_accuracy"] == rows[1]["test_balanced_accuracy"]
+    md = (out / "summary.md").read_text()
+    table = [ln for ln in md.splitlines() if ln.startswith("| 1")]
+    assert [ln.split(" | ")[:2] for ln in table] == [
+        ["| 1=", "entropy/linear ‡"],
+        ["| 1=", "random/linear ‡"],
+    ]
+    for method in ("entropy/linear", "random/linear"):
+        assert (
+            f"- ‡ {method}: the estimator never ran: no query scored a candidate (each growth "
+            "step took whole classes, e.g. --rounds 2 with policy linear goes from the anchors "
+            "straight to the full set), so its result is the anchors' and the policy's, the same "
+            "whatever the estimator\n"
+        ) in md
+    assert "| random/linear | 1 | +0.00 |" in md and md.count("best (tie)") == 1
+
+
+def test_scored_queries_from_scores_or_rounds(tmp_path):
+    import numpy as np
+
+    from flexsample.workflows.bench_summary import scored_queries, tie_ranks
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert scored_queries(run) is None  # nothing to tell from
+    np.savez(run / "scores.npz", step=np.array([1, 1, 2]), index=np.arange(3), score=np.ones(3))
+    assert scored_queries(run) == 2
+    (run / "scores.npz").unlink()
+    # without scores.npz: rounds.jsonl, when the run reached its full split (4 + 3 images)
+    steps = [[2, 1], [3, 3], [4, 3]]  # step 1: class 0 took 1 of its 2 left (scored)
+    (run / "rounds.jsonl").write_text(
+        "".join(json.dumps({"class_counts": c}) + "\n" for c in steps)
+    )
+    (run / "results.json").write_text(json.dumps({"train_size": 7}))
+    assert scored_queries(run) == 1
+    (run / "results.json").write_text(json.dumps({"train_size": 9}))  # never reached the full set
+    assert scored_queries(run) is None
+
+    def entry(v):
+        return {"test_balanced_accuracy": (v, None)}
+
+    assert tie_ranks([entry(0.5), entry(0.5), entry(0.4)]) == ["1=", "1=", "3"]
+    assert tie_ranks([entry(0.6), entry(0.5), entry(0.5)]) == ["1", "2=", "2="]
+    assert tie_ranks([entry(0.1 + 0.2), entry(0.3)]) == ["1=", "1="]  # equal up to rounding

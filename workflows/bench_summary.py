@@ -19,7 +19,7 @@ from . import bench_stats
 from .bench import Cell, CellRecord, FailedRecord, collect_cells, collect_failed
 from .components import flat_view, is_old_layout, migrate
 from .config import RunConfig
-from .outputs import ROUNDS
+from .outputs import RESULTS, ROUNDS, SCORES
 
 # the CSV's fixed columns; the flags that vary between cells of one method come after `seed`
 META_COLUMNS = [
@@ -52,6 +52,7 @@ METRIC_COLUMNS = [
     "tail",
     "best_val_balanced_accuracy",
     "subset_size_at_best",
+    "scored_queries",  # queries whose estimator scored candidates (0: it never ran)
     "wall_s",
     *COMPUTE_COLUMNS,
 ]
@@ -150,6 +151,7 @@ def csv_row(record: CellRecord, flags: list[str], in_grid: bool, root: Path) -> 
             "tail": g.get("tail"),
             "best_val_balanced_accuracy": res.get("best_val_balanced_accuracy"),
             "subset_size_at_best": res.get("subset_size_at_best"),
+            "scored_queries": None if record.baseline else scored_queries(record.out),
             "wall_s": res.get("wall_s"),
             **{k: (res.get("compute") or {}).get(k) for k in COMPUTE_COLUMNS},
             "error": "",
@@ -159,6 +161,35 @@ def csv_row(record: CellRecord, flags: list[str], in_grid: bool, root: Path) -> 
         }
     )
     return row
+
+
+def scored_queries(run_dir: Path) -> int | None:
+    """How many queries of the run in `run_dir` had its estimator score candidates: the steps
+    in scores.npz; where that file is missing, what rounds.jsonl shows (a step where some class
+    took part, not all, of what it had left). 0: the estimator never ran (every growth step
+    took whole classes, e.g. `--rounds 2` with policy linear goes from the anchors straight to
+    the full set). None: unknown."""
+    try:
+        with np.load(run_dir / SCORES, allow_pickle=False) as z:
+            return int(len(np.unique(z["step"])))
+    except (OSError, ValueError, KeyError, EOFError):
+        pass
+    return _scored_from_rounds(run_dir)
+
+
+def _scored_from_rounds(run_dir: Path) -> int | None:
+    """scored_queries from rounds.jsonl, known only when the run reached its full training
+    split (whose per-class counts are then the last step's)."""
+    try:
+        counts = np.array([r["class_counts"] for r in _rounds(run_dir)], dtype=np.int64)
+        train_size = int(json.loads((run_dir / RESULTS).read_text())["train_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if counts.ndim != 2 or len(counts) == 0 or int(counts[-1].sum()) != train_size:
+        return None
+    added = np.diff(counts, axis=0)
+    left = counts[-1] - counts[:-1]
+    return int(((added > 0) & (added < left)).any(axis=1).sum())
 
 
 def stage1_test_balanced_accuracy(results: dict[str, Any]) -> float | None:
@@ -245,6 +276,8 @@ def summarise(rows: list[dict[str, Any]], flags: list[str] | tuple[str, ...] = (
             "values": [float(r[STAT_KEY]) for r in _by_seed(rs) if r.get(STAT_KEY) is not None],
             "seed_values": _per_seed(rs),
             "train_samples": _mean_of(rs, "train_samples"),
+            # every cell known to have made no scored query: the estimator never ran
+            "never_scored": all(r.get("scored_queries") == 0 for r in rs),
             "pareto": [
                 (float(r["train_samples"]), float(r[STAT_KEY]))
                 for r in _by_seed(rs)
@@ -382,7 +415,8 @@ def stats_lines(entries: list[dict[str, Any]], stats: GroupStats) -> list[str]:
             ci = c.ci_note if c.ci is None else f"[{_pp(c.ci[0])}, {_pp(c.ci[1])}]"
             p = c.p_note if c.p is None else ("< 0.001" if c.p < 0.001 else f"{c.p:.3f}")
             cells = [str(c.n), _pp(c.mean_diff), ci, p]
-        cells.append(best_mark(stats.vs_best[i]))
+        tie = i != stats.best and _key_mean(e) == _key_mean(entries[stats.best])
+        cells.append("best (tie)" if tie else best_mark(stats.vs_best[i]))
         lines.append(f"| {label(e)}{mark} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
@@ -463,9 +497,10 @@ def write_summary_md(
             + ("" if ratio is None else f", r = {ratio:g}")
             + (f", budget = {budget}" if budgets else ""),
             "",
-            "Ranked by mean test balanced accuracy (best-validation checkpoint); "
-            "mean ± std over seeds (percent; a single seed shows its value alone). "
-            "★ = strongest baseline. Train samples: images through the training forward "
+            "Ranked by mean test balanced accuracy (best-validation checkpoint; equal means "
+            "share a rank, as 1=); mean ± std over seeds (percent; a single seed shows its "
+            "value alone). ★ = strongest baseline; ‡ = the estimator never ran (below). "
+            "Train samples: images through the training forward "
             "pass, mean over seeds (results.json `compute`; - for cells without it)."
             + (
                 " Decoupled configurations (`--decouple`, baselines crt, lws, tau-norm) report "
@@ -480,14 +515,16 @@ def write_summary_md(
             + "| best val bal-acc | train samples |",
             "|---:|---|" + "---|" * len(flags) + "---:|" * (len(keys) + 2),
         ]
-        for rank, e in enumerate(entries, 1):
-            mark = (" ★" if rank - 1 == star else "") + ("" if e["in_grid"] else " †")
+        for i, (rank, e) in enumerate(zip(tie_ranks(entries), entries, strict=True)):
+            mark = (" ★" if i == star else "") + ("" if e["in_grid"] else " †")
+            mark += " ‡" if e.get("never_scored") else ""
             values = "".join(f" {_show(e['flags'].get(f))} |" for f in flags)
             cells = " | ".join(_pm(e[k]) for k in keys)
             samples = e.get("train_samples")
             cells += " | " + ("-" if samples is None else f"{samples:,.0f}")
             lines.append(f"| {rank} | {e['method']}{mark} |{values} {e['n']} | {cells} |")
         lines.append("")
+        lines += never_ran_lines(entries)
         lines += stats_lines(entries, stats)
     if failed:
         lines += failed_lines(failed)
@@ -518,6 +555,35 @@ def not_counted_lines(not_counted: Sequence[str]) -> list[str]:
         *(f"- {line}" for line in not_counted),
         "",
     ]
+
+
+def _key_mean(entry: dict[str, Any]) -> float:
+    """The mean a rank compares, rounded so that equal results compare equal."""
+    return round(float(entry[STAT_KEY][0]), 12)
+
+
+def tie_ranks(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """Competition ranks by mean test balanced accuracy, in the entries' order: configurations
+    with equal means share a rank, marked '=' ('1=', '1=', '3'), never told apart by name."""
+    means = [_key_mean(e) for e in entries]
+    ranks = []
+    for m in means:
+        rank = 1 + sum(other > m for other in means)
+        ranks.append(f"{rank}=" if sum(other == m for other in means) > 1 else str(rank))
+    return ranks
+
+
+def never_ran_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per configuration whose estimator never ran (‡ in the table)."""
+    lines = [
+        f"- ‡ {label(e)}: the estimator never ran: no query scored a candidate (each growth "
+        "step took whole classes, e.g. --rounds 2 with policy linear goes from the anchors "
+        "straight to the full set), so its result is the anchors' and the policy's, the same "
+        "whatever the estimator"
+        for e in entries
+        if e.get("never_scored")
+    ]
+    return [*lines, ""] if lines else []
 
 
 def failed_lines(failed: Sequence[dict[str, Any]]) -> list[str]:
@@ -719,12 +785,15 @@ def pareto_panel(ax: Any, entries: list[dict[str, Any]]) -> None:
         )
 
 
-def _curve(run_dir: Path) -> list[tuple[int, float]]:
+def _rounds(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / ROUNDS
     if not path.is_file():
         return []
-    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return [(r["subset_size"], r["val_balanced_accuracy"]) for r in recs]
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _curve(run_dir: Path) -> list[tuple[int, float]]:
+    return [(r["subset_size"], r["val_balanced_accuracy"]) for r in _rounds(run_dir)]
 
 
 @dataclass
