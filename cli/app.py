@@ -435,6 +435,9 @@ def eval_cmd(
 ) -> None:
     """Re-evaluate a run's best.pt on its validation and test splits."""
     with user_errors(debug):
+        from flexsample._optional import check_torch_pair
+
+        check_torch_pair()
         from flexsample.workflows.run import read_run_config, reevaluate
 
         from .console import metrics_table

@@ -22,11 +22,14 @@ import importlib
 import inspect
 import os
 import sys
+import typing
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import Field, create_model
 
 from .errors import FlexsampleError, PluginError, RegistrationError, UnknownNameError
 from .interfaces import Allocation, Anchors, Estimator, Policy
@@ -131,6 +134,35 @@ def plugin_error(
     )
 
 
+_MANIFEST_MODELS: dict[tuple[str, str], type[Options]] = {}
+_MANIFEST_TYPES = {
+    "__builtins__": {},
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "str": str,
+    "None": None,
+    "Literal": Literal,
+    "Mapping": Mapping,
+}
+
+
+def manifest_model(kind: str, name: str, rows: Sequence[tuple[Any, ...]]) -> type[Options]:
+    """The options model of a built-in rebuilt from its manifest rows (name, annotation
+    source, default, limits, help): the same fields, types, bounds and help as the model its
+    constructor declares (`python -m flexsample.cli.catalogue` checks that it is)."""
+    key = (kind, name)
+    if key not in _MANIFEST_MODELS:
+        fields: dict[str, Any] = {}
+        for option, source, default, limits, help_ in rows:
+            annotation = eval(source, _MANIFEST_TYPES)  # our generated manifest, never input
+            info = Field(description=help_ or None, **limits)
+            fields[option] = (Annotated[annotation, info], default)
+        model = create_model(f"{name}Options", __base__=Options, **fields)
+        _MANIFEST_MODELS[key] = model  # type: ignore[assignment]
+    return _MANIFEST_MODELS[key]
+
+
 class Registry(Generic[T]):
     """A named collection of classes (or factories) of one kind."""
 
@@ -151,6 +183,7 @@ class Registry(Generic[T]):
         self._aliases: dict[str, tuple[str, str]] = {}  # old name -> (new name, warning text)
         self._builtins_loaded = False
         self._loaded = False
+        self._entry_points_seen: tuple[tuple[str, ...], bool] | None = None  # (sys.path, any)
 
     def register(self, name: str | None = None) -> Callable[[C], C]:
         """Decorator: `@ESTIMATORS.register("bald")`; the name defaults to the class's `name`.
@@ -240,18 +273,42 @@ class Registry(Generic[T]):
             self._refuse(old, module, _current_source(), is_builtin_module(module))
         self._aliases[old] = (new, text)
 
+    def _manifest(self) -> dict[str, Any] | None:
+        """The built-ins' names, aliases and options as data (`flexsample._manifest`), while
+        they are all this registry can hold and none is imported yet (importing them imports
+        torch); None once anything registered, or when an installed package adds to the group.
+        """
+        if self._loaded or self._builtins_loaded or self._items or not self._builtins:
+            return None
+        path = tuple(sys.path)
+        if self._entry_points_seen is None or self._entry_points_seen[0] != path:
+            self._entry_points_seen = (path, bool(entry_points(group=self.group)))
+        if self._entry_points_seen[1]:
+            return None
+        from flexsample._manifest import MANIFEST
+
+        return MANIFEST.get(self.group)
+
     def aliases(self) -> dict[str, str]:
         """Deprecated name -> the name it stands for."""
+        manifest = self._manifest()
+        if manifest is not None:
+            return {old: new for old, (new, _) in sorted(manifest["aliases"].items())}
         self._load()
         return {old: new for old, (new, _) in sorted(self._aliases.items())}
 
     def resolve(self, name: str, *, warn: bool = True) -> str:
         """The registered name `name` stands for (itself unless it is a deprecated alias);
         an alias warns (FutureWarning) unless `warn` is False."""
-        self._load()
-        if name not in self._aliases:
+        manifest = self._manifest()
+        if manifest is not None:
+            aliases = manifest["aliases"]
+        else:
+            self._load()
+            aliases = self._aliases
+        if name not in aliases:
             return name
-        new, text = self._aliases[name]
+        new, text = aliases[name]
         if warn:
             warnings.warn(text, FutureWarning, stacklevel=3)
         return new
@@ -282,6 +339,9 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """The registered names, sorted; deprecated aliases are not among them (`aliases`)."""
+        manifest = self._manifest()
+        if manifest is not None:
+            return sorted(manifest["options"])
         self._load()
         return sorted(self._items)
 
@@ -291,17 +351,24 @@ class Registry(Generic[T]):
 
     def _get(self, name: str) -> Callable[..., T]:
         self._load()
-        try:
-            return self._items[name]
-        except KeyError:
-            raise UnknownNameError(
-                f"unknown {self.kind} '{name}'{closest(name, self.names())}; available: "
-                f"{', '.join(self.names())}"
-            ) from None
+        if name not in self._items:
+            self._unknown(name)
+        return self._items[name]
+
+    def _unknown(self, name: str) -> typing.NoReturn:
+        names = self.names()
+        raise UnknownNameError(
+            f"unknown {self.kind} '{name}'{closest(name, names)}; available: {', '.join(names)}"
+        )
 
     def options(self, name: str) -> type[Options]:
         """The options model of `name` (its declared options, validated: `engine.options`)."""
         name = self.resolve(name, warn=False)
+        manifest = self._manifest()
+        if manifest is not None:
+            if name not in manifest["options"]:
+                self._unknown(name)
+            return manifest_model(self.kind, name, manifest["options"][name])
         return options_model(self._get(name), self.runtime)
 
     def resolve_options(self, name: str, values: Mapping[str, Any]) -> Options:
@@ -356,6 +423,7 @@ class Registry(Generic[T]):
     def describe(self) -> list[tuple[str, str, str]]:
         """(name, first docstring line, defining module) for every entry."""
         rows = []
+        self._load()  # the docstrings are the classes' own: import them
         for key in self.names():
             doc = inspect.getdoc(self._items[key]) or ""
             rows.append((key, doc.splitlines()[0] if doc else "", self._origin[key]))
@@ -363,6 +431,9 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         """Whether `name` can be looked up (deprecated aliases included)."""
+        manifest = self._manifest()
+        if manifest is not None:
+            return name in manifest["options"] or name in manifest["aliases"]
         self._load()
         return name in self._items or name in self._aliases
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flexsample._optional import check_torch_pair
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.loop import Callback
 
@@ -141,10 +142,6 @@ def run(
     trackers as for `--log-to` ("tensorboard,csv" or a list), logging into `log_dir` if given.
     Under torchrun every rank calls `run()` alike: the work is sharded and rank 0 writes `out`.
     """
-    from .distributed import finish
-    from .run import default_out, execute, join_distributed
-    from .setup import build_components
-
     out = _out_path(out)
     trackers = _tracker_names(log_to)  # names and packages checked before anything else
     if log_dir is not None and not trackers:
@@ -162,7 +159,13 @@ def run(
         layers = [*config_layers(config), ("the command line", given(overrides))]
         cfg = resume_config(target, layers)
     else:
-        cfg = resolve(config, overrides)
+        cfg = resolve(config, overrides)  # names, options and ranges: before torch is imported
+    check_torch_pair()  # a torchvision of another build: one line with the fix, not nms's
+    from .distributed import finish
+    from .run import default_out, execute, join_distributed
+    from .setup import build_components
+
+    if not resume:
         target = Path(out) if out is not None else default_out(cfg)
         build_components(cfg)  # bad names fail before the folder is touched
     # under torchrun every rank calls run(): one process group, rank 0's folder
