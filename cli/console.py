@@ -302,8 +302,32 @@ PER_CLASS_KEY = (
 )
 
 
+BEST_COLUMN, LAST_COLUMN = "best-val checkpoint", "last weights"
+
+
+def result_columns(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The final table's columns from results.json, each named for the model it evaluates.
+
+    A plain run: the best-validation checkpoint and the last weights. With `--decouple`, the
+    top-level `test` is the decoupled classifier's (stage 2, on the best-validation
+    checkpoint's backbone) and `test_last` the curriculum's last weights, which were never
+    decoupled; the best-validation checkpoint before decoupling (stage 1) comes between them.
+    """
+    stage = results.get("decouple") or {}
+    if not stage:
+        return {BEST_COLUMN: results["test"], LAST_COLUMN: results["test_last"]}
+    method = stage.get("method") or "decoupled"
+    columns = {f"decoupled classifier ({method}) on the best-val checkpoint": results["test"]}
+    stage1 = (stage.get("stage1") or {}).get("test")
+    if stage1:
+        columns[f"{BEST_COLUMN}, before decoupling"] = stage1
+    columns[f"{LAST_COLUMN} (not decoupled)"] = results["test_last"]
+    return columns
+
+
 def metrics_table(columns: dict[str, dict[str, Any]], class_names: list[str]) -> Table:
-    """Summary metrics side by side (e.g. best-val checkpoint vs last weights).
+    """Summary metrics side by side (e.g. best-val checkpoint vs last weights: `result_columns`
+    names them for a run, the decoupled classifier included).
 
     Summary rows (balanced accuracy, accuracy, macro F1, macro one-vs-rest AUC, ECE, group
     recall), then one row per class with sensitivity (its recall) / specificity / AUC; the

@@ -653,10 +653,13 @@ def seed_points(entries: list[dict[str, Any]], width: float = 0.5) -> list[tuple
     return points
 
 
-def plot_summary(path: Path, summary: list[dict[str, Any]]) -> None:
+def plot_summary(path: Path, summary: list[dict[str, Any]]) -> Any:
     """Bars of test balanced accuracy per configuration (whiskers only over several seeds, each
     seed's value as a dot on its bar), validation curves against subset size, and test balanced
-    accuracy against training samples processed (one point per seed: the cost/quality view)."""
+    accuracy against training samples processed (one point per seed: the cost/quality view).
+    Every accuracy axis starts at 0; configurations with identical results are drawn side by
+    side (a few points apart, and said in the legend), never one over the other. Returns the
+    (closed) Figure, None when nothing finished."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -666,7 +669,7 @@ def plot_summary(path: Path, summary: list[dict[str, Any]]) -> None:
     budgets = show_budget(summary)
     if not groups:  # nothing finished: no picture, and none of an earlier bench left behind
         path.unlink(missing_ok=True)
-        return
+        return None
     fig, axes = plt.subplots(len(groups), 3, figsize=(21, 4.8 * max(1, len(groups))), squeeze=False)
     for row, (ds, ratio, budget) in enumerate(groups):
         entries = [e for e in summary if group_key(e) == (ds, ratio, budget)]
@@ -675,87 +678,132 @@ def plot_summary(path: Path, summary: list[dict[str, Any]]) -> None:
             + ("" if ratio is None else f", r={ratio:g}")
             + (f", budget={budget}" if budgets else "")
         )
-        ax = axes[row, 0]
-        names = [label(e) + ("" if e["in_grid"] else " †") for e in entries]
-        means = [100 * e["test_balanced_accuracy"][0] for e in entries]
-        bars = error_bars(entries)
-        colors = [
-            "tab:gray" if e["method"].startswith("baseline:") else "tab:blue" for e in entries
-        ]
-        ax.barh(range(len(names)), means, color=colors)
-        if bars:
-            ax.errorbar(
-                [means[i] for i, _ in bars],
-                [i for i, _ in bars],
-                xerr=[s for _, s in bars],
-                fmt="none",
-                ecolor="black",
-                capsize=3,
-            )
-        points = seed_points(entries)
-        if points:
-            ax.scatter(
-                [x for x, _ in points],
-                [y for _, y in points],
-                s=14,
-                color="black",
-                alpha=0.7,
-                zorder=3,
-                label="one seed",
-            )
-        spread = max([s for _, s in bars] + [0.0])
-        finite = [m for m in means if not math.isnan(m)] or [0.0]
-        dots = [x for x, _ in points] or finite
-        low = min(min(finite) - spread, min(dots))
-        high = max(max(finite) + spread, max(dots))
-        ax.set_xlim(max(0.0, low - 5), min(100.0, high + 3))
-        ax.set_yticks(range(len(names)), names, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel("test balanced accuracy (%)")
-        if not bars:
-            spread_note = "one seed each: no error bars"
-        elif len(bars) < len(entries):
-            spread_note = "mean ± std over seeds (no bar: one seed)"
-        else:
-            spread_note = "mean ± std over seeds"
-        ax.set_title(f"{where}: {spread_note}, dots = seeds (grey = baselines)")
-        ax.grid(axis="x", alpha=0.3)
-        ax2 = axes[row, 1]
-        for e in entries:
-            if e["method"].startswith("baseline:"):
-                continue
-            curves = [cv for cv in (_curve(d) for d in e["dirs"]) if cv]
-            if not curves:
-                continue
-            n = min(len(cv) for cv in curves)
-            size = np.mean([[p[0] for p in cv[:n]] for cv in curves], axis=0)
-            acc = np.mean([[p[1] for p in cv[:n]] for cv in curves], axis=0)
-            ax2.plot(size, 100 * acc, "o-", label=label(e))
-        ax2.set_xlabel("subset size")
-        ax2.set_ylabel("val balanced accuracy (%) at end of step")
-        ax2.set_title("Validation balanced accuracy vs subset size (mean over seeds)")
-        ax2.grid(alpha=0.3)
-        if ax2.lines:
-            ax2.legend(fontsize=8)
+        bars_panel(axes[row, 0], entries, where)
+        curves_panel(axes[row, 1], entries)
         pareto_panel(axes[row, 2], entries)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig
+
+
+def bars_panel(ax: Any, entries: list[dict[str, Any]], where: str) -> None:
+    """Test balanced accuracy per configuration, from 0: a bar per configuration (whiskers
+    over several seeds), each seed a dot on its bar."""
+    names = [label(e) + ("" if e["in_grid"] else " †") for e in entries]
+    means = [100 * e["test_balanced_accuracy"][0] for e in entries]
+    bars = error_bars(entries)
+    colors = ["tab:gray" if e["method"].startswith("baseline:") else "tab:blue" for e in entries]
+    ax.barh(range(len(names)), means, color=colors)
+    if bars:
+        ax.errorbar(
+            [means[i] for i, _ in bars],
+            [i for i, _ in bars],
+            xerr=[s for _, s in bars],
+            fmt="none",
+            ecolor="black",
+            capsize=3,
+        )
+    points = seed_points(entries)
+    if points:
+        ax.scatter(
+            [x for x, _ in points],
+            [y for _, y in points],
+            s=14,
+            color="black",
+            alpha=0.7,
+            zorder=3,
+            label="one seed",
+        )
+    spread = max([s for _, s in bars] + [0.0])
+    finite = [m for m in means if not math.isnan(m)] or [0.0]
+    dots = [x for x, _ in points] or finite
+    high = max(max(finite) + spread, max(dots))
+    ax.set_xlim(0.0, min(100.0, high + 3))  # from 0: bar lengths compare as values
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("test balanced accuracy (%)")
+    if not bars:
+        spread_note = "one seed each: no error bars"
+    elif len(bars) < len(entries):
+        spread_note = "mean ± std over seeds (no bar: one seed)"
+    else:
+        spread_note = "mean ± std over seeds"
+    ax.set_title(f"{where}: {spread_note}, dots = seeds (grey = baselines)")
+    ax.grid(axis="x", alpha=0.3)
+
+
+def curves_panel(ax: Any, entries: list[dict[str, Any]]) -> None:
+    """Validation balanced accuracy (from 0) against subset size, mean over seeds, a curve per
+    curriculum configuration; identical curves side by side."""
+    drawn: list[tuple[dict[str, Any], np.ndarray, np.ndarray]] = []
+    for e in entries:
+        if e["method"].startswith("baseline:"):
+            continue
+        curves = [cv for cv in (_curve(d) for d in e["dirs"]) if cv]
+        if not curves:
+            continue
+        n = min(len(cv) for cv in curves)
+        size = np.mean([[p[0] for p in cv[:n]] for cv in curves], axis=0)
+        acc = np.mean([[p[1] for p in cv[:n]] for cv in curves], axis=0)
+        drawn.append((e, size, 100 * acc))
+    slots = overlap_slots([list(zip(size, acc, strict=True)) for _, size, acc in drawn])
+    for (e, size, acc), (slot, first) in zip(drawn, slots, strict=True):
+        same = "" if first is None else f" (= {label(drawn[first][0])})"
+        ax.plot(size, acc, "o-", label=label(e) + same, transform=nudged(ax, slot))
+    ax.set_xlabel("subset size")
+    ax.set_ylabel("val balanced accuracy (%) at end of step")
+    ax.set_title("Validation balanced accuracy vs subset size (mean over seeds)")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.set_ylim(0.0, min(100.0, max(float(np.max(acc)) for _, _, acc in drawn) + 5))
+        ax.legend(fontsize=8)
+
+
+def overlap_slots(series: Sequence[Sequence[tuple[float, float]]]) -> list[tuple[int, int | None]]:
+    """Per series (a configuration's points), its slot among the series with the very same
+    points (0 for the first, 1, 2 ...) and the index of the first of them (None for the first
+    itself, and for a series shared with none): what `nudged` spreads apart."""
+    first: dict[tuple, int] = {}
+    count: dict[tuple, int] = defaultdict(int)
+    slots: list[tuple[int, int | None]] = []
+    for i, points in enumerate(series):
+        key = tuple(sorted((round(float(x), 9), round(float(y), 9)) for x, y in points))
+        slot = count[key]
+        count[key] += 1
+        first.setdefault(key, i)
+        slots.append((slot, None if slot == 0 else first[key]))
+    return slots
+
+
+NUDGE_POINTS = 6.0  # how far apart identical configurations' markers are drawn
+
+
+def nudged(ax: Any, slot: int) -> Any:
+    """ax.transData, shifted right by `slot` x NUDGE_POINTS (in points, so the shift does not
+    depend on the axis' range): the n-th of several identical configurations beside the first."""
+    if slot == 0:
+        return ax.transData
+    from matplotlib.transforms import offset_copy
+
+    return offset_copy(ax.transData, fig=ax.figure, x=slot * NUDGE_POINTS, y=0, units="points")
 
 
 MARKERS = "o^vD<>pPX*h"
 
 
 def pareto_panel(ax: Any, entries: list[dict[str, Any]]) -> None:
-    """Test balanced accuracy (y) against training samples processed (x), one point per seed;
-    a colour and marker per configuration, baselines as hollow squares."""
+    """Test balanced accuracy (y, from 0) against training samples processed (x), one point per
+    seed; a colour and marker per configuration, baselines as hollow squares; configurations
+    with identical points side by side, said in the legend."""
     shown = 0
-    for i, e in enumerate(entries):
-        points = e.get("pareto") or []
-        if not points:
-            continue
+    drawn = [(i, e) for i, e in enumerate(entries) if e.get("pareto")]
+    slots = overlap_slots([e["pareto"] for _, e in drawn])
+    for (i, e), (slot, first) in zip(drawn, slots, strict=True):
+        points = e["pareto"]
         baseline = e["method"].startswith("baseline:")
         color = f"C{i % 10}"  # matplotlib's default cycle, fixed per rank
+        same = "" if first is None else f" (= {label(drawn[first][1])})"
         ax.scatter(
             [x for x, _ in points],
             [100 * y for _, y in points],
@@ -764,8 +812,9 @@ def pareto_panel(ax: Any, entries: list[dict[str, Any]]) -> None:
             edgecolors=color,
             s=36,
             linewidths=1.5,
-            label=label(e),
+            label=label(e) + same,
             zorder=3,
+            transform=nudged(ax, slot),
         )
         shown += 0 if baseline else 1
     ax.set_xlabel("training samples processed")
@@ -773,6 +822,8 @@ def pareto_panel(ax: Any, entries: list[dict[str, Any]]) -> None:
     ax.set_title("Test bal-acc vs training samples (a point per seed, □ = baseline)")
     ax.grid(alpha=0.3)
     if ax.collections:
+        top = max(100 * y for _, e in drawn for _, y in e["pareto"])
+        ax.set_ylim(0.0, min(100.0, top + 5))
         ax.legend(fontsize=7)
     else:
         ax.text(

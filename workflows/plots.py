@@ -68,27 +68,40 @@ def plot_curves(
     plt.close(fig)
 
 
+def calibration_subject(decouple: str | None = None, source: str = "") -> str:
+    """What calibration.png shows, for its title: the test split of the best-validation
+    checkpoint, or with `--decouple` of the decoupled classifier (stage 2, whose head best.pt
+    then holds) on it. `source` names who drew it (e.g. "flexsample eval")."""
+    if decouple and decouple != "none":
+        model = f"decoupled classifier ({decouple}) on the best-validation checkpoint"
+    else:
+        model = "best-validation checkpoint"
+    return f"test split, {model}" + (f" ({source})" if source else "")
+
+
 def plot_calibration(
     path: Path,
     probs: np.ndarray,
     labels: np.ndarray,
     n_bins: int = 15,
     title: str = "",
-) -> None:
+) -> Any:
     """calibration.png from predicted probabilities (N, C) and true labels (N,)."""
     from flexsample.training.metrics import calibration_report
 
-    plot_reliability(path, *calibration_report(probs, labels, n_bins), title)
+    return plot_reliability(path, *calibration_report(probs, labels, n_bins), title)
 
 
 def plot_reliability(
     path: Path, calibration: dict[str, Any], ece: float | None, title: str = ""
-) -> None:
+) -> Any:
     """A reliability diagram: per confidence bin, the accuracy of the top-label prediction
     against the diagonal of perfect calibration, with each bin's sample count.
 
     `calibration` is a report's "calibration" entry (n_bins, count, confidence, accuracy), so
-    the picture can be redrawn from results.json alone; the ECE goes into the title.
+    the picture can be redrawn from results.json alone; the ECE goes into the title, after
+    `title` (end it with `calibration_subject(...)`: which model the picture is of). Returns
+    the (closed) Figure, for tests and notebooks.
     """
     import matplotlib
 
@@ -153,3 +166,4 @@ def plot_reliability(
     fig.tight_layout()
     save_figure(path, fig)
     plt.close(fig)
+    return fig
