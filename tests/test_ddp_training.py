@@ -23,7 +23,7 @@ from flexsample.datasets.images import split_item
 from flexsample.engine.distributed import shard_bounds
 from flexsample.engine.errors import FlexsampleError
 from flexsample.training.anchor_features import embed_features, pixel_features
-from flexsample.training.data import SplitLoader, predict_probs
+from flexsample.training.data import SplitLoader, predict_probs, regroup
 from flexsample.training.distributed import (
     epoch_share,
     keep_batch,
@@ -38,6 +38,9 @@ from .conftest import record_reads
 
 WORLD = 2
 SUBSET = np.arange(0, 254, 2)  # 127 training samples: uneven shares and a trailing batch
+# a short last global batch (fewer than 2 per rank): 4 x 32 + 2 and 4 x 32 + 3 (batch 32)
+SHORT = {"two": np.arange(130), "three": np.arange(131)}
+BN_SHORT = np.arange(102)  # 3 x 33 + 3 (batch 33), with batch norm, dropout and mixup
 CPU = torch.device("cpu")
 
 
@@ -107,6 +110,17 @@ def _scenarios(rank: int, out: Path) -> None:
     plain = Trainer(fresh(Mlp), ds.train, ds.val, 10, plain_config(), CPU, ranks=ranks)
     saved["plain_loss"] = plain.train_epoch(SUBSET, 0).loss
     saved["plain"] = {k: v.clone() for k, v in plain.model.state_dict().items()}
+    # (g): a short last global batch trains as in one process (with stand-ins weighted 0)
+    for name, subset in SHORT.items():
+        short = Trainer(fresh(Mlp), ds.train, ds.val, 10, plain_config(), CPU, ranks=ranks)
+        res = short.train_epoch(subset, 0)
+        saved[f"short_{name}"] = {k: v.clone() for k, v in short.model.state_dict().items()}
+        saved[f"short_{name}_result"] = (res.loss, res.extra["samples"])
+    cnn = Trainer(fresh(SmallCNN, 10, 1, 8), ds.train, ds.val, 10, bn_config(), CPU, ranks=ranks)
+    cnn_reads = record_reads(cnn)
+    saved["bn_short_samples"] = cnn.train_epoch(BN_SHORT, 0).extra["samples"]
+    saved["bn_short_reads"] = cnn_reads
+    saved["bn_short"] = {k: v.clone() for k, v in cnn.model.state_dict().items()}
     # --sync-bn is CUDA-only in PyTorch: on CPU one clear error, the model left as it was
     cnn = fresh(SmallCNN, 10, 1, 8)
     try:
@@ -196,19 +210,21 @@ def test_rank_batches_partition_every_global_batch(n: int, batch: int, world: in
     per_rank = [rank_batches(n, batch, r, world) for r in range(world)]
     single = rank_batches(n, batch, 0, 1, skip_small=False)
     assert len({len(p) for p in per_rank}) == 1  # every rank makes the same number of steps
-    kept = {b.start for b in per_rank[0]}
-    for g in single:
-        if g.start not in kept:
-            assert not keep_batch(g.size, g.start == 0, world)
-            continue
-        shares = [next(b for b in p if b.start == g.start) for p in per_rank]
-        assert all(s.size == g.size for s in shares)
-        assert shares[0].lo == g.start and shares[-1].hi == g.start + g.size
-        assert all(a.hi == b.lo for a, b in zip(shares, shares[1:], strict=False))
-        assert all(s.local >= 1 for s in shares)
-    if world == 1:  # the single-process rule: skip a lone trailing sample
-        old = [g.start for g in single if not (g.size < 2 and g.start > 0)]
-        assert [b.start for b in per_rank[0]] == old
+    # the ranks train on exactly the batches one process trains on: all but a lone last sample
+    kept = [g.start for g in single if not (g.size < 2 and g.start > 0)]
+    assert kept == [g.start for g in single if keep_batch(g.size, g.start == 0, world)]
+    assert [b.start for b in per_rank[0]] == kept == [b.start for b in rank_batches(n, batch)]
+    for i, g in enumerate(g for g in single if g.start in kept):
+        shares = [p[i] for p in per_rank]
+        assert all(s.start == g.start and s.size == g.size for s in shares)
+        real = [s for s in shares if s.local > 0]
+        assert real == shares[: len(real)] and real[0].lo == g.start  # ranks 0.. in order
+        assert real[-1].hi == g.start + g.size
+        assert all(a.hi == b.lo for a, b in zip(real, real[1:], strict=False))
+        if g.size >= 2:
+            assert all(s.local >= 2 for s in real)  # no rank trains on a lone sample
+        for s in shares[len(real) :]:  # stand-ins: the batch's first samples, weighted 0
+            assert s.read == (g.start, g.start + min(2, g.size))
 
 
 @settings(max_examples=100, deadline=None)
@@ -248,20 +264,22 @@ def test_file_backed_shares_read_and_augment_as_one_process(world: int) -> None:
     order = np.random.default_rng(0).choice(n, size=61)  # repeats, as re-sampling draws
     key = (7, 2)
     one = [x for x, _ in SplitLoader(split, True, CPU)(order, 8, key)]
-    parts = []
+    parts, shares = [], []
     for r in range(world):
         share = epoch_share(order, 8, r, world, key)
-        read = [
-            x
-            for x, _ in SplitLoader(split, True, CPU)(
-                share.indices, share.step_size, key, share.seeds
-            )
-        ]
-        assert [len(x) for x in read] == [b.local for b in share.batches]
+        loaded = SplitLoader(split, True, CPU)(share.indices, share.step_size, key, share.seeds)
+        read = [x for x, _ in regroup(loaded, [b.reads for b in share.batches])]
+        assert [len(x) for x in read] == [b.reads for b in share.batches]
         parts.append(read)
-    kept = [b.start // 8 for b in epoch_share(order, 8, 0, world, key).batches]
+        shares.append(share.batches)
+    kept = [b.start // 8 for b in shares[0]]
+    assert kept == list(range(len(one)))  # 61 = 7 x 8 + 5: the short last batch kept too
     for i, g in enumerate(kept):
-        torch.testing.assert_close(torch.cat([p[i] for p in parts]), one[g], rtol=0, atol=0)
+        real = [p[i] for p, s in zip(parts, shares, strict=True) if s[i].local]
+        torch.testing.assert_close(torch.cat(real), one[g], rtol=0, atol=0)
+        for p, s in zip(parts, shares, strict=True):
+            if not s[i].local:  # a stand-in (weight 0): the batch's first samples
+                torch.testing.assert_close(p[i], one[g][: s[i].stand_in], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
@@ -349,6 +367,39 @@ def test_ddp_epoch_matches_one_process_epoch(ranks_out, digits):
         assert r["plain_loss"] == pytest.approx(loss, rel=1e-6)
     init = fresh(Mlp).state_dict()
     assert (single["head.weight"] - init["head.weight"]).abs().max() > 1e-2  # it moved
+
+
+@pytest.mark.parametrize("name", sorted(SHORT))
+def test_short_last_batch_trains_as_one_process(ranks_out, digits, name: str) -> None:
+    """A last global batch of 2 or 3 samples on 2 ranks (fewer than 2 per rank): one process
+    trains on it, so the ranks do too (one rank takes it, the other weighs a stand-in 0)."""
+    subset = SHORT[name]
+    trainer = Trainer(fresh(Mlp), digits.train, digits.val, 10, plain_config(), CPU)
+    res = trainer.train_epoch(subset, 0)
+    assert res.extra["samples"] == len(subset)  # 130 or 131: the short batch trained
+    for r in ranks_out:
+        _same_state(r[f"short_{name}"], trainer.model.state_dict(), atol=1e-6)
+        loss, samples = r[f"short_{name}_result"]
+        assert samples == len(subset) and loss == pytest.approx(res.loss, rel=1e-6)
+
+
+def test_short_last_batch_with_batch_norm_and_mixup(ranks_out, digits) -> None:
+    r0, r1 = ranks_out
+    _same_state(r0["bn_short"], r1["bn_short"])
+    assert r0["bn_short_samples"] == r1["bn_short_samples"] == len(BN_SHORT)
+    cfg = bn_config()
+    from flexsample.training.samplers import SAMPLERS
+
+    rng = np.random.default_rng([cfg.seed, 0, 0xDA7A])
+    order = BN_SHORT[SAMPLERS.get(cfg.sampler)(digits.train.labels[BN_SHORT], rng)]
+    single = [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+    reads0, reads1 = r0["bn_short_reads"], r1["bn_short_reads"]
+    assert [len(b) for b in single] == [33, 33, 33, 3]
+    for one, a, b in zip(single[:3], reads0, reads1, strict=False):
+        np.testing.assert_array_equal(np.concatenate([a, b]), one)
+    # the short batch: rank 0 reads all 3, rank 1 the first 2 as its stand-in (weight 0)
+    np.testing.assert_array_equal(np.concatenate(reads0[3:]), single[3])
+    np.testing.assert_array_equal(np.concatenate(reads1[3:]), single[3][:2])
 
 
 def test_sync_bn_on_cpu_is_one_clear_error(ranks_out):

@@ -122,6 +122,37 @@ class SplitLoader:
             yield x
 
 
+def regroup(
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]], sizes: Sequence[int]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The (x, y) stream of `batches` cut again into batches of exactly `sizes`.
+
+    A rank's loader reads with one batch size (its share of a full global batch); a short
+    last global batch can give it a few more or fewer samples than that (see
+    `training.distributed.short_share`). Batches that already have the size pass through
+    untouched; others are joined or split. Too few or too many samples: RuntimeError."""
+    it = iter(batches)
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    have = 0
+    for size in sizes:
+        while have < size:
+            try:
+                x, y = next(it)
+            except StopIteration:
+                raise RuntimeError(f"the loader ended {size - have} samples short") from None
+            xs.append(x)
+            ys.append(y)
+            have += len(y)
+        x = xs[0] if len(xs) == 1 else torch.cat(xs)
+        y = ys[0] if len(ys) == 1 else torch.cat(ys)
+        xs, ys, have = ([x[size:]], [y[size:]], have - size) if have > size else ([], [], 0)
+        yield (x, y) if len(y) == size else (x[:size], y[:size])
+    extra = have + sum(len(y) for _, y in it)
+    if extra:
+        raise RuntimeError(f"the loader read {extra} samples more than the schedule has")
+
+
 def iterate(
     split: Split,
     indices: np.ndarray,

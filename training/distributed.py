@@ -7,6 +7,11 @@ class-balanced, sqrt) keeps its meaning. That order is cut into global batches o
 `Ranks.bounds`), so the union of the ranks' batches is the single-process batch, batch by batch.
 No rank ever sees another's order: every rank computes the same schedule from the same seed.
 
+The ranks train on exactly the global batches one process trains on (`keep_batch`: all but a
+lone trailing sample). A short global batch, fewer than 2 samples per rank (the epoch's last),
+goes to as many ranks as get 2 samples each (`short_share`); the others read a stand-in and
+weigh it 0, so DDP's all-reduce still gives the global batch's gradient.
+
 Why not `torch.utils.data.DistributedSampler`: it shards the epoch (rank r takes every W-th
 sample), so the ranks' step t batches together are not the single-process step t batch, it pads
 with repeated samples, and it knows nothing of re-sampling samplers.
@@ -30,28 +35,58 @@ class RankBatch:
     """One global batch of an epoch and this rank's share of it.
 
     `start`/`size`: the global batch's first position in the epoch order and its length;
-    `lo`/`hi`: this rank's positions [lo, hi) in the epoch order (a contiguous piece of it)."""
+    `lo`/`hi`: this rank's positions [lo, hi) in the epoch order (a contiguous piece of it).
+    `stand_in`: for a rank without samples in a short batch (`lo == hi`), how many of the
+    batch's first samples it reads to take part in the gradient all-reduce with weight 0."""
 
     start: int
     size: int
     lo: int
     hi: int
+    stand_in: int = 0
 
     @property
     def local(self) -> int:
+        """This rank's samples of the batch: its weight in the global batch's gradient."""
         return self.hi - self.lo
 
+    @property
+    def read(self) -> tuple[int, int]:
+        """The positions [lo, hi) this rank reads: its share, or its stand-in samples."""
+        if self.local == 0 and self.stand_in:
+            return self.start, self.start + self.stand_in
+        return self.lo, self.hi
 
-def keep_batch(size: int, first: bool, world: int) -> bool:
-    """Whether a global batch of `size` is trained on.
+    @property
+    def reads(self) -> int:
+        lo, hi = self.read
+        return hi - lo
 
-    A single process skips a lone trailing sample (it breaks batch norm and adds nothing).
-    Across `world` ranks the same rule reads: skip a batch after the first with fewer than 2
-    samples per rank (2 * world in all). The first batch is kept when every rank gets at least
-    one sample (a rank without samples cannot take part in the gradient all-reduce)."""
-    if size >= 2 * world:
-        return True
-    return first and size >= world
+
+def keep_batch(size: int, first: bool, world: int = 1) -> bool:
+    """Whether a global batch of `size` is trained on: the single-process rule, whatever the
+    number of ranks, so the ranks together train on exactly the batches one process would.
+
+    A lone trailing sample is skipped (it breaks batch norm and adds nothing); a first batch
+    of one sample (an epoch of one) is kept. `world` does not change the answer: a short batch
+    is shared by `short_share` so that no rank trains on a lone sample."""
+    return size >= 2 or (first and size >= 1)
+
+
+def short_share(start: int, size: int, rank: int, world: int) -> RankBatch:
+    """This rank's share of a global batch with fewer than 2 samples per rank.
+
+    The first size // 2 ranks take 2 samples each, the last of them 3 when `size` is odd
+    (a batch of 1: rank 0 takes it), so no rank trains on a lone sample (batch norm in train
+    mode needs 2); the other ranks have no samples and read the batch's first samples as
+    stand-ins, weighted 0, since every rank must take part in DDP's gradient all-reduce. The
+    weighted average is then exactly the global batch's gradient."""
+    ranks_with_samples = max(1, size // 2)
+    if rank < ranks_with_samples:
+        lo = 2 * rank
+        hi = size if rank == ranks_with_samples - 1 else lo + 2
+        return RankBatch(start, size, start + lo, start + hi)
+    return RankBatch(start, size, start, start, stand_in=min(2, size))
 
 
 def rank_batches(
@@ -60,8 +95,11 @@ def rank_batches(
     """This rank's batches of an epoch of `n` ordered samples and global batch `batch_size`.
 
     Pure: a function of (n, batch_size, rank, world) only, identical on every rank apart from
-    the shares. With `skip_small` the global batches `keep_batch` rejects are left out (on
-    every rank alike, so all ranks make the same number of steps)."""
+    the shares. With `skip_small` (training) the global batches are those one process trains
+    on (`keep_batch`), on every rank alike, so all ranks make the same number of steps; a
+    batch with at least 2 samples per rank is split in contiguous shares (`shard_bounds`), a
+    shorter one by `short_share`. Without it every batch is split by `shard_bounds` (a rank
+    may get one sample or none)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if not 0 <= rank < world:
@@ -70,6 +108,9 @@ def rank_batches(
     for start in range(0, int(n), int(batch_size)):
         size = min(int(batch_size), int(n) - start)
         if skip_small and not keep_batch(size, start == 0, world):
+            continue
+        if skip_small and size < 2 * world:
+            out.append(short_share(start, size, rank, world))
             continue
         lo, hi = shard_bounds(size, rank, world)
         out.append(RankBatch(start, size, start + lo, start + hi))
@@ -101,8 +142,8 @@ def epoch_share(
     `key`, bit for bit as before). Sharded, a rank reads its share of every kept global batch;
     with `key` the augmentation seeds are computed over the whole global order and sliced, so
     an image is augmented exactly as in the single-process pass. The loader batch size is the
-    rank's share of a full global batch: only the last batch can be smaller (shares grow with
-    the batch), so cutting `indices` by it reproduces the schedule."""
+    rank's share of a full global batch; the last batch (short: up to 3 samples) may differ
+    from it, so a reader cuts `indices` by the batches' `reads` (`training.data.regroup`)."""
     order = np.asarray(order, dtype=np.int64)
     batches = rank_batches(len(order), batch_size, rank, world)
     if world == 1:
@@ -119,10 +160,11 @@ def epoch_share(
 
 
 def local_positions(batches: list[RankBatch]) -> np.ndarray:
-    """Positions into the epoch order this rank reads, batch after batch."""
+    """Positions into the epoch order this rank reads, batch after batch (its shares, and a
+    short batch's stand-in samples where it has none)."""
     if not batches:
         return np.zeros(0, np.int64)
-    return np.concatenate([np.arange(b.lo, b.hi, dtype=np.int64) for b in batches])
+    return np.concatenate([np.arange(*b.read, dtype=np.int64) for b in batches])
 
 
 def local_permutation(perm: np.ndarray, lo: int, hi: int) -> np.ndarray:

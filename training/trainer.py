@@ -31,7 +31,10 @@ samples trained on (a skipped lone trailing sample not counted).
 Under torchrun (`ranks` sharded) the model trains in DistributedDataParallel: every rank
 draws the same global epoch order, takes its contiguous share of each global batch of
 `batch_size` (see `training.distributed`), and scales its loss by local_n * world / global_n,
-so DDP's gradient average is the gradient of the global batch's mean loss. That is exact for
+so DDP's gradient average is the gradient of the global batch's mean loss. The ranks train on
+exactly the global batches one process trains on: a short last batch (fewer than 2 samples per
+rank) goes to the ranks that get 2 samples each, and the others take part in the all-reduce
+with a stand-in weighted 0. That is exact for
 losses that average per-sample terms (ce, focal, the class-balanced ones, balanced softmax);
 losses normalised by the batch's sum of class weights (grw, and ldam once its deferred
 re-weighting starts) become the sample-weighted mean of the ranks' own normalised losses,
@@ -59,8 +62,9 @@ from flexsample.engine.distributed import Ranks
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import EpochResult
 
-from .data import SplitLoader, predict_probs
+from .data import SplitLoader, predict_probs, regroup
 from .distributed import (
+    EpochShare,
     RankBatch,
     all_sum,
     broadcast_buffers,
@@ -270,18 +274,8 @@ class Trainer:
             self.start_round(0, self.cfg.epochs_per_round)
         t0 = time.perf_counter()
         indices = np.asarray(indices, dtype=np.int64)
-        if self._pending_epochs is not None:
-            self._begin_span(len(indices))
+        cosine, scale = self._epoch_rates(len(indices))
         groups = self.optimizer.param_groups
-        cosine = [g["lr"] for g in groups]  # this epoch's (cosine) rate
-        per_step = self.cfg.cosine == "steps"  # the cosine steps after every batch
-        scale = 1.0
-        if self.cfg.restart == "none" and self.cfg.lr_subset_scale > 0:
-            scale = subset_lr_scale(
-                len(indices), len(self.train_split.labels), self.cfg.lr_subset_scale
-            )
-            for g, rate in zip(groups, cosine, strict=True):
-                g["lr"] = rate * scale
         lr = float(groups[0]["lr"])
         labels = self.train_split.labels[indices]
         counts = np.bincount(labels, minlength=self.num_classes)
@@ -294,18 +288,64 @@ class Trainer:
             indices, labels, self.sampler, rng, self.cfg.samples_per_epoch, self.cfg.seed, epoch
         )
         rank, world = (self.ranks.rank, self.ranks.world) if self.ranks else (0, 1)
-        # this rank's share of each global batch; a lone trailing sample (under DDP: fewer
-        # than 2 per rank) is skipped: it breaks batch norm and adds nothing
+        # this rank's share of each global batch: the batches one process trains on (a lone
+        # trailing sample skipped: it breaks batch norm and adds nothing); a short last batch
+        # goes to the ranks that get 2 samples each, the others weigh a stand-in 0
         key = (self.cfg.seed, epoch)
         share = epoch_share(
             order, self.cfg.batch_size, rank, world, key if self.ranks is not None else None
         )
         self.model.train()
+        total, seen, cosine = self._train_share(share, key, loss_fn, rng, cosine, scale)
+        for g, rate in zip(groups, cosine, strict=True):
+            g["lr"] = rate  # the cosine steps on from its own value, not the scaled one
+        if self.cfg.cosine != "steps":
+            self.scheduler.step()
+        if self.ranks is not None:
+            broadcast_buffers(self.model, self.ranks)  # every rank ends as rank 0
+            total, seen = (float(v) for v in all_sum([total, seen], self.ranks))
+        return EpochResult(
+            loss=total / max(seen, 1),
+            seconds=time.perf_counter() - t0,
+            extra={"lr": lr, "samples": int(seen)},
+        )
+
+    def _epoch_rates(self, subset_size: int) -> tuple[list[float], float]:
+        """The optimizer of a new span if one is pending, then this epoch's rates: the
+        cosine's (returned) and, with `restart` none and `lr_subset_scale`, the subset scale
+        applied to the groups (returned too)."""
+        if self._pending_epochs is not None:
+            self._begin_span(subset_size)
+        groups = self.optimizer.param_groups
+        cosine = [g["lr"] for g in groups]  # this epoch's (cosine) rate
+        scale = 1.0
+        if self.cfg.restart == "none" and self.cfg.lr_subset_scale > 0:
+            scale = subset_lr_scale(
+                subset_size, len(self.train_split.labels), self.cfg.lr_subset_scale
+            )
+            for g, rate in zip(groups, cosine, strict=True):
+                g["lr"] = rate * scale
+        return cosine, scale
+
+    def _train_share(
+        self,
+        share: EpochShare,
+        key: tuple[int, int],
+        loss_fn: Loss,
+        rng: np.random.Generator,
+        cosine: list[float],
+        scale: float,
+    ) -> tuple[float, int, list[float]]:
+        """One optimizer step per batch of this rank's `share`: the summed loss and samples
+        trained on (stand-ins not counted) and the cosine's rates after the epoch."""
+        groups = self.optimizer.param_groups
+        world = self.ranks.world if self.ranks is not None else 1
         total, seen = 0.0, 0
-        loaded = self.train_batches(share.indices, share.step_size, key, share.seeds)
+        loaded = regroup(
+            self.train_batches(share.indices, share.step_size, key, share.seeds),
+            [b.reads for b in share.batches],
+        )
         for batch, (x, y) in zip(share.batches, loaded, strict=True):
-            if len(y) != batch.local:
-                raise RuntimeError(f"batch of {len(y)} where the schedule has {batch.local}")
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             if self.device.type == "cuda" and x.dim() == 4:
@@ -317,30 +357,19 @@ class Trainer:
             else:  # DDP averages over ranks: weight each rank by its share of the batch
                 (loss * (batch.local * world / batch.size)).backward()
             self.optimizer.step()
-            if per_step:  # the cosine steps on from its own value, then the scale again
+            if self.cfg.cosine == "steps":  # the cosine steps on from its own value
                 for g, rate in zip(groups, cosine, strict=True):
                     g["lr"] = rate
                 self.scheduler.step()
                 cosine = [g["lr"] for g in groups]
-                if scale != 1.0:
+                if scale != 1.0:  # then the scale again
                     for g, rate in zip(groups, cosine, strict=True):
                         g["lr"] = rate * scale
-            total += float(loss.detach()) * len(y)
-            seen += len(y)
+            total += float(loss.detach()) * batch.local
+            seen += batch.local
             if self.progress is not None:
                 self.progress(len(y) if self.ranks is None else batch.size)
-        for g, rate in zip(groups, cosine, strict=True):
-            g["lr"] = rate  # the cosine steps on from its own value, not the scaled one
-        if not per_step:
-            self.scheduler.step()
-        if self.ranks is not None:
-            broadcast_buffers(self.model, self.ranks)  # every rank ends as rank 0
-            total, seen = (float(v) for v in all_sum([total, seen], self.ranks))
-        return EpochResult(
-            loss=total / max(seen, 1),
-            seconds=time.perf_counter() - t0,
-            extra={"lr": lr, "samples": int(seen)},
-        )
+        return total, seen, cosine
 
     def _step_loss(
         self,
@@ -355,7 +384,9 @@ class Trainer:
             # permutation); under DDP a rank pairs samples within its own share only
             lam = float(rng.beta(self.cfg.mixup, self.cfg.mixup))
             perm_np = rng.permutation(batch.size)
-            if self.ranks is not None:
+            if self.ranks is not None and batch.local == 0:  # a stand-in (weight 0)
+                perm_np = np.arange(len(y))
+            elif self.ranks is not None:
                 perm_np = local_permutation(perm_np, batch.lo - batch.start, batch.hi - batch.start)
             perm = torch.as_tensor(perm_np, device=x.device)
             x = lam * x + (1 - lam) * x[perm]
