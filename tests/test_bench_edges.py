@@ -352,7 +352,7 @@ def test_copied_cells_and_edited_results_are_named_and_not_counted(cli, tmp_path
     )
     md = (out / "summary.md").read_text()
     assert f"- {line}\n" in md
-    assert "| 1 | random/linear | 1 |" in md  # one seed, not two
+    assert "| 1 | random/linear ‡ | 1 |" in md  # one seed, not two
     shutil.rmtree(copy)
 
     # results.json reformatted (same content): still counted
