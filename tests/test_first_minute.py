@@ -43,6 +43,14 @@ BAD = [
     (["--sampler", "class-awar"], "unknown sampler 'class-awar' (did you mean 'class-aware'"),
     (["--dataset", "digit-lt"], "unknown dataset 'digit-lt' (did you mean 'digits-lt'"),
     (["--log-to", "tensorbord"], "unknown tracker 'tensorbord'"),
+    (
+        ["--dataset", "imagefolder", "--data-dir", "/no/such/folder"],
+        "--data-dir not found or not a folder: /no/such/folder",
+    ),
+    (
+        ["--dataset", "datalist", "--datalist", "/no/such/list.csv"],
+        "--datalist not found or not a file: /no/such/list.csv",
+    ),
 ]
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flexsample.engine.errors import FlexsampleError
@@ -123,6 +124,7 @@ def resolve_components(cfg: RunConfig) -> None:
         else:
             resolved = registry(kind).resolve_options(name, given).model_dump()
         cfg.__dict__[f"{kind}_options"] = resolved  # no re-validation: it is the resolution
+    _check_paths(cfg.dataset_options)
     if cfg.recipe is not None:
         from .recipes import RECIPES
 
@@ -140,6 +142,21 @@ def resolve_components(cfg: RunConfig) -> None:
                 f"{flag(rule.field)} applies {rule.when}; this run has {rule.now(cfg)}: drop "
                 f"{flag(rule.field)}"
             )
+
+
+# dataset options that name something on disk: checked with the names and ranges, before
+# torch is imported or anything is built (the dataset checks them again when it reads them)
+PATHS = {"data_dir": "folder", "splits_dir": "folder", "datalist": "file"}
+
+
+def _check_paths(options: Mapping[str, Any]) -> None:
+    for key, what in PATHS.items():
+        value = options.get(key)
+        if value is None:
+            continue
+        path = Path(str(value)).expanduser()
+        if not (path.is_dir() if what == "folder" else path.is_file()):
+            raise FlexsampleError(f"{flag(key)} not found or not a {what}: {value}")
 
 
 def _mc_sample_keys(options: Mapping[str, Any]) -> bool:
