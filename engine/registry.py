@@ -159,7 +159,7 @@ def manifest_model(kind: str, name: str, rows: Sequence[tuple[Any, ...]]) -> typ
             info = Field(description=help_ or None, **limits)
             fields[option] = (Annotated[annotation, info], default)
         model = create_model(f"{name}Options", __base__=Options, **fields)
-        _MANIFEST_MODELS[key] = model  # type: ignore[assignment]
+        _MANIFEST_MODELS[key] = model
     return _MANIFEST_MODELS[key]
 
 
