@@ -7,6 +7,7 @@ function is replaced, so nothing reaches the network.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,11 @@ def test_download_only_when_missing_and_errors_are_one_line(
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    # a hub that accepts connections (checked before a download): a localhost socket
+    hub_socket = socket.create_server(("127.0.0.1", 0))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub_socket.getsockname()[1]}")
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
     state = imagenet_like_state(seed=5)
     calls: list[tuple[str, str]] = []
 
@@ -189,6 +195,7 @@ def test_download_only_when_missing_and_errors_are_one_line(
     text = str(err.value)
     assert "\n" not in text and "cannot download" in text and "connection refused" in text
     assert "--pretrained PATH" in text
+    hub_socket.close()
 
 
 def test_cli_missing_cache_and_small_cnn_exit_2(

@@ -5,6 +5,7 @@ without network. No test touches the network beyond localhost.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -225,3 +226,60 @@ def test_restart_still_refuses_other_folders(
     assert "flexsample did not make it (no .flexsample-run marker)" in line
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.name != rundir.LOCK}
     assert after == {k: v for k, v in before.items() if k != rundir.MARKER}  # all kept
+
+
+# -- 4. --pretrained imagenet without network fails in seconds ------------------------------------
+@pytest.fixture
+def empty_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """An empty hub cache, online as far as HF_HUB_OFFLINE says, the hub at a closed localhost
+    port; returns the list of downloads attempted (the hub client is a stand-in)."""
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    tried: list[str] = []
+
+    def slow_download(repo_id, filename, **_):  # the hub client's retries: half a minute
+        tried.append(filename)
+        time.sleep(30)
+        raise OSError("cannot reach the hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", slow_download)
+    return tried
+
+
+def test_pretrained_imagenet_offline_fails_fast(cli, empty_hub: list[str], tmp_path: Path) -> None:
+    started = time.monotonic()
+    res = cli("run", *SHORT, "--backbone", "resnet18", "--pretrained", "imagenet", "--out", "x")
+    line = one_error_line(res)
+    assert time.monotonic() - started < 25 and empty_hub == []  # no download attempted
+    port = os.environ["HF_ENDPOINT"].rsplit(":", 1)[1]
+    assert line.startswith(
+        "error: --pretrained imagenet: cannot download the weights of 'resnet18' "
+        f"(timm/resnet18.a1_in1k) into {tmp_path / 'hub'}: the Hugging Face hub "
+        f"http://127.0.0.1:{port} is unreachable (Connection refused); fill the cache"
+    ), line
+    assert "--pretrained PATH" in line and not (tmp_path / "x").exists()
+
+
+def test_hub_reachability_waits_at_most_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flexsample.training import models
+
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as server:  # a hub that answers
+        assert models.unreachable(f"http://127.0.0.1:{server.getsockname()[1]}") is None
+
+    def hangs(address, timeout):  # a name lookup that does not return in time
+        time.sleep(3)
+        raise OSError("gave up")
+
+    monkeypatch.setattr(models.socket, "create_connection", hangs)
+    started = time.monotonic()
+    assert models.unreachable("https://huggingface.co", 0.2) == "no answer within 0.2 s"
+    assert time.monotonic() - started < 2
+    assert models.HUB_REACH_TIMEOUT_S == 3.0

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
@@ -18,6 +22,7 @@ from flexsample.engine.errors import FlexsampleError
 SMALL_CNN = "small-cnn"
 IMAGENET = "imagenet"  # `--pretrained imagenet`: timm's weights through the Hugging Face cache
 HUB_TRUE = {"1", "ON", "YES", "TRUE"}  # what huggingface_hub reads as a true env value
+HUB_REACH_TIMEOUT_S = 3.0  # how long the hub may take to accept a connection before a download
 
 
 class ContractClassifier(nn.Module):
@@ -228,7 +233,56 @@ def imagenet_weights_file(backbone: str) -> Path:
             f"--pretrained {IMAGENET}: the weights of '{backbone}' ({repo}) are not in the "
             f"Hugging Face cache {cache} and HF_HUB_OFFLINE is set; {fill}"
         )
+    endpoint = hub_endpoint()
+    problem = unreachable(endpoint)  # seconds, not the hub client's half minute of retries
+    if problem is not None:
+        raise FlexsampleError(
+            f"--pretrained {IMAGENET}: cannot download the weights of '{backbone}' ({repo}) "
+            f"into {cache}: the Hugging Face hub {endpoint} is unreachable ({problem}); {fill}"
+        )
     return _download_hub_file(repo, revision or None, names, cache, backbone, fill)
+
+
+def hub_endpoint() -> str:
+    """The Hugging Face hub's address: HF_ENDPOINT read now, else huggingface_hub's own."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def unreachable(url: str, timeout: float = HUB_REACH_TIMEOUT_S) -> str | None:
+    """Why the host of `url` (or the proxy HTTP(S)_PROXY routes it through) does not accept a
+    TCP connection within `timeout` seconds, or None when it does. The name lookup counts in
+    the timeout (the attempt runs in a thread that is left behind if it hangs)."""
+    parts = urlsplit(url)
+    try:
+        address = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    except ValueError as exc:  # a port that is not a number
+        return f"not a valid URL: {exc}"
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(address[0]):
+        via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        try:
+            address = (via.hostname or "", via.port or (443 if via.scheme == "https" else 80))
+        except ValueError:
+            pass  # a malformed proxy: the hub client reports it
+    if not address[0]:
+        return "no host name"
+    outcome: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection(address, timeout=timeout):
+                outcome.append(None)
+        except TimeoutError:
+            outcome.append(f"no answer within {timeout:g} s")
+        except OSError as exc:
+            outcome.append(exc.strerror or str(exc) or type(exc).__name__)
+
+    thread = threading.Thread(target=attempt, daemon=True, name="flexsample-reach")
+    thread.start()
+    thread.join(timeout + 0.5)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s"
 
 
 def _cached_hub_file(repo: str, revision: str | None, names: list[str], cache: Path) -> Path | None:
