@@ -129,73 +129,9 @@ def build_from_listing(
     """Carve the missing splits, resample training if asked, check and decode the files, and
     report the table of what went where."""
     names = listing.class_names
-    given = listing.given
-    if "train" not in given:
-        raise FlexsampleError(f"{listing.source}: no training images listed")
-    train = given["train"]
-    counts = {k: len(train.get(k, [])) for k in range(len(names))}
-    empty = [names[k] for k, n in counts.items() if n == 0]
-    if empty:
-        raise FlexsampleError(
-            f"class '{empty[0]}' has images in val or test but none for training in "
-            f"{listing.source}; every class needs training images"
-        )
-    for s, per, what in (
-        ("val", val_per_class, "val_per_class"),
-        ("test", test_per_class, "test_per_class"),
-    ):
-        if s in given and per is not None:
-            raise FlexsampleError(
-                f"{what} sets how many {s} images per class are carved from training, but "
-                f"{listing.source} gives its own {s} split: drop {what}"
-            )
-    smallest = min(counts.values())
-    n_test = (
-        0
-        if "test" in given
-        else (test_per_class if test_per_class is not None else max(1, min(100, smallest // 5)))
-    )
-    n_val = (
-        0
-        if "val" in given
-        else (val_per_class if val_per_class is not None else max(1, min(50, smallest // 10)))
-    )
-    if n_test or n_val:
-        need = n_test + n_val + 1
-        short = [k for k in range(len(names)) if counts[k] < need]
-        if short:
-            k = short[0]
-            parts_text = " + ".join(f"{s} {n}" for s, n in (("test", n_test), ("val", n_val)) if n)
-            raise FlexsampleError(
-                f"{listing.where(names[k])} has {counts[k]} image(s); each class needs at least "
-                f"{need} ({parts_text} + 1 training image)"
-            )
-    rng = np.random.default_rng(data_seed)
-    parts: dict[str, dict[int, list[str]]] = {
-        s: {k: list(given.get(s, {}).get(k, [])) for k in range(len(names))} for s in SPLITS
-    }
-    rest: dict[int, list[str]] = {}
-    for k in range(len(names)):
-        files = list(train[k])
-        if n_test or n_val:
-            order = rng.permutation(len(files))
-            files = [files[i] for i in order]
-            if n_test:
-                parts["test"][k] = files[:n_test]
-            if n_val:
-                parts["val"][k] = files[n_test : n_test + n_val]
-            files = files[n_test + n_val :]
-        rest[k] = files
-    ranked = sorted(range(len(names)), key=lambda k: (-len(rest[k]), names[k]))
-    unused = dict.fromkeys(range(len(names)), 0)
-    if imbalance_ratio is None:
-        for k in range(len(names)):
-            parts["train"][k] = rest[k]
-    else:
-        profile = fitted_profile([len(rest[k]) for k in ranked], imbalance_ratio)
-        for rank, k in enumerate(ranked):
-            parts["train"][k] = rest[k][: profile[rank]]
-            unused[k] = len(rest[k]) - profile[rank]
+    counts = _training_counts(listing, val_per_class, test_per_class)
+    n_test, n_val = _carved_sizes(listing, counts, val_per_class, test_per_class)
+    parts, ranked, unused = _allocate(listing, n_test, n_val, imbalance_ratio, data_seed)
     splits: dict[str, tuple[list[str], np.ndarray]] = {}
     for s, per in parts.items():
         ids = [i for k in sorted(per) for i in per[k]]
@@ -226,16 +162,7 @@ def build_from_listing(
     )
     planned = {s: np.bincount(splits[s][1], minlength=len(names)) for s in SPLITS}
     final = {s: np.bincount(built[s].labels, minlength=len(names)) for s in SPLITS}
-    how = {
-        s: "given" if s in given else f"carved per class from training (data seed {data_seed})"
-        for s in SPLITS
-    }
-    how["train"] = "the rest of each class" if n_test or n_val else "given"
-    how["train"] += (
-        ", the data's own distribution (nothing resampled)"
-        if imbalance_ratio is None
-        else f", resampled to imbalance ratio {imbalance_ratio:g} (the rest: unused)"
-    )
+    how = _split_sources(listing, n_test, n_val, imbalance_ratio, data_seed)
     rows = [
         {
             "class": names[k],
@@ -245,16 +172,7 @@ def build_from_listing(
         }
         for k in range(len(names))
     ]
-    notes = list(listing.notes)
-    skipped = out_info.get("skipped_missing", 0) + out_info.get("skipped_corrupt", 0)
-    if skipped:
-        names_ = out_info.get("skipped_names", [])
-        notes.append(
-            f"skipped {skipped} missing or unreadable image(s): "
-            + ", ".join(names_[:5])
-            + (", ..." if skipped > 5 else "")
-        )
-    table = allocation_table(dataset, listing.source, how, rows, notes)
+    table = allocation_table(dataset, listing.source, how, rows, _notes(listing, out_info))
     out_info["allocation"] = {"splits": how, "classes": rows, "table": table}
     if progress is not None and hasattr(progress, "message"):
         progress.message(table)
@@ -272,6 +190,134 @@ def build_from_listing(
         groups=None,
         info=out_info,
     )
+
+
+def _training_counts(
+    listing: Listing, val_per_class: int | None, test_per_class: int | None
+) -> dict[int, int]:
+    """Training images listed per class; refuses a listing without training images, a class
+    without any, and a carve size for a split the listing gives itself."""
+    names, given = listing.class_names, listing.given
+    if "train" not in given:
+        raise FlexsampleError(f"{listing.source}: no training images listed")
+    counts = {k: len(given["train"].get(k, [])) for k in range(len(names))}
+    empty = [names[k] for k, n in counts.items() if n == 0]
+    if empty:
+        raise FlexsampleError(
+            f"class '{empty[0]}' has images in val or test but none for training in "
+            f"{listing.source}; every class needs training images"
+        )
+    for s, per, what in (
+        ("val", val_per_class, "val_per_class"),
+        ("test", test_per_class, "test_per_class"),
+    ):
+        if s in given and per is not None:
+            raise FlexsampleError(
+                f"{what} sets how many {s} images per class are carved from training, but "
+                f"{listing.source} gives its own {s} split: drop {what}"
+            )
+    return counts
+
+
+def _carved_sizes(
+    listing: Listing,
+    counts: dict[int, int],
+    val_per_class: int | None,
+    test_per_class: int | None,
+) -> tuple[int, int]:
+    """(test, val) images per class carved from training (0: the split is given); every
+    class must keep at least one training image."""
+    given, names = listing.given, listing.class_names
+    smallest = min(counts.values())
+    n_test = 0
+    if "test" not in given:
+        n_test = test_per_class if test_per_class is not None else max(1, min(100, smallest // 5))
+    n_val = 0
+    if "val" not in given:
+        n_val = val_per_class if val_per_class is not None else max(1, min(50, smallest // 10))
+    if n_test or n_val:
+        need = n_test + n_val + 1
+        short = [k for k in range(len(names)) if counts[k] < need]
+        if short:
+            k = short[0]
+            parts_text = " + ".join(f"{s} {n}" for s, n in (("test", n_test), ("val", n_val)) if n)
+            raise FlexsampleError(
+                f"{listing.where(names[k])} has {counts[k]} image(s); each class needs at least "
+                f"{need} ({parts_text} + 1 training image)"
+            )
+    return n_test, n_val
+
+
+def _allocate(
+    listing: Listing,
+    n_test: int,
+    n_val: int,
+    imbalance_ratio: float | None,
+    data_seed: int,
+) -> tuple[dict[str, dict[int, list[str]]], list[int], dict[int, int]]:
+    """Each split's ids per class, the classes ranked by remaining training images (head
+    first, ties by name) and the training images left unused per class (resampling only)."""
+    names, given = listing.class_names, listing.given
+    rng = np.random.default_rng(data_seed)
+    parts: dict[str, dict[int, list[str]]] = {
+        s: {k: list(given.get(s, {}).get(k, [])) for k in range(len(names))} for s in SPLITS
+    }
+    rest: dict[int, list[str]] = {}
+    for k in range(len(names)):
+        files = list(given["train"][k])
+        if n_test or n_val:
+            order = rng.permutation(len(files))
+            files = [files[i] for i in order]
+            if n_test:
+                parts["test"][k] = files[:n_test]
+            if n_val:
+                parts["val"][k] = files[n_test : n_test + n_val]
+            files = files[n_test + n_val :]
+        rest[k] = files
+    ranked = sorted(range(len(names)), key=lambda k: (-len(rest[k]), names[k]))
+    unused = dict.fromkeys(range(len(names)), 0)
+    if imbalance_ratio is None:
+        for k in range(len(names)):
+            parts["train"][k] = rest[k]
+    else:
+        profile = fitted_profile([len(rest[k]) for k in ranked], imbalance_ratio)
+        for rank, k in enumerate(ranked):
+            parts["train"][k] = rest[k][: profile[rank]]
+            unused[k] = len(rest[k]) - profile[rank]
+    return parts, ranked, unused
+
+
+def _split_sources(
+    listing: Listing, n_test: int, n_val: int, imbalance_ratio: float | None, data_seed: int
+) -> dict[str, str]:
+    """Where each split came from, as the table says it."""
+    how = {
+        s: "given"
+        if s in listing.given
+        else f"carved per class from training (data seed {data_seed})"
+        for s in SPLITS
+    }
+    how["train"] = "the rest of each class" if n_test or n_val else "given"
+    how["train"] += (
+        ", the data's own distribution (nothing resampled)"
+        if imbalance_ratio is None
+        else f", resampled to imbalance ratio {imbalance_ratio:g} (the rest: unused)"
+    )
+    return how
+
+
+def _notes(listing: Listing, out_info: dict[str, Any]) -> list[str]:
+    """The listing's notes and, if images were skipped, how many and which."""
+    notes = list(listing.notes)
+    skipped = out_info.get("skipped_missing", 0) + out_info.get("skipped_corrupt", 0)
+    if skipped:
+        names_ = out_info.get("skipped_names", [])
+        notes.append(
+            f"skipped {skipped} missing or unreadable image(s): "
+            + ", ".join(names_[:5])
+            + (", ..." if skipped > 5 else "")
+        )
+    return notes
 
 
 def allocation_table(
