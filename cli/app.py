@@ -220,6 +220,8 @@ def _config_options() -> list[inspect.Parameter]:
     RunConfig field, one per option shortcut (`--knn`, `--patience`: the option's type and
     help come from the built-in components that declare it, through the catalogue), and
     `--<kind>-opt KEY=VALUE` for any option of the chosen component, a plugin's included."""
+    from flexsample.engine.options import describe_option
+    from flexsample.engine.specs import CombineOptions
     from flexsample.workflows.components import KINDS, SHORTCUTS
 
     from .catalogue import OPTIONS
@@ -243,6 +245,14 @@ def _config_options() -> list[inspect.Parameter]:
         params.append(_flag(name, typ, text, panel))
     for name, kind in SHORTCUTS.items():
         rows = [r for r in OPTIONS if r[0] == kind and r[2] == name]
+        if not rows and name in CombineOptions.model_fields:  # the '+' combination's own
+            info = CombineOptions.model_fields[name]
+            text = (
+                f"{info.description} (accepted: {describe_option(info)}); an option of any "
+                f"'+' estimator combination \\[default: {info.default}]"
+            )
+            params.append(_flag(name, str, text, PANELS[kind]))
+            continue
         if not rows:
             continue
         _, _, _, type_, default, accepted, help_ = rows[0]
@@ -346,7 +356,7 @@ def run(
     with user_errors(debug):
         from flexsample.workflows import api
 
-        from .console import ProgressDisplay, metrics_table, rounds_table
+        from .console import ProgressDisplay, metrics_table, result_columns, rounds_table
 
         overrides = option_flags(flags)
         if print_config:
@@ -394,12 +404,7 @@ def run(
         if not quiet:
             outcome = result.outcome
             console.print(rounds_table(outcome.records, outcome.class_names))
-            console.print(
-                metrics_table(
-                    {"best-val checkpoint": result.test, "last weights": result.test_last},
-                    outcome.class_names,
-                )
-            )
+            console.print(metrics_table(result_columns(result.results), outcome.class_names))
             console.print(f"outputs in [bold]{result.run_dir}[/bold]")
 
 
@@ -517,11 +522,36 @@ def _print_options(
         if not mine:
             console.print("  no options", highlight=False, markup=False)
         for _, _, option, type_, default, accepted, help_ in mine:
-            flag = f"--{kind}-opt {option}=..."
+            flag = _option_flag(kind, option)
             text = f"  {option} ({type_}, default {default}): {help_}"
             if accepted:
                 text += f"; accepted: {accepted}"
             console.print(f"{text}  [{flag}]", soft_wrap=True, highlight=False, markup=False)
+
+
+# the bench flags that set a launcher's options (the others: flexsample.bench's
+# launcher_options)
+LAUNCHER_FLAGS = {
+    "jobs": "flexsample bench --jobs",
+    "cells_per_gpu": "flexsample bench --cells-per-gpu",
+    "cpus_per_cell": "flexsample bench --cpus-per-cell",
+    "gpus_per_cell": "flexsample bench --gpus-per-cell",
+    "address": "flexsample bench --address",
+    "partition": "flexsample bench --partition",
+    "time": "flexsample bench --time",
+    "array_parallelism": "flexsample bench --slurm-array-parallelism",
+    "extra": "flexsample bench --slurm-extra KEY=VALUE",
+    "wait": "flexsample bench --wait/--no-wait",
+}
+
+
+def _option_flag(kind: str, option: str) -> str:
+    """Where `flexsample list` says an option is set."""
+    if kind == "launcher":
+        return LAUNCHER_FLAGS.get(option, f"flexsample.bench(launcher_options={{'{option}': ...}})")
+    if kind == "tracker":
+        return f"from Python: build_trackers(..., options={{NAME: {{'{option}': ...}}}})"
+    return f"--{kind}-opt {option}=..."
 
 
 def _register_optional_commands() -> None:

@@ -217,3 +217,20 @@ def test_list_shows_the_installed_tracker_and_launcher(installed: Path) -> None:
     rows = [ln.split()[:2] for ln in res.stdout.splitlines()]
     assert ["tracker", TRACKER] in rows and ["launcher", LAUNCHER] in rows
     assert ["tracker", "csv"] in rows and ["launcher", "slurm"] in rows
+
+
+def test_a_tracker_from_a_plugin_module_logs_a_run(tmp_path: Path) -> None:
+    """--plugin imports its module before the tracker names are checked (it was refused as
+    an unknown tracker: the names were checked first)."""
+    site = tmp_path / "plain"
+    site.mkdir()
+    (site / f"{DIST}.py").write_text(PACKAGE, encoding="utf-8")  # no dist-info: not installed
+    out = tmp_path / "run"
+    res = flexsample(
+        site, "run", *SHORT, "--plugin", DIST, "--log-to", TRACKER, "--out", out, cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    events = [
+        json.loads(ln)["event"] for ln in (out / "demo-tracker.jsonl").read_text().splitlines()
+    ]
+    assert events == ["epoch", "epoch", "end"]

@@ -143,9 +143,6 @@ def run(
     Under torchrun every rank calls `run()` alike: the work is sharded and rank 0 writes `out`.
     """
     out = _out_path(out)
-    trackers = _tracker_names(log_to)  # names and packages checked before anything else
-    if log_dir is not None and not trackers:
-        raise FlexsampleError("--log-dir is for --log-to tensorboard, csv or wandb; add one")
     if resume and overwrite:
         raise FlexsampleError(
             "--resume continues the run in --out and --overwrite replaces it; pass one"
@@ -160,6 +157,10 @@ def run(
         cfg = resume_config(target, layers)
     else:
         cfg = resolve(config, overrides)  # names, options and ranges: before torch is imported
+    # tracker names and packages, once the run's --plugin modules (which may add one) loaded
+    trackers = _tracker_names(log_to)
+    if log_dir is not None and not trackers:
+        raise FlexsampleError("--log-dir is for --log-to tensorboard, csv or wandb; add one")
     check_torch_pair()  # a torchvision of another build: one line with the fix, not nms's
     from .distributed import finish
     from .run import default_out, execute, join_distributed

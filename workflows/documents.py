@@ -24,7 +24,7 @@ from flexsample.engine.pool import Pool
 
 from . import outputs as out_files
 from .config import RunConfig
-from .plots import plot_curves, plot_reliability
+from .plots import calibration_subject, plot_curves, plot_reliability
 from .setup import Setup, _uses_ssl_anchors, resolved_backbone
 
 
@@ -195,5 +195,5 @@ def write_reports(
         out / out_files.CALIBRATION,
         test["calibration"],
         test["ece"],
-        f"{title}\ntest split, best-validation checkpoint",
+        f"{title}\n{calibration_subject(cfg.decouple)}",
     )

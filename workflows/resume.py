@@ -21,7 +21,7 @@ from flexsample.training.evaluate import evaluate
 from . import outputs as out_files
 from . import rundir
 from .config import Layer, RunConfig
-from .plots import plot_reliability
+from .plots import calibration_subject, plot_reliability
 from .setup import load_dataset, load_plugins, make_model, resolve_device
 
 
@@ -119,7 +119,7 @@ def reevaluate(run_dir: Path, device_name: str | None) -> dict[str, Any]:
             run_dir / out_files.CALIBRATION,
             res["test"]["calibration"],
             res["test"]["ece"],
-            f"{ds.name}  test split, best-validation checkpoint (flexsample eval)",
+            f"{ds.name}  {calibration_subject(cfg.decouple, 'flexsample eval')}",
         )
         res["calibration_png"] = str(run_dir / out_files.CALIBRATION)
     return res
