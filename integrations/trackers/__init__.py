@@ -39,6 +39,7 @@ import math
 import os
 import socket
 import tempfile
+import threading
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -181,18 +182,31 @@ def check_reachable(
         raise FlexsampleError(f"--log-to {tracker}: {url} is not a valid URL (no host); {fix}")
     proxy = _proxy_for(parts.scheme, host)
     via = "" if proxy is None else f" through the proxy {proxy[0]}:{proxy[1]}"
-    try:
-        with socket.create_connection(proxy or (host, port), timeout=timeout):
-            pass
-    except OSError as exc:
-        cause = (
-            f"no answer within {timeout:g} s"
-            if isinstance(exc, TimeoutError)
-            else exc.strerror or str(exc) or type(exc).__name__
-        )
+    cause = _connect_problem(proxy or (host, port), timeout)
+    if cause is not None:
         raise FlexsampleError(
             f"--log-to {tracker}: cannot reach the {what} {url}{via} ({cause}); {fix}"
-        ) from None
+        )
+
+
+def _connect_problem(address: tuple[str, int], timeout: float) -> str | None:
+    """Why `address` does not accept a TCP connection within `timeout` seconds, or None. The
+    name lookup counts in the timeout: the attempt runs in a thread, left behind if it hangs."""
+    outcome: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection(address, timeout=timeout):
+                outcome.append(None)
+        except TimeoutError:
+            outcome.append(f"no answer within {timeout:g} s")
+        except OSError as exc:
+            outcome.append(exc.strerror or str(exc) or type(exc).__name__)
+
+    thread = threading.Thread(target=attempt, daemon=True, name="flexsample-reach")
+    thread.start()
+    thread.join(timeout + 0.5)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s"
 
 
 def _proxy_for(scheme: str, host: str) -> tuple[str, int] | None:
