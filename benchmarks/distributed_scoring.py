@@ -193,25 +193,36 @@ def _measure(rank: int, world: int, args: argparse.Namespace) -> None:
         for case in all_cases:
             order = all_configs[rep % len(all_configs) :] + all_configs[: rep % len(all_configs)]
             for cfg in order:
-                got = run(cfg, case)
-                cell = cells.setdefault(
-                    (case[0], cfg[0]),
-                    {"wall": [], "busy": [], "gather": [], "cores": [], "diff": 0.0},
-                )
-                cell["wall"].append(got["wall"])
-                cell["busy"].append(got["per_rank"][:, 0].tolist())
-                cell["gather"].append(got["per_rank"][:, 1].tolist())
-                # CPU seconds of every working rank (all its threads) per wall second
-                cell["cores"].append(got["per_rank"][: cfg[1], 2].sum() / got["wall"])
-                if rank == 0:
-                    if cfg[1] == 1 and case[0] not in reference:
-                        reference[case[0]] = got["scores"]
-                    elif case[0] in reference:
-                        diff = np.abs(got["scores"] - reference[case[0]]).max()
-                        cell["diff"] = max(cell["diff"], float(diff))
+                _record(cells, reference, case, cfg, run(cfg, case), rank)
     transfer = _gather_alone(group, args.n, int(model.head.in_features), world)
     if rank == 0:
         _report(args, world, all_cases, all_configs, cells, transfer)
+
+
+def _record(
+    cells: dict[tuple[str, str], dict[str, Any]],
+    reference: dict[str, np.ndarray],
+    case: tuple,
+    cfg: tuple[str, int, int | None],
+    got: dict,
+    rank: int,
+) -> None:
+    """Add one timed pass to its cell; rank 0 compares its scores with one process's."""
+    cell = cells.setdefault(
+        (case[0], cfg[0]),
+        {"wall": [], "busy": [], "gather": [], "cores": [], "diff": 0.0},
+    )
+    cell["wall"].append(got["wall"])
+    cell["busy"].append(got["per_rank"][:, 0].tolist())
+    cell["gather"].append(got["per_rank"][:, 1].tolist())
+    # CPU seconds of every working rank (all its threads) per wall second
+    cell["cores"].append(got["per_rank"][: cfg[1], 2].sum() / got["wall"])
+    if rank == 0:
+        if cfg[1] == 1 and case[0] not in reference:
+            reference[case[0]] = got["scores"]
+        elif case[0] in reference:
+            diff = np.abs(got["scores"] - reference[case[0]]).max()
+            cell["diff"] = max(cell["diff"], float(diff))
 
 
 def _gather_alone(group: Ranks, n: int, dim: int, world: int) -> float:
