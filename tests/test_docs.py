@@ -251,4 +251,8 @@ def test_readme_stays_short_and_keeps_what_ci_runs() -> None:
     assert len(text.splitlines()) <= 170
     assert "pytest -n 2" in text  # .ci/run runs the README's test command
     assert 'pip install -e ".[dev,all,reference]"' in text
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    assert 'pip install -e ".[dev,all,reference,docs]"' in text  # the Development section
+    assert '-e ".[dev,all,reference,docs]"' in ci and "mkdocs build --strict" in ci
+    assert "\npytest -n 2\n" in ci
     assert "mkdocs build --strict" in text
