@@ -436,3 +436,17 @@ def test_scored_queries_from_scores_or_rounds(tmp_path):
     assert tie_ranks([entry(0.5), entry(0.5), entry(0.4)]) == ["1=", "1=", "3"]
     assert tie_ranks([entry(0.6), entry(0.5), entry(0.5)]) == ["1", "2=", "2="]
     assert tie_ranks([entry(0.1 + 0.2), entry(0.3)]) == ["1=", "1="]  # equal up to rounding
+
+
+def test_a_tracker_destination_is_checked_once_before_any_cell(cli, tmp_path):
+    """A bad --log-dir is one line before the grid starts (each cell used to fail with it)."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    out = tmp_path / "b"
+    res = cli(
+        "bench", "--out", out, *TINY_CELL, "--log-to", "tensorboard", "--log-dir", afile
+    )  # fmt: skip
+    line = one_error_line(res)
+    assert line.startswith("error: --log-to tensorboard: cannot write its logs to ")
+    assert "is a file, not a folder" in line
+    assert not out.exists()

@@ -923,6 +923,15 @@ def run_bench(
     load_plugins(base.plugin)
     for cell in cells:  # every name checked before the first cell runs
         build_components(cell.config)
+    if log_to:  # each tracker's destination once, before any cell (not the same line per cell)
+        build_trackers(
+            log_to,
+            run_dir=out / "destination-check",
+            log_dir=log_dir,
+            config={},
+            run_name="destination-check",
+            group=out.resolve().name,
+        )
     if isinstance(launcher, str):
         launcher = make_launcher(
             launcher,
