@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from flexsample import _net
 from flexsample.engine import faults
 from flexsample.engine.errors import FlexsampleError
 
@@ -96,7 +97,7 @@ def test_a_server_that_does_not_answer_waits_three_seconds(monkeypatch: pytest.M
         waited.append(timeout)
         raise TimeoutError("timed out")
 
-    monkeypatch.setattr(tr.socket, "create_connection", silent)
+    monkeypatch.setattr(_net.socket, "create_connection", silent)
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(FlexsampleError) as err:
@@ -278,7 +279,7 @@ def test_hub_reachability_waits_at_most_its_timeout(monkeypatch: pytest.MonkeyPa
         time.sleep(3)
         raise OSError("gave up")
 
-    monkeypatch.setattr(models.socket, "create_connection", hangs)
+    monkeypatch.setattr(_net.socket, "create_connection", hangs)
     started = time.monotonic()
     assert models.unreachable("https://huggingface.co", 0.2) == "no answer within 0.2 s"
     assert time.monotonic() - started < 2

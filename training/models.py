@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import threading
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import torch
 from torch import nn
 
+from flexsample._net import connect_problem, proxy_for
 from flexsample.engine.errors import FlexsampleError
 
 SMALL_CNN = "small-cnn"
@@ -259,30 +257,10 @@ def unreachable(url: str, timeout: float = HUB_REACH_TIMEOUT_S) -> str | None:
         address = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
     except ValueError as exc:  # a port that is not a number
         return f"not a valid URL: {exc}"
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(address[0]):
-        via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        try:
-            address = (via.hostname or "", via.port or (443 if via.scheme == "https" else 80))
-        except ValueError:
-            pass  # a malformed proxy: the hub client reports it
+    address = proxy_for(parts.scheme, address[0]) or address
     if not address[0]:
         return "no host name"
-    outcome: list[str | None] = []
-
-    def attempt() -> None:
-        try:
-            with socket.create_connection(address, timeout=timeout):
-                outcome.append(None)
-        except TimeoutError:
-            outcome.append(f"no answer within {timeout:g} s")
-        except OSError as exc:
-            outcome.append(exc.strerror or str(exc) or type(exc).__name__)
-
-    thread = threading.Thread(target=attempt, daemon=True, name="flexsample-reach")
-    thread.start()
-    thread.join(timeout + 0.5)
-    return outcome[0] if outcome else f"no answer within {timeout:g} s"
+    return connect_problem(address, timeout)
 
 
 def _cached_hub_file(repo: str, revision: str | None, names: list[str], cache: Path) -> Path | None:

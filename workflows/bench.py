@@ -51,6 +51,7 @@ from .components import KINDS, option_fields
 from .config import Layer, RunConfig, build_config, stable_hash, validate_config
 from .launchers import CellTask, Launcher, Outcome, build_launcher, check_launcher
 from .outputs import RESULTS, write_json
+from .rundir import pid_alive
 from .tracking import build_trackers, check_trackers
 
 BASELINES: dict[str, dict[str, Any]] = {
@@ -625,7 +626,7 @@ class BenchLock:
         if isinstance(pid, int) and pid != os.getpid():
             if host != socket.gethostname():
                 cls._refuse(out, holder, stale_hint=True)
-            if _pid_alive(pid):
+            if pid_alive(pid):
                 cls._refuse(out, holder)
         write_json(path, cls._me())
         return cls(path, None)
@@ -647,16 +648,6 @@ class BenchLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --- the grid driver -------------------------------------------------------------------------

@@ -204,7 +204,7 @@ class RunLock:
         self.release()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -224,7 +224,7 @@ def _clean_stale_siblings(out: Path) -> None:
             continue
         kind, _, pid = p.name[len(prefix) :].rpartition("-")
         if kind in ("new", "old") and pid.isdigit() and (p / MARKER).is_file():
-            if not _pid_alive(int(pid)):
+            if not pid_alive(int(pid)):
                 shutil.rmtree(p, ignore_errors=True)
 
 

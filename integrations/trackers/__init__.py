@@ -37,10 +37,7 @@ import importlib
 import json
 import math
 import os
-import socket
 import tempfile
-import threading
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -49,6 +46,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from flexsample._net import connect_problem, proxy_for
 from flexsample._optional import require
 from flexsample.engine.errors import FlexsampleError
 from flexsample.engine.interfaces import EpochResult, ValRecord
@@ -180,46 +178,13 @@ def check_reachable(
         ) from None
     if not host:
         raise FlexsampleError(f"--log-to {tracker}: {url} is not a valid URL (no host); {fix}")
-    proxy = _proxy_for(parts.scheme, host)
+    proxy = proxy_for(parts.scheme, host)
     via = "" if proxy is None else f" through the proxy {proxy[0]}:{proxy[1]}"
-    cause = _connect_problem(proxy or (host, port), timeout)
+    cause = connect_problem(proxy or (host, port), timeout)
     if cause is not None:
         raise FlexsampleError(
             f"--log-to {tracker}: cannot reach the {what} {url}{via} ({cause}); {fix}"
         )
-
-
-def _connect_problem(address: tuple[str, int], timeout: float) -> str | None:
-    """Why `address` does not accept a TCP connection within `timeout` seconds, or None. The
-    name lookup counts in the timeout: the attempt runs in a thread, left behind if it hangs."""
-    outcome: list[str | None] = []
-
-    def attempt() -> None:
-        try:
-            with socket.create_connection(address, timeout=timeout):
-                outcome.append(None)
-        except TimeoutError:
-            outcome.append(f"no answer within {timeout:g} s")
-        except OSError as exc:
-            outcome.append(exc.strerror or str(exc) or type(exc).__name__)
-
-    thread = threading.Thread(target=attempt, daemon=True, name="flexsample-reach")
-    thread.start()
-    thread.join(timeout + 0.5)
-    return outcome[0] if outcome else f"no answer within {timeout:g} s"
-
-
-def _proxy_for(scheme: str, host: str) -> tuple[str, int] | None:
-    """The (host, port) of the proxy that HTTP(S)_PROXY / NO_PROXY route `host` through."""
-    proxy = urllib.request.getproxies().get(scheme)
-    if not proxy or urllib.request.proxy_bypass(host):
-        return None
-    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        return None
-    return (parts.hostname, port) if parts.hostname else None
 
 
 # -- what every tracker logs ---------------------------------------------------------------------
