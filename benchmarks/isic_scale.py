@@ -665,15 +665,24 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_before": list(load_before),
     }
+
+    def save() -> None:
+        """The JSON so far, after each phase: a run stopped by its time limit keeps them."""
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(out, indent=2))
+
     # a warm-up run, the bare loop, then the two runs
     warm_s = 0.0 if args.no_warm_up else warm_up(common, work)
     batch = 32  # the recipe's (checked against the runs' resolved configs below)
     out["bare"] = bare_loop(ds, backbone, weights, batch, bare_epochs, args.workers, device)
     print(f"bare loop: {out['bare']['wall_s']:.1f} s", flush=True)
+    save()
     out["full_set"] = flexsample_run(
         "full_set", "paper-control", common, work, device, PAPER_EPOCHS
     )
     print(f"full set: {out['full_set']['wall_s']:.1f} s", flush=True)
+    save()
     out["curriculum"] = flexsample_run("curriculum", "paper", common, work, device, PAPER_EPOCHS)
     print(f"curriculum: {out['curriculum']['wall_s']:.1f} s", flush=True)
     if out["curriculum"]["batch_size"] != batch:
@@ -715,9 +724,7 @@ def main() -> None:
     out["total_s"] = time.perf_counter() - t_start
     out["table"] = table(out)
     print(out["table"])
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
+    save()
 
 
 if __name__ == "__main__":

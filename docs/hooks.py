@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mkdocs.plugins import event_priority
+
 try:
     import tomllib
 except ImportError:  # Python 3.10
@@ -64,6 +66,7 @@ def build_api_tree(root: Path = ROOT, target: Path = API_TREE) -> Path:
     return target
 
 
+@event_priority(100)  # before mkdocstrings' own on_config, which drops paths that do not exist
 def on_config(config: Any) -> Any:
     build_api_tree()
     return config
