@@ -130,7 +130,9 @@ def test_every_shortcut_against_every_component_of_its_kind(option):
         )
         assert cfg.estimator_options["combine"] == "rank-product"
         with pytest.raises(
-            FlexsampleError, match="--combine is an option of estimator no registered"
+            FlexsampleError,
+            match="--combine merges the parts of an estimator combination .e.g. --estimator "
+            "mcdropout.density.; the chosen estimator 'density' is one estimator: drop --combine",
         ):
             build_config([("the command line", {"estimator": "density", option: "rank-product"})])
         return

@@ -312,6 +312,15 @@ def place_shortcuts(values: dict[str, Any], given: Mapping[str, Any], *, strict:
             continue
         if not strict:
             continue
+        if kind == "estimator" and key == "combine":
+            pair = f"{name}+density" if name != "density" else "mcdropout+density"
+            raise OptionError(
+                f"--combine merges the parts of an estimator combination (e.g. --estimator "
+                f"{pair}); the chosen estimator '{name}' is one estimator: drop --combine",
+                kind=kind,
+                component=name,
+                option=key,
+            )
         who = owners(kind, key)
         whom = ", ".join(f"'{n}'" for n in who) if who else "no registered component"
         raise OptionError(
