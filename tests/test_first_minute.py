@@ -162,3 +162,24 @@ def test_the_manifest_is_current():
         timeout=300,
     )
     assert res.returncode == 0, res.stderr
+
+
+BAD_BENCH = [
+    (["--estimators", "mcdropot"], "unknown estimator 'mcdropot' (did you mean 'mcdropout'?)"),
+    (["--policies", "lineer"], "unknown policy 'lineer' (did you mean 'linear'?)"),
+    (["--launcher", "lcal"], "unknown --launcher 'lcal' (did you mean 'local'?)"),
+]
+
+
+@pytest.mark.parametrize(("args", "says"), BAD_BENCH, ids=[" ".join(a) for a, _ in BAD_BENCH])
+def test_a_bad_bench_grid_is_refused_before_torch_is_imported(tmp_path, args, says):
+    res = subprocess.run(
+        [sys.executable, "-c", _PROBE, "bench", *args, "--out", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.stdout.split()[-3:] == ["EXIT", "2", "False"], res.stdout + res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and says in lines[0], res.stderr
+    assert not (tmp_path / "b").exists()

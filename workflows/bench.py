@@ -890,9 +890,6 @@ def run_bench(
     (`make_launcher`); None leaves an option to the launcher's default. `log_to` names
     registered trackers (`TRACKERS`).
     """
-    from .bench_summary import write_summary
-    from .run import build_components, load_plugins
-
     log_to = check_trackers(log_to)  # names and packages checked before any cell
     if isinstance(launcher, str):
         launcher = check_launcher(launcher)  # an unknown name: one line, before any work
@@ -911,6 +908,10 @@ def run_bench(
         budgets,
         recipe_bases,
     )
+    # the grid's names and options are checked above, before torch is imported (here)
+    from .bench_summary import write_summary
+    from .run import build_components, load_plugins
+
     load_plugins(base.plugin)
     for cell in cells:  # every name checked before the first cell runs
         build_components(cell.config)
