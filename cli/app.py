@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import signal
 import sys
 import time
 import traceback
@@ -159,6 +160,10 @@ def _fail(label: str, text: str, code: int) -> None:
     from flexsample.workflows.distributed import exit_now, launched, record_failure
 
     if launched():
+        # the agent SIGTERMs every rank once one exits: a rank that fails as fast as its
+        # peers (a bad flag is found before torch is imported) finishes its line first
+        with contextlib.suppress(Exception):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         line, code = record_failure(label + text, code)
         err_console.print(line, highlight=False, soft_wrap=True, markup=False)
         exit_now(code)

@@ -99,7 +99,7 @@ def remaining_difficulty_weights(recall: np.ndarray | None, num_classes: int) ->
     total = float(raw.sum())
     if total < 1e-8:
         return np.ones(num_classes)
-    return raw * (num_classes / total)
+    return raw * num_classes / total  # the authors' order of operations: floor() is exact
 
 
 def remaining_difficulty_quotas(
@@ -109,10 +109,10 @@ def remaining_difficulty_quotas(
     n_c = min(pool_c, max(1, floor(pool_c · q · p_c))), 0 for a class with nothing left."""
     pool = np.asarray(remaining, dtype=np.int64)
     p = remaining_difficulty_weights(recall, len(pool))
-    # + 1e-9: p_c is 1 in exact arithmetic when the classes are equally hard, and a recall
-    # read from float32 must not turn floor(pool · q) into one sample fewer
+    # in the authors' order of operations (len(pool) * q * p_c, then int()), so floor() lands
+    # on their side of every integer, 2.9999999999999996 included
     share = pool.astype(np.float64) * float(query_fraction) * p
-    raw = np.floor(share + 1e-9).astype(np.int64)
+    raw = np.floor(share).astype(np.int64)
     return np.where(pool > 0, np.minimum(pool, np.maximum(1, raw)), 0)
 
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -39,7 +40,11 @@ from flexsample.training.samplers import SAMPLERS
 from flexsample.training.trainer import TrainConfig, Trainer
 
 CPU = torch.device("cpu")
-FAST = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+FAST = settings(
+    max_examples=int(os.environ.get("PAPER_RULES_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 # --- the authors' rules, written from their code -----------------------------------------------
@@ -243,6 +248,9 @@ def query_cases(draw: Any) -> tuple[list[int], list[int], list[float], list[floa
 
 @FAST
 @given(case=query_cases())
+# 54 · 0.05 · (0.5 · 3 / 1.35) is 3 in exact arithmetic and 2.9999999999999996 in the
+# authors' floats: their int() gives 2 (a tolerance once gave 3 here)
+@example(case=([54, 1, 1], [0, 0, 1], [0.5, 0.25, 0.9], [0.0] * 56, 0.05))
 def test_one_query_step_equals_the_authors_quotas_and_picks(case: Any) -> None:
     counts, taken, acc, scores, q = case
     labels = np.repeat(np.arange(len(counts)), counts)

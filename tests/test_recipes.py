@@ -51,8 +51,9 @@ def test_paper_recipe_values_and_what_overrides_them(tmp_path):
     assert "momentum" not in cfg.model_dump()
 
 
-def test_paper_on_isic_takes_the_authors_model():
-    cfg = build_config([("c", {"recipe": "paper", "dataset": "isic2019", "data_dir": "/nowhere"})])
+def test_paper_on_isic_takes_the_authors_model(tmp_path):
+    values = {"recipe": "paper", "dataset": "isic2019", "data_dir": str(tmp_path)}
+    cfg = build_config([("c", values)])
     assert (cfg.backbone, cfg.pretrained, cfg.dataset_options["image_size"]) == (
         "resnet50",
         "imagenet",
@@ -65,7 +66,7 @@ def test_paper_on_isic_takes_the_authors_model():
                 {
                     "recipe": "paper",
                     "dataset": "isic2019",
-                    "data_dir": "/x",
+                    "data_dir": str(tmp_path),
                     "recipe_options": {"pretrained": False},
                 },
             )
