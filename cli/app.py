@@ -534,25 +534,11 @@ def _print_options(
             console.print(f"{text}  [{flag}]", soft_wrap=True, highlight=False, markup=False)
 
 
-# the bench flags that set a launcher's options (the others: flexsample.bench's
-# launcher_options)
-LAUNCHER_FLAGS = {
-    "jobs": "flexsample bench --jobs",
-    "cells_per_gpu": "flexsample bench --cells-per-gpu",
-    "cpus_per_cell": "flexsample bench --cpus-per-cell",
-    "gpus_per_cell": "flexsample bench --gpus-per-cell",
-    "address": "flexsample bench --address",
-    "partition": "flexsample bench --partition",
-    "time": "flexsample bench --time",
-    "array_parallelism": "flexsample bench --slurm-array-parallelism",
-    "extra": "flexsample bench --slurm-extra KEY=VALUE",
-    "wait": "flexsample bench --wait/--no-wait",
-}
-
-
 def _option_flag(kind: str, option: str) -> str:
     """Where `flexsample list` says an option is set."""
     if kind == "launcher":
+        from .bench import LAUNCHER_FLAGS
+
         return LAUNCHER_FLAGS.get(option, f"flexsample.bench(launcher_options={{'{option}': ...}})")
     if kind == "tracker":
         return f"from Python: build_trackers(..., options={{NAME: {{'{option}': ...}}}})"

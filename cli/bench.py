@@ -27,6 +27,21 @@ def split_list(value: str | None, flag: str, cast: type = str) -> list[Any] | No
 
 LAUNCH = "Launching"
 
+# the bench flags that set a launcher's options (the others: flexsample.bench's
+# launcher_options)
+LAUNCHER_FLAGS = {
+    "jobs": "flexsample bench --jobs",
+    "cells_per_gpu": "flexsample bench --cells-per-gpu",
+    "cpus_per_cell": "flexsample bench --cpus-per-cell",
+    "gpus_per_cell": "flexsample bench --gpus-per-cell",
+    "address": "flexsample bench --address",
+    "partition": "flexsample bench --partition",
+    "time": "flexsample bench --time",
+    "array_parallelism": "flexsample bench --slurm-array-parallelism",
+    "extra": "flexsample bench --slurm-extra KEY=VALUE",
+    "wait": "flexsample bench --wait/--no-wait",
+}
+
 
 def bench(
     ctx: typer.Context,

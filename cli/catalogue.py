@@ -386,6 +386,8 @@ def _limits(info: Any) -> dict[str, Any]:
             value = getattr(meta, key, None)
             if value is not None:
                 out[key] = value
+    if info.json_schema_extra:  # e.g. opt(..., path="folder")
+        out["json_schema_extra"] = info.json_schema_extra
     return out
 
 

@@ -139,8 +139,10 @@ ImbalanceRatio = Annotated[
 ]
 DataSeed = Annotated[int, opt("seed of the data split (not of training)", ge=0, le=2**32 - 1)]
 ImageSize = Annotated[int | None, opt("input resolution (default: the dataset's)", ge=4, le=4096)]
-DataDir = Annotated[str | None, opt("folder holding the dataset's images")]
-SplitsDir = Annotated[str | None, opt("folder holding split manifests (default: data dir)")]
+DataDir = Annotated[str | None, opt("folder holding the dataset's images", path="folder")]
+SplitsDir = Annotated[
+    str | None, opt("folder holding split manifests (default: data dir)", path="folder")
+]
 SkipMissing = Annotated[bool, opt("skip images listed but absent or unreadable")]
 
 

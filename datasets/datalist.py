@@ -54,7 +54,8 @@ SPLIT_NAMES = {
 IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filename")
 LABEL_COLUMNS = ("label", "class", "target")
 DatalistPath = Annotated[
-    str | None, opt("CSV or JSON file listing image path, label and (optionally) split")
+    str | None,
+    opt("CSV or JSON file listing image path, label and (optionally) split", path="file"),
 ]
 
 Entry = tuple[str, Any, str | None, str]  # (image, label, split or None, where in the file)

@@ -58,10 +58,24 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
 
-def opt(help: str, **limits: Any) -> Any:
+def opt(help: str, *, path: str | None = None, **limits: Any) -> Any:
     """Help text and bounds of one option, for `Annotated[type, opt(...)]` (no default here:
-    the parameter's default is the option's default)."""
+    the parameter's default is the option's default). `path="folder"` or `"file"` declares an
+    option that names something on disk: a run checks it exists before building anything."""
+    if path is not None:
+        if path not in PATH_KINDS:
+            raise ValueError(f"opt(path=...) must be one of {PATH_KINDS}, not {path!r}")
+        limits["json_schema_extra"] = {"path": path}
     return Field(description=help, **limits)
+
+
+PATH_KINDS = ("folder", "file")
+
+
+def path_kind(info: FieldInfo) -> str | None:
+    """'folder' or 'file' for an option declared with `opt(..., path=...)`, else None."""
+    extra = info.json_schema_extra
+    return extra.get("path") if isinstance(extra, dict) else None  # type: ignore[return-value]
 
 
 def _num(v: float) -> str:

@@ -54,10 +54,20 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("args", "says"), BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_a_bad_flag_is_refused_before_torch_is_imported(tmp_path, args, says):
+BAD_BENCH = [
+    (["--estimators", "mcdropot"], "unknown estimator 'mcdropot' (did you mean 'mcdropout'?)"),
+    (["--policies", "lineer"], "unknown policy 'lineer' (did you mean 'linear'?)"),
+    (["--launcher", "lcal"], "unknown --launcher 'lcal' (did you mean 'local'?)"),
+]
+CASES = [("run", a, s) for a, s in BAD] + [("bench", a, s) for a, s in BAD_BENCH]
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "says"), CASES, ids=[" ".join([c, *a]) for c, a, _ in CASES]
+)
+def test_a_bad_flag_is_refused_before_torch_is_imported(tmp_path, command, args, says):
     res = subprocess.run(
-        [sys.executable, "-c", _PROBE, "run", *args, "--out", str(tmp_path / "r")],
+        [sys.executable, "-c", _PROBE, command, *args, "--out", str(tmp_path / "r")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -164,22 +174,14 @@ def test_the_manifest_is_current():
     assert res.returncode == 0, res.stderr
 
 
-BAD_BENCH = [
-    (["--estimators", "mcdropot"], "unknown estimator 'mcdropot' (did you mean 'mcdropout'?)"),
-    (["--policies", "lineer"], "unknown policy 'lineer' (did you mean 'linear'?)"),
-    (["--launcher", "lcal"], "unknown --launcher 'lcal' (did you mean 'local'?)"),
-]
+def test_a_path_option_is_declared_with_the_component():
+    """Which options name a folder or file is the component's declaration (opt(path=...)),
+    read by the run's check; a kind of path opt does not know is refused."""
+    from flexsample.engine.options import opt, path_kind
+    from flexsample.workflows.components import registry
 
-
-@pytest.mark.parametrize(("args", "says"), BAD_BENCH, ids=[" ".join(a) for a, _ in BAD_BENCH])
-def test_a_bad_bench_grid_is_refused_before_torch_is_imported(tmp_path, args, says):
-    res = subprocess.run(
-        [sys.executable, "-c", _PROBE, "bench", *args, "--out", str(tmp_path / "b")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.stdout.split()[-3:] == ["EXIT", "2", "False"], res.stdout + res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and says in lines[0], res.stderr
-    assert not (tmp_path / "b").exists()
+    fields = registry("dataset").options("datalist").model_fields
+    assert (path_kind(fields["datalist"]), path_kind(fields["data_dir"])) == ("file", "folder")
+    assert path_kind(fields["image_size"]) is None
+    with pytest.raises(ValueError, match="must be one of"):
+        opt("a folder", path="dir")

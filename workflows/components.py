@@ -124,7 +124,9 @@ def resolve_components(cfg: RunConfig) -> None:
         else:
             resolved = registry(kind).resolve_options(name, given).model_dump()
         cfg.__dict__[f"{kind}_options"] = resolved  # no re-validation: it is the resolution
-    _check_paths(cfg.dataset_options)
+    for kind in KINDS:
+        if kind != "estimator":  # no estimator names a path; a '+' spec has no single model
+            _check_paths(kind, getattr(cfg, kind), getattr(cfg, f"{kind}_options"))
     if cfg.recipe is not None:
         from .recipes import RECIPES
 
@@ -144,15 +146,15 @@ def resolve_components(cfg: RunConfig) -> None:
             )
 
 
-# dataset options that name something on disk: checked with the names and ranges, before
-# torch is imported or anything is built (the dataset checks them again when it reads them)
-PATHS = {"data_dir": "folder", "splits_dir": "folder", "datalist": "file"}
+def _check_paths(kind: str, name: str, options: Mapping[str, Any]) -> None:
+    """The options `name` declares with `opt(..., path=...)` name an existing folder or file:
+    checked with the names and ranges, before torch is imported or anything is built."""
+    from flexsample.engine.options import path_kind
 
-
-def _check_paths(options: Mapping[str, Any]) -> None:
-    for key, what in PATHS.items():
-        value = options.get(key)
-        if value is None:
+    fields = registry(kind).options(name).model_fields
+    for key, value in options.items():
+        what = path_kind(fields[key]) if key in fields else None
+        if what is None or value is None:
             continue
         path = Path(str(value)).expanduser()
         if not (path.is_dir() if what == "folder" else path.is_file()):
