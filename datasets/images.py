@@ -211,16 +211,18 @@ def dataloader_options(
 ) -> dict[str, Any]:
     """DataLoader keyword arguments for file-backed splits: workers, pinned memory on CUDA.
 
-    Decoding and augmentation want worker processes (one per core, up to 8). A cached eval
-    pass does not: reading rows is cheaper than shipping float batches between processes, so
-    it runs in the main process (about 4x faster on a 2-core CPU, see benchmarks).
+    Decoding and augmentation want worker processes (one per core, up to 8), kept between
+    passes: starting them again each epoch cost about 0.9 s per epoch on a 2-core CPU, which
+    halved the throughput of a curriculum's small early epochs (benchmarks/isic_scale.py).
+    A cached eval pass wants no workers: reading rows is cheaper than shipping float batches
+    between processes, so it runs in the main process (about 4x faster on a 2-core CPU).
     """
     cuda = torch.device(device).type == "cuda"
     if num_workers is None:
         num_workers = 0 if (cached and not train) else min(8, os.cpu_count() or 1)
     opts: dict[str, Any] = {"num_workers": num_workers, "pin_memory": cuda}
     if num_workers > 0:
-        opts["persistent_workers"] = cuda
+        opts["persistent_workers"] = True
         opts["prefetch_factor"] = 4
     return opts
 

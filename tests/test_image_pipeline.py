@@ -185,6 +185,8 @@ def test_items_pickle_and_work_in_dataloader_workers(jpegs: list[str], tmp_path:
     assert opts["pin_memory"] is False and opts["num_workers"] == 2
     assert dataloader_options("cuda", 4)["pin_memory"] is True
     assert dataloader_options("cuda", 4)["persistent_workers"] is True
+    assert dataloader_options("cpu", 2)["persistent_workers"] is True  # no restart per epoch
+    assert "persistent_workers" not in dataloader_options("cpu", 0)
     assert dataloader_options("cpu", cached=True, train=False)["num_workers"] == 0
     assert dataloader_options("cpu", cached=True, train=True)["num_workers"] >= 1
 

@@ -2,8 +2,8 @@
 
 In-memory splits (tiny images) are sliced directly. File-backed splits go through one
 DataLoader per (split, train/eval) that lives as long as its `SplitLoader`: the index order
-changes every epoch through a mutable sampler, so worker processes (persistent on CUDA) and
-pinned memory are set up once, not per epoch or per scoring pass.
+changes every epoch through a mutable sampler, so worker processes (persistent) and pinned
+memory (CUDA) are set up once, not per epoch or per scoring pass.
 
 Train-time augmentation is seeded per item, not per worker: for a training pass the sampler
 yields `(index, seed)` pairs, the seed a pure function of the pass's key (run seed, epoch),
