@@ -18,6 +18,9 @@ EXIT_SIGTERM = 143
 
 _received: list[int] = []
 _reported: list[bool] = []  # a command printed its own line for an interrupt
+# signals whose exception has not reached a handler yet: one raised inside a C extension's
+# callback (pydantic-core building a validator, a __del__) is "ignored" there, not raised
+_pending: list[int] = []
 
 
 class Terminated(KeyboardInterrupt):
@@ -26,13 +29,49 @@ class Terminated(KeyboardInterrupt):
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     _received.append(signum)
+    _pending.append(signum)
     raise Terminated()
 
 
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    _pending.append(signum)
+    raise KeyboardInterrupt
+
+
+def _unraisable(hook_args: object) -> None:
+    """An interrupt raised where Python cannot raise it stays pending, without a traceback;
+    `raise_pending_interrupt` raises it again at the next safe point."""
+    exc_type = getattr(hook_args, "exc_type", None)
+    if isinstance(exc_type, type) and issubclass(exc_type, KeyboardInterrupt) and _pending:
+        return
+    sys.__unraisablehook__(hook_args)  # type: ignore[arg-type]
+
+
 def install_signal_handlers() -> None:
-    """SIGTERM raises `Terminated` (Ctrl-C already raises KeyboardInterrupt)."""
+    """SIGTERM raises `Terminated`, Ctrl-C KeyboardInterrupt; both are remembered until a
+    handler catches them, so that one swallowed by a C extension is raised again."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _on_sigint)
+        sys.unraisablehook = _unraisable
+
+
+def interrupt_handled() -> None:
+    """An interrupt reached its handler: nothing is pending any more."""
+    _pending.clear()
+
+
+def raise_pending_interrupt() -> None:
+    """Raise the interrupt a C extension swallowed (Ctrl-C or SIGTERM that arrived while it
+    ran), at a point where it can propagate: start-up's end and each phase of a command."""
+    if not _pending:
+        return
+    signum = _pending[-1]
+    _pending.clear()
+    if signum == signal.SIGTERM:
+        raise Terminated()
+    raise KeyboardInterrupt
 
 
 def sigterm_received() -> bool:
@@ -69,6 +108,7 @@ def startup_guard() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as exc:
+        interrupt_handled()
         line, code = f"{interrupt_name(exc)} during start-up; nothing was written", None
         with contextlib.suppress(Exception):  # a torch-free import
             from flexsample.workflows.distributed import exit_now, launched, record_failure
@@ -88,4 +128,5 @@ def main() -> None:
     with startup_guard():
         from .app import main as app_main
 
+        raise_pending_interrupt()  # one that arrived while a C extension was importing
         app_main()

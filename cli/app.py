@@ -28,9 +28,11 @@ from flexsample._version import __version__
 from flexsample.cli import (
     install_signal_handlers,
     interrupt_exit_code,
+    interrupt_handled,
     interrupt_name,
     interrupt_reported,
     mark_interrupt_reported,
+    raise_pending_interrupt,
     sigterm_received,
 )
 from flexsample.engine.errors import FlexsampleError, ParameterError
@@ -130,6 +132,7 @@ def user_errors(debug: bool) -> Iterator[None]:
     except typer.Exit:
         raise
     except KeyboardInterrupt as exc:
+        interrupt_handled()
         if debug:
             traceback.print_exc()
         what = interrupt_name(exc)
@@ -385,6 +388,7 @@ def run(
             ),
             reporter=_reporter(quiet, start),
         )
+        raise_pending_interrupt()
         result = api.run(
             config,
             out=out,
@@ -423,6 +427,11 @@ def _reporter(quiet: bool, start: float) -> Any:
         return ConsoleReporter(console, start)
 
     class Notes(Reporter):
+        @contextlib.contextmanager
+        def phase(self, name: str) -> Iterator[None]:
+            raise_pending_interrupt()
+            yield
+
         def message(self, text: str) -> None:
             err_console.print(text, highlight=False, soft_wrap=True, markup=False)
 

@@ -213,11 +213,13 @@ def bench(
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
             from flexsample.cli import (
                 interrupt_exit_code,
+                interrupt_handled,
                 interrupt_name,
                 mark_interrupt_reported,
             )
             from flexsample.workflows.bench import finished
 
+            interrupt_handled()
             what = interrupt_name(exc)
             done = sum(finished(c) is not None for c in planned)
             err_console.print(

@@ -32,6 +32,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from flexsample.cli import raise_pending_interrupt
 from flexsample.engine.loop import Callback, QueryResult, StepRecord
 from flexsample.workflows.progress import Reporter
 
@@ -148,6 +149,7 @@ class ConsoleReporter(Reporter):
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        raise_pending_interrupt()  # one a C extension swallowed: raised where it can propagate
         t0 = time.perf_counter()
         if self.plain:
             self.log.line(f"{name} ...")

@@ -98,3 +98,57 @@ def test_ctrl_c_mid_run_exits_130_with_the_resume_command(cli, tmp_path, monkeyp
     assert res.exit_code == 130, res.output
     assert res.stderr.strip() == f"interrupted; resume with: flexsample run --out {out} --resume"
     assert (out / "checkpoint.pt").exists()
+
+
+_SWALLOW = """
+import os, signal, sys
+from flexsample.cli import Terminated, install_signal_handlers, raise_pending_interrupt
+install_signal_handlers()
+
+class Finalised:
+    def __del__(self):  # an exception raised here cannot propagate: Python "ignores" it
+        os.kill(os.getpid(), signal.{sig})
+        for _ in range(10000):
+            pass
+
+obj = Finalised()
+del obj
+print("went on", flush=True)
+try:
+    raise_pending_interrupt()
+except KeyboardInterrupt as exc:
+    print("raised", type(exc).__name__, flush=True)
+raise_pending_interrupt()  # nothing pending any more
+print("once", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("sig", "name"), [("SIGINT", "KeyboardInterrupt"), ("SIGTERM", "Terminated")]
+)
+def test_an_interrupt_swallowed_by_a_finaliser_is_raised_again_without_a_traceback(sig, name):
+    """Ctrl-C landing inside a C extension's callback (pydantic-core building a validator
+    during start-up did this) is reported by Python as "Exception ignored" and lost; the
+    handlers keep it pending, print nothing, and raise it at the next safe point."""
+    res = subprocess.run(
+        [sys.executable, "-c", _SWALLOW.format(sig=sig)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:3] == ["went on", f"raised {name}", "once"], res.stdout
+    assert res.stderr == "", res.stderr
+
+
+def test_an_ordinary_unraisable_exception_is_still_reported():
+    code = (
+        "from flexsample.cli import install_signal_handlers\n"
+        "install_signal_handlers()\n"
+        "class F:\n"
+        "    def __del__(self):\n"
+        "        raise ValueError('boom in a finaliser')\n"
+        "f = F(); del f\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "boom in a finaliser" in res.stderr and "Exception ignored" in res.stderr
