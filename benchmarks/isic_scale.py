@@ -65,7 +65,8 @@ What is reported (per measurement, from one process, wall clock by `time.perf_co
   and validation do. A projection, labelled as such, not a measurement.
 
 Full mode, one GPU, as one script under ten minutes (an estimate, 6 to 8 minutes on an H100:
-not yet measured, no session has had a GPU):
+not yet measured, no session has had a GPU). `benchmarks/gpu_issue22.sh` runs it on a GPU
+machine with no network (installing carried wheels and this checkout first); the command:
 
     timeout 580 python benchmarks/isic_scale.py --epochs 24 --bare-epochs 2 \
         --json benchmarks/out/isic_scale/isic_scale_gpu.json
@@ -75,9 +76,14 @@ paper's budget / 5 and keeps its query structure exactly: warm-up 4, patience 1,
 epochs, so about 20 queries, as 20, 7 and 5 of 120 epochs give; training and validation
 time scale by 5 to 120 epochs (the projection line), scoring does not. `--epochs 120` is the
 paper's own budget (about 5x the training time: beyond one ten-minute command).
-CPU mode, about a minute on a 2-core machine:
+CPU mode, 20 s on an idle 2-core machine:
 
     python benchmarks/isic_scale.py --small --json /tmp/isic_small.json
+
+One tenth of the ISIC sizes with the GPU command's 24 epochs, about 6 minutes on 2 cores (the
+CPU figures of benchmarks/RESULTS.md, C5):
+
+    python benchmarks/isic_scale.py --small --scale 0.1 --epochs 24 --rounds 6 --bare-epochs 3
 
 (`--small`: 64 px, resnet18, 2 epochs (2 rounds x 1 epoch: one query after the first),
 training counts x 0.01 (103 images), 4 val and 4 test images per class.) Prints a Markdown
