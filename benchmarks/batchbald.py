@@ -21,6 +21,11 @@ value, so the picks can be compared one to one in both regimes.
     commit's, `git show HEAD~1:estimators/batchbald.py > /tmp/before.py`) interleaved with
     ours, and checks both pick the same batch.
 
+(d) "growth" (`--growth`): why a sampled pick costs more the longer the batch. One greedy
+    run of `--growth-batch` picks at N = `--growth-n`, timing per pick the redraw of the
+    configurations (`sampled_log_joint`) and the entropy pass over the candidates
+    (`entropy_given_batch`), with U, the number of distinct configurations that pass works on.
+
 The reference's chunking helper (toma) calls gc.collect() twice per pick; `ref-nogc` is the
 reference with that call patched out (the same arithmetic), to show what the gap is made of.
 
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import platform
 import statistics
@@ -117,6 +123,66 @@ def per_pick(args: argparse.Namespace) -> list[dict]:
                     "picks": picks[side],
                 }
             )
+    return rows
+
+
+def growth(args: argparse.Namespace) -> list[dict]:
+    """(d): per pick, the seconds of the redraw and of the entropy pass, and U."""
+    import flexsample.estimators.batchbald as bb
+
+    _, probs = draws(args.growth_n, args.t, args.c, args.seed)
+    spent = {"redraw": 0.0, "entropy": 0.0}
+    sizes: list[int] = []
+    original = {"redraw": bb.sampled_log_joint, "entropy": bb.entropy_given_batch}
+
+    def timing(name: str):
+        def call(*a, **kw):
+            t0 = time.perf_counter()
+            out = original[name](*a, **kw)
+            spent[name] += time.perf_counter() - t0
+            if name == "redraw":
+                sizes.append(int(out[0].shape[0]))
+            return out
+
+        return call
+
+    rows: list[dict] = []
+    bb.sampled_log_joint, bb.entropy_given_batch = timing("redraw"), timing("entropy")
+    try:
+        # each mark is its own greedy run from the start; the picks are deterministic, so the
+        # difference of two runs is the cost of the picks between their lengths
+        marks = sorted({m for m in args.growth_marks if m <= args.growth_batch})
+        last = {"redraw": 0.0, "entropy": 0.0, "wall": 0.0, "k": 0}
+        for k in marks:
+            spent["redraw"] = spent["entropy"] = 0.0
+            sizes.clear()
+            t0 = time.perf_counter()
+            _, mi = batchbald_batch(probs, k, args.samples, seed=args.seed)
+            wall = time.perf_counter() - t0
+            dk = k - last["k"]
+            row = {
+                "case": "d",
+                "n": args.growth_n,
+                "picks": k,
+                "wall_s": wall,
+                "s_per_pick_since_previous": (wall - last["wall"]) / dk,
+                "redraw_s_per_pick_since_previous": (spent["redraw"] - last["redraw"]) / dk,
+                "entropy_s_per_pick_since_previous": (spent["entropy"] - last["entropy"]) / dk,
+                "distinct_configurations_last_pick": sizes[-1] if sizes else None,
+                "information_nats": float(mi[-1]),
+                "log_t": math.log(args.t),
+            }
+            rows.append(row)
+            print(
+                f"{k:>5} {wall:>8.2f} {row['s_per_pick_since_previous']:>10.3f} "
+                f"{row['redraw_s_per_pick_since_previous']:>10.3f} "
+                f"{row['entropy_s_per_pick_since_previous']:>10.3f} "
+                f"{row['distinct_configurations_last_pick'] or '-':>8} {mi[-1]:>7.3f}",
+                flush=True,
+            )
+            last = {"redraw": spent["redraw"], "entropy": spent["entropy"], "wall": wall, "k": k}
+    finally:
+        bb.sampled_log_joint, bb.entropy_given_batch = original["redraw"], original["entropy"]
     return rows
 
 
@@ -222,6 +288,15 @@ def main() -> None:
         help="(c): candidate counts, comma-separated",
     )
     ap.add_argument("--before", help="(c): another batchbald.py to time beside ours")
+    ap.add_argument("--growth", action="store_true", help="only (d): cost of a pick vs batch")
+    ap.add_argument("--growth-n", type=int, default=2_000, help="(d): candidates")
+    ap.add_argument("--growth-batch", type=int, default=100, help="(d): the longest batch")
+    ap.add_argument(
+        "--growth-marks",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[5, 10, 20, 40, 70, 100],
+        help="(d): batch lengths timed (each a separate greedy run)",
+    )
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--worker", choices=["ours", "ref", "ref-nogc"], help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -237,6 +312,18 @@ def main() -> None:
     rows = []
     if args.per_pick:
         rows = per_pick(args)
+        args.skip_exact = args.skip_sampled = True
+    if args.growth:
+        print(
+            f"\n(d) N={args.growth_n} T={args.t} C={args.c} samples={args.samples}; per pick "
+            "since the previous row: all, redraw, entropy pass; U at the last pick; the batch's "
+            "information I(y_batch; w) after it"
+        )
+        print(
+            f"{'picks':>5} {'wall s':>8} {'s/pick':>10} {'redraw':>10} {'entropy':>10} "
+            f"{'U':>8} {'I nats':>7}  (log T = {math.log(args.t):.3f})"
+        )
+        rows += growth(args)
         args.skip_exact = args.skip_sampled = True
     log_probs, probs = draws(args.exact_n, args.t, args.c, args.seed)
     if not args.skip_exact:

@@ -20,6 +20,7 @@ from flexsample.estimators.batchbald import (
     BatchBALDEstimator,
     batch_mutual_information,
     batchbald_batch,
+    saturation_pick,
     selection_seed,
 )
 from flexsample.training.models import adapt_model
@@ -271,3 +272,84 @@ def test_merged_repeated_configurations_change_no_estimate() -> None:
     _, _, want = configuration_weights(full, False)
     _, _, got = configuration_weights(merged, False, counts)
     assert math.isclose(got, want, rel_tol=1e-12)
+
+
+def _two_bits_problem() -> torch.Tensor:
+    """T = 4 draws, C = 2: candidate 1's label is the draw's first bit, candidate 3's its
+    second, the others are coins whose odds differ a little by draw. Together 1 and 3 name
+    the draw: I = log 4, the most that 4 equally weighted draws hold."""
+    t, n = 4, 6
+    p1 = torch.full((t, n), 0.5, dtype=torch.float64)
+    p1[:, 1] = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    p1[:, 3] = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    for j, eps in ((0, 0.05), (2, 0.1), (4, 0.02), (5, 0.08)):
+        p1[:, j] = 0.5 + eps * torch.tensor([1.0, -1.0, 1.0, -1.0])
+    return torch.stack([1 - p1, p1], -1)
+
+
+def test_the_batch_information_saturates_at_log_t() -> None:
+    """Once two picks name the draw, I(y_batch; w) = log T exactly and no pick adds to it."""
+    probs = _two_bits_problem()
+    picks, mi = batchbald_batch(probs, 4, num_samples=10_000)
+    assert sorted(picks[:2].tolist()) == [1, 3]
+    assert mi[1] == pytest.approx(math.log(4), abs=1e-12)
+    assert mi[2] == pytest.approx(math.log(4), abs=1e-12)  # the third pick gains nothing
+    assert saturation_pick(mi, 4) == 2
+    assert saturation_pick(mi[:1], 4) is None  # one pick holds one bit: log 2 < 0.95 log 4
+    assert saturation_pick(np.array([0.1, 0.2]), 1) is None
+    # the bound is the share SATURATED of log T, inclusive
+    assert saturation_pick(np.array([0.5, 0.95 * math.log(10), 2.0]), 10) == 2
+
+
+def test_picks_past_saturation_are_reported_once_per_run() -> None:
+    est = BatchBALDEstimator(mc_samples=4)
+    _, mi = batchbald_batch(_two_bits_problem(), 4, num_samples=10_000)
+    with pytest.warns(RuntimeWarning) as got:
+        est._report_saturation(mi, 4, step=3)
+    (line,) = [str(w.message) for w in got]
+    assert line.startswith("batchbald: at query 3 a class's batch reached 1.39 nats")
+    assert "after 2 of its 4 picks" in line and "(log 4 = 1.39)" in line
+    assert "its other 2 picks" in line and "--acquisition power" in line
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est._report_saturation(mi, 4, step=4)  # said once per run
+        fresh = BatchBALDEstimator(mc_samples=4)
+        fresh._report_saturation(mi[:2], 4, step=1)  # saturated at the last pick: nothing after
+        fresh._report_saturation(mi[:1], 4, step=1)  # never saturated
+
+
+def test_select_warns_when_a_quota_outlasts_what_the_draws_hold() -> None:
+    """Through the engine's path: 2 draws hold at most log 2 nats; a confident model (weights
+    x 10) whose two dropout draws disagree reaches that at its first pick, so the run hears of
+    it once; the same model as it was (weights x 1) stays below it over 30 picks."""
+    cand = np.setdiff1d(np.arange(120), np.arange(0, 120, 4))
+    x = torch.randn(120, 10, generator=torch.Generator().manual_seed(1))
+
+    def ctx(scale: float, step: int) -> ScoringContext:
+        model = tiny_model()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(scale)
+        return ScoringContext(
+            model,
+            tensor_inputs(x),
+            np.arange(120) % 4,
+            seed=0,
+            step=step,
+            batch_size=16,
+            subset_indices=np.arange(0, 120, 4),
+        )
+
+    est = build_estimator("batchbald", mc_samples=2)
+    with pytest.warns(RuntimeWarning, match=r"after 1 of its 30 picks.*\(log 2 = 0\.69\)"):
+        got = select_candidates(est, ctx(10.0, 1), cand, 30)
+    assert len(set(got.tolist())) == 30
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        select_candidates(est, ctx(10.0, 2), cand, 30)  # once per run
+        calm = build_estimator("batchbald", mc_samples=2)
+        select_candidates(calm, ctx(1.0, 1), cand, 30)  # 0.35 nats at most: no line
