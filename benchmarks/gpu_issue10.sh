@@ -6,10 +6,11 @@
 # Writes into $OUT: gpu_issue10.log (everything printed), device.txt, density_gpu.json,
 # density_cpu_ivf.json (+ what the distributed step adds: at most 8 files come back).
 #
-# Python: the repo's .venv if it works there (it usually does not travel: 6.7 GB, and its
-# interpreter links to this machine's pyenv), else the machine's python3 (torch, no faiss)
-# with flexsample installed from this checkout and wheels from .whl/ (carry a faiss-cpu
-# wheel there for cp312: without faiss, flexsample's estimators do not import).
+# Python (benchmarks/gpu_env.sh): the repo's .venv if it works there (it usually does not
+# travel: 6.7 GB, and its interpreter links to this machine's pyenv), else the machine's
+# python3 (torch, no faiss) with flexsample installed from this checkout and wheels from .whl/
+# (carry a faiss-cpu wheel there for cp312: without faiss, flexsample's estimators do not
+# import; `bash benchmarks/gpu_issue22.sh prepare` fetches it).
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -31,19 +32,10 @@ cat /proc/loadavg; nproc
 timeout 10 nvidia-smi -L | tee "$OUT/device.txt"
 
 # ---- 1. python with torch (CUDA), faiss and flexsample (seconds; at most 100 s) ------------
-PY="$REPO/.venv/bin/python"
 CHECK='import torch, faiss, flexsample.estimators.density as d; assert torch.cuda.is_available() or "'$DEVICE'" == "cpu"; print("torch", torch.__version__, "faiss", faiss.__version__, "faiss gpus", d.faiss_gpu_count())'
-if ! (cd /tmp && timeout 15 "$PY" -c "$CHECK"); then
-  PY=python3
-  if [ -d "$REPO/.whl" ]; then
-    timeout 30 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-      --upgrade --target /tmp/site "$REPO"/.whl/*.whl
-  fi
-  timeout 30 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
-    --target /tmp/fs "$REPO"
-  export PYTHONPATH=/tmp/fs:/tmp/site
-  (cd /tmp && timeout 15 "$PY" -c "$CHECK") || echo "NO WORKING PYTHON FOR flexsample+faiss"
-fi
+# shellcheck source=benchmarks/gpu_env.sh
+. "$REPO/benchmarks/gpu_env.sh"
+gpu_python "$REPO" "$CHECK" || echo "NO WORKING PYTHON FOR flexsample+faiss"
 echo "setup done at ${SECONDS}s"
 cd /tmp  # import the installed flexsample, not the checkout's folders
 

@@ -17,7 +17,8 @@
 # isic_scale_gpu.json, written after every phase (bare loop, full set, curriculum), so a run
 # cut off by its time limit keeps what it measured. ARGS replaces the benchmark's arguments
 # (to try the script on a CPU first: ARGS="--small --device cpu"); PY the interpreter;
-# FORCE_INSTALL=1 installs from the checkout even where flexsample already imports.
+# FORCE_INSTALL=1 installs from the checkout even where flexsample already imports
+# (benchmarks/gpu_env.sh).
 set -u
 REPO=$(pwd)
 PY=${PY:-python3}
@@ -47,17 +48,9 @@ timeout 10 nvidia-smi -L | tee "$OUT/device.txt"
 
 # ---- 1. flexsample importable by the machine's python (seconds; at most 75 s) -------------
 CHECK='import torch, pydantic, faiss, flexsample.workflows.api as a; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "flexsample from", a.__file__)'
-if [ -n "${FORCE_INSTALL:-}" ] || ! (cd /tmp && timeout 15 "$PY" -c "$CHECK"); then
-  if [ -d "$REPO/.whl" ]; then
-    timeout 30 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-      --upgrade --target /tmp/site "$REPO"/.whl/*.whl
-  fi
-  rm -rf /tmp/fs
-  timeout 30 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
-    --target /tmp/fs "$REPO"
-  export PYTHONPATH=/tmp/fs:/tmp/site
-  (cd /tmp && timeout 15 "$PY" -c "$CHECK") || { echo "NO WORKING PYTHON FOR flexsample"; exit 1; }
-fi
+# shellcheck source=benchmarks/gpu_env.sh
+. "$REPO/benchmarks/gpu_env.sh"
+gpu_python "$REPO" "$CHECK" || { echo "NO WORKING PYTHON FOR flexsample"; exit 1; }
 echo "setup done at ${SECONDS}s"
 
 # ---- 2. the measurement (the rest of ten minutes; about 6 to 8 on an H100, an estimate) ---
