@@ -39,6 +39,7 @@ import torch
 
 from .errors import FlexsampleError
 from .faults import fault_point
+from .interrupts import deferred_interrupts
 
 FORMAT_VERSION = 1
 TAG = "__flexsample__"  # marks an encoded value: {TAG: kind, ...}
@@ -321,16 +322,19 @@ def save_atomic(path: str | os.PathLike, obj: Any, rotate: bool = False) -> None
     except OSError as exc:
         raise _write_error(path, exc) from exc
     try:
-        with os.fdopen(fd, "wb") as fh:
-            # torch.save writes to any object with write(); its annotation says IO[bytes]
-            torch.save(payload, cast(IO[bytes], _FaultWriter(fh)))
-            fh.flush()
-            os.fsync(fh.fileno())
-        fault_point("checkpoint-rename")
-        if rotate and path.exists():
-            os.replace(path, prev_path(path))
-            fault_point("checkpoint-rotate")
-        os.replace(tmp, path)
+        # Ctrl-C and SIGTERM arrive after the checkpoint is in place: raised inside torch.save's
+        # C++ writer they would become a RuntimeError or an abort (engine.interrupts)
+        with deferred_interrupts():
+            with os.fdopen(fd, "wb") as fh:
+                # torch.save writes to any object with write(); its annotation says IO[bytes]
+                torch.save(payload, cast(IO[bytes], _FaultWriter(fh)))
+                fh.flush()
+                os.fsync(fh.fileno())
+            fault_point("checkpoint-rename")
+            if rotate and path.exists():
+                os.replace(path, prev_path(path))
+                fault_point("checkpoint-rotate")
+            os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         os_error = _os_error(exc)
